@@ -522,10 +522,12 @@ def check_config_against_weights(cfg: ArchConfig, facts: WeightFacts) -> tuple[A
     if cfg.tied_embeddings is None:
         out.append(Agreement("tied_embeddings", None, facts.tied_embeddings, None, "config does not say"))
     else:
-        ok = cfg.tied_embeddings == facts.tied_embeddings
+        ok: bool | None = cfg.tied_embeddings == facts.tied_embeddings
         note = ""
         if not ok and cfg.tied_embeddings:
-            note = "config ties embeddings but an lm_head tensor is stored (possibly a duplicate copy)"
+            # Loaders tie the head to the embedding and ignore the stored copy: odd, but harmless,
+            # and common in real exports, so it is reported without counting as a disagreement.
+            ok, note = None, "config ties embeddings but an lm_head tensor is stored (ignored when tied)"
         elif not ok:
             note = "config does not tie embeddings but no lm_head tensor is stored"
         out.append(Agreement("tied_embeddings", cfg.tied_embeddings, facts.tied_embeddings, ok, note))

@@ -394,6 +394,9 @@ _FUSED_EXPERTS = {
 
 _LAYER_RE = re.compile(r"^(?:layers|h|encoder\.layer)\.(\d+)\.(.+)$")
 _MTP_MARKERS = ("eh_proj.", "enorm.", "hnorm.", "shared_head.")
+# Non-parameter tensors computed from the config (never trained): rotary frequencies, fairseq's
+# placeholder, BERT's position/token-type id ranges, and per-layer causal masks.
+_BUFFER_PARAMS = frozenset({"inv_freq", "_float_tensor", "position_ids", "token_type_ids"})
 _BUFFER_RESTS = frozenset({"attn.bias", "attn.masked_bias", "attention.bias", "attention.masked_bias"})
 _KIND_ALIASES = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}
 _SCALE_SUFFIXES = (("_scale_inv", ""), (".weight_scale", ".weight"))
@@ -430,7 +433,7 @@ def _parse(name: str) -> _Parsed | None:
             module, _, param = rest.rpartition(".")
             return _Parsed(name, layer, module, param)
         module, _, param = tail.rpartition(".")
-        if module in _TOP_MODULES or param == "inv_freq":
+        if module in _TOP_MODULES or param in _BUFFER_PARAMS:
             return _Parsed(name, None, module, param)
     return None
 
@@ -692,7 +695,7 @@ def canonicalize(
             unknown.append(name)
             continue
         rest = f"{p.module}.{p.param}" if p.module else p.param
-        if p.param in ("inv_freq", "_float_tensor") or (p.layer is not None and rest in _BUFFER_RESTS):
+        if p.param in _BUFFER_PARAMS or (p.layer is not None and rest in _BUFFER_RESTS):
             buffers.append(name)
             continue
         parsed[name] = p

@@ -9,10 +9,27 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import IO
 
-__all__ = ["enabled", "progress_bar", "set_enabled"]
+__all__ = ["configure", "enabled", "progress_bar", "set_enabled"]
 
 _flag = True
+_stream: IO[str] | None = None
+
+
+def configure(enabled: bool, stream: IO[str] | None = None) -> None:
+    """Set the process-wide switch and, optionally, the terminal stream bars are drawn on.
+
+    A test runner that captures stderr passes a duplicate of the real terminal here, taken before
+    capturing starts, so bars still reach the user while test output stays captured.
+
+    Args:
+        enabled: draw bars at all.
+        stream: where to draw them (default: ``sys.stderr`` at drawing time).
+    """
+    global _stream
+    set_enabled(enabled)
+    _stream = stream
 
 
 def set_enabled(flag: bool) -> None:
@@ -34,12 +51,16 @@ def enabled() -> bool:
     if not _flag:
         return False
     try:
-        return bool(sys.stderr.isatty())
+        return bool(_output().isatty())
     except (AttributeError, ValueError):  # replaced or closed stderr
         return False
 
 
 _is_enabled = enabled
+
+
+def _output() -> IO[str]:
+    return _stream if _stream is not None else sys.stderr
 
 
 def _noop(_nbytes: int) -> None:
@@ -71,6 +92,6 @@ def progress_bar(total_bytes: int, desc: str, enabled: bool | None = None) -> It
     from tqdm import tqdm  # only when drawing
 
     with tqdm(
-        total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False
+        total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=_output(), leave=False
     ) as bar:
         yield bar.update

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -19,88 +16,12 @@ from modellineage.architecture import (
     normalise_config,
 )
 from modellineage.naming import canonicalize
+from tests.tiny_models import FAMILIES, FAMILY_IDS, MOE, tiny
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.architecture
-
-_BASE = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
-    vocab_size=256, pad_token_id=0, bos_token_id=0, eos_token_id=0,
-)
-_MLA = dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
-_DS_MOE = dict(n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=32,
-               first_k_dense_replace=1, n_group=1, topk_group=1)
-FAMILIES: dict[str, dict] = {
-    "llama": dict(_BASE),
-    "mistral": dict(_BASE),
-    "mixtral": dict(_BASE, num_local_experts=4, num_experts_per_tok=2),
-    "qwen2": dict(_BASE),
-    "qwen2_moe": dict(_BASE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                      shared_expert_intermediate_size=48),
-    "qwen3": dict(_BASE, head_dim=16),
-    "qwen3_moe": dict(_BASE, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
-    "deepseek_v2": dict(_BASE, **_MLA, **_DS_MOE),
-    "deepseek_v3": dict(_BASE, **_MLA, **_DS_MOE),
-    "glm4": dict(_BASE, head_dim=16),
-    "glm4_moe": dict(_BASE, head_dim=16, use_qk_norm=True, **_DS_MOE),
-    "gemma": dict(_BASE, head_dim=16),
-    "gemma2": dict(_BASE, head_dim=16),
-    "gemma3_text": dict(_BASE, head_dim=16),
-    "gemma3": dict(
-        text_config=dict(_BASE, head_dim=16),
-        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                           image_size=28, patch_size=14),
-        mm_tokens_per_image=4,
-    ),
-    "phi3": dict(_BASE),
-    "phimoe": dict(_BASE, num_local_experts=4, num_experts_per_tok=2),
-    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=64, bos_token_id=0, eos_token_id=0),
-    "gpt_neox": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-                     vocab_size=256, bos_token_id=0, eos_token_id=0),
-    "bert": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, vocab_size=256),
-}
-FAMILY_IDS = sorted(FAMILIES)
-MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "phimoe"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Saved:
-    config: dict
-    shapes: dict
-    dtypes: dict
-    num_parameters: int
-    """Elements of the state dict (parameters and persistent buffers), tied tensors counted once."""
-
-
-@functools.lru_cache(maxsize=None)
-def saved(family: str) -> Saved:
-    """Build a tiny model with transformers, save it, and read back config.json and the header."""
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    cfg = AutoConfig.for_model(family, **FAMILIES[family])
-    if family == "bert":
-        model = AutoModel.from_config(cfg)
-    elif family == "gemma3":
-        model = transformers.Gemma3ForConditionalGeneration(cfg)
-    else:
-        model = AutoModelForCausalLM.from_config(cfg)
-    shapes, dtypes = {}, {}
-    with tempfile.TemporaryDirectory() as d:
-        model.save_pretrained(d, safe_serialization=True)
-        for path in Path(d).glob("*.safetensors"):
-            with safe_open(str(path), framework="pt") as f:
-                for k in f.keys():
-                    sl = f.get_slice(k)
-                    shapes[k], dtypes[k] = tuple(sl.get_shape()), sl.get_dtype()
-        config = json.loads((Path(d) / "config.json").read_text())
-    # parameters plus persistent buffers (e.g. DeepSeek's e_score_correction_bias), tied tensors once
-    unique = {t.data_ptr(): t.numel() for t in model.state_dict().values()}
-    n = sum(unique.values())
-    return Saved(config, shapes, dtypes, n)
-
 
 def _tiny_text_kwargs(family: str) -> dict:
     kw = FAMILIES[family]
@@ -287,7 +208,7 @@ def test_gemma3_v5_per_layer_rope_parameters_describe_full_attention():
 
 @pytest.mark.parametrize("family", FAMILY_IDS)
 def test_config_agrees_with_saved_weights(family):
-    s = saved(family)
+    s = tiny(family)
     cfg = normalise_config(s.config)
     nm = canonicalize(s.shapes, s.config, s.dtypes)
     facts = facts_from_weights(nm, cfg)
@@ -311,7 +232,7 @@ def test_config_agrees_with_saved_weights(family):
 @pytest.mark.parametrize("family", ["llama", "deepseek_v3", "gpt2", "bert", "gemma3"])
 @pytest.mark.parametrize(("field", "delta"), [("hidden_size", 8), ("num_layers", 1), ("vocab_size", 3)])
 def test_wrong_config_is_caught(family, field, delta):
-    s = saved(family)
+    s = tiny(family)
     good = normalise_config(s.config)
     bad = dataclasses.replace(good, **{field: getattr(good, field) + delta})
     facts = facts_from_weights(canonicalize(s.shapes, s.config), good)
@@ -321,7 +242,7 @@ def test_wrong_config_is_caught(family, field, delta):
 
 
 def test_wrong_kv_heads_caught_via_config_head_dim():
-    s = saved("llama")
+    s = tiny("llama")
     good = normalise_config(s.config)
     bad = dataclasses.replace(good, num_kv_heads=4)
     facts = facts_from_weights(canonicalize(s.shapes, s.config), bad)
@@ -331,18 +252,28 @@ def test_wrong_kv_heads_caught_via_config_head_dim():
 
 
 def test_wrong_expert_count_and_tie_caught():
-    s = saved("mixtral")
+    s = tiny("mixtral")
     good = normalise_config(s.config)
     facts = facts_from_weights(canonicalize(s.shapes, s.config), good)
     by_field = {a.field: a for a in check_config_against_weights(
         dataclasses.replace(good, num_experts=8, tied_embeddings=True), facts)}
     assert by_field["num_experts"].agrees is False
-    assert by_field["tied_embeddings"].agrees is False
+    # A tying config beside a stored lm_head is harmless (loaders ignore the copy): reported, not a disagreement.
+    assert by_field["tied_embeddings"].agrees is None and "lm_head tensor is stored" in by_field["tied_embeddings"].note
     assert by_field["intermediate_size"].agrees is None  # no dense MLP in Mixtral weights
 
 
+def test_untied_config_without_lm_head_is_caught():
+    s = tiny("gpt2")  # ties embeddings: no lm_head tensor is saved
+    good = normalise_config(s.config)
+    facts = facts_from_weights(canonicalize(s.shapes, s.config), good)
+    by_field = {a.field: a for a in check_config_against_weights(
+        dataclasses.replace(good, tied_embeddings=False), facts)}
+    assert by_field["tied_embeddings"].agrees is False
+
+
 def test_shared_experts_checked():
-    s = saved("qwen2_moe")
+    s = tiny("qwen2_moe")
     good = normalise_config(s.config)
     facts = facts_from_weights(canonicalize(s.shapes, s.config), good)
     assert facts.has_shared_experts and facts.shared_intermediate_size == 48
@@ -354,7 +285,7 @@ def test_shared_experts_checked():
 
 
 def test_padded_vocab_reported_as_is():
-    s = saved("llama")
+    s = tiny("llama")
     shapes = dict(s.shapes, **{"model.embed_tokens.weight": (260, 64), "lm_head.weight": (260, 64)})
     cfg = normalise_config(s.config)
     facts = facts_from_weights(canonicalize(shapes), cfg)
@@ -396,7 +327,7 @@ def test_compare_across_families():
 
 @pytest.mark.parametrize("family", FAMILY_IDS)
 def test_count_parameters_matches_torch(family):
-    s = saved(family)
+    s = tiny(family)
     assert count_parameters(s.shapes) == s.num_parameters
 
 

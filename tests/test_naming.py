@@ -7,10 +7,7 @@ from literal lists of names seen on the Hugging Face hub.
 
 from __future__ import annotations
 
-import functools
 import json
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,84 +16,10 @@ from hypothesis import strategies as st
 
 from modellineage.errors import IncompatibleShapes
 from modellineage.naming import ROLES, NameMap, Selection, TensorRef, canonicalize, role_category
+from tests.tiny_models import FAMILY_IDS, MOE, tiny
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-_BASE = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
-    vocab_size=256, pad_token_id=0, bos_token_id=0, eos_token_id=0,
-)
-_MLA = dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
-_DS_MOE = dict(n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=32,
-               first_k_dense_replace=1, n_group=1, topk_group=1)
-FAMILIES: dict[str, dict] = {
-    "llama": dict(_BASE),
-    "mistral": dict(_BASE),
-    "mixtral": dict(_BASE, num_local_experts=4, num_experts_per_tok=2),
-    "qwen2": dict(_BASE),
-    "qwen2_moe": dict(_BASE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                      shared_expert_intermediate_size=48),
-    "qwen3": dict(_BASE, head_dim=16),
-    "qwen3_moe": dict(_BASE, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
-    "deepseek_v2": dict(_BASE, **_MLA, **_DS_MOE),
-    "deepseek_v3": dict(_BASE, **_MLA, **_DS_MOE),
-    "glm4": dict(_BASE, head_dim=16),
-    "glm4_moe": dict(_BASE, head_dim=16, use_qk_norm=True, **_DS_MOE),
-    "gemma": dict(_BASE, head_dim=16),
-    "gemma2": dict(_BASE, head_dim=16),
-    "gemma3_text": dict(_BASE, head_dim=16),
-    "gemma3": dict(
-        text_config=dict(_BASE, head_dim=16),
-        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                           image_size=28, patch_size=14),
-        mm_tokens_per_image=4,
-    ),
-    "phi3": dict(_BASE),
-    "phimoe": dict(_BASE, num_local_experts=4, num_experts_per_tok=2),
-    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=64, bos_token_id=0, eos_token_id=0),
-    "gpt_neox": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-                     vocab_size=256, bos_token_id=0, eos_token_id=0),
-    "bert": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, vocab_size=256),
-}
-MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "phimoe"}
-
-
-class Tiny:
-    """A tiny model of one family: config dict, saved tensors and in-memory state dict (numpy)."""
-
-    def __init__(self, config: dict, saved: dict[str, np.ndarray], memory: dict[str, np.ndarray], module):
-        self.config, self.saved, self.memory, self.module = config, saved, memory, module
-
-    @property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in self.saved.items()}
-
-
-@functools.lru_cache(maxsize=None)
-def tiny(family: str) -> Tiny:
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model(family, **FAMILIES[family])
-    if family == "bert":
-        model = AutoModel.from_config(cfg)
-    elif family == "gemma3":
-        model = transformers.Gemma3ForConditionalGeneration(cfg)
-    else:
-        model = AutoModelForCausalLM.from_config(cfg)
-    model.eval()
-    saved: dict[str, np.ndarray] = {}
-    with tempfile.TemporaryDirectory() as d:
-        model.save_pretrained(d, safe_serialization=True)
-        for path in sorted(Path(d).glob("*.safetensors")):
-            with safe_open(str(path), framework="np") as f:
-                for k in f.keys():
-                    saved[k] = f.get_tensor(k)
-        config = json.loads((Path(d) / "config.json").read_text())
-    memory = {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()}
-    return Tiny(config, saved, memory, model)
 
 
 def assert_bijection(nm: NameMap, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -133,9 +56,6 @@ def assert_bijection(nm: NameMap, shapes: dict[str, tuple[int, ...]]) -> None:
                 part = ref.apply(ids)
                 assert part.shape == ref.shape
                 np.testing.assert_array_equal(np.sort(part.reshape(-1)), np.sort(ids[np.ix_(*box)].reshape(-1)))
-
-
-FAMILY_IDS = sorted(FAMILIES)
 
 
 @pytest.mark.parametrize("family", FAMILY_IDS)
@@ -465,7 +385,7 @@ def test_sentence_transformers_minilm_names():
     assert nm.by_source["embeddings.word_embeddings.weight"] == ("embed.weight",)
     assert nm.by_source["encoder.layer.0.attention.self.query.weight"] == ("layers.0.attn_q.weight",)
     assert nm.by_source["encoder.layer.5.output.LayerNorm.bias"] == ("layers.5.post_mlp_norm.bias",)
-    assert nm.unknown == ("embeddings.position_ids",)
+    assert nm.unknown == () and nm.buffers == ("embeddings.position_ids",)  # an id range, not a weight
     # prefixed (bert-base style) and legacy gamma/beta names
     nm2 = canonicalize({"bert.encoder.layer.0.attention.output.LayerNorm.gamma": (768,),
                         "bert.embeddings.LayerNorm.beta": (768,), "cls.predictions.bias": (30522,)})

@@ -1,0 +1,116 @@
+"""A lazily opened model: nothing is read until a measurement asks for it.
+
+``Model`` reads ``config.json`` on first use of ``config``, safetensors headers on first use of
+``store``/``shapes``, and tensor bytes only when ``tensor_digests`` (or a measurement) streams them.
+File digests are shared through one ``DigestCache`` per session, so every file is hashed at most once
+and the evidence can name every input with its SHA-256.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+from .architecture import ArchConfig, WeightFacts, facts_from_weights, normalise_config
+from .errors import CorruptCheckpoint, LineageError
+from .hashing import FileDigest, TensorDigest, scan_safetensors, sha256_file
+from .naming import NameMap, canonicalize
+from .progress import progress_bar
+from .sources import ModelSource
+from .tensors import TensorStore
+
+
+class DigestCache:
+    """SHA-256 digests of input files, computed at most once per session."""
+
+    def __init__(self) -> None:
+        self._digests: dict[Path, FileDigest] = {}
+        self._plain: dict[Path, FileDigest] = {}  # whole-file hashes of files that failed to parse
+
+    def get(self, path: Path, *, label: str = "") -> FileDigest:
+        """The digest of one file; safetensors files also get per-tensor digests (one sequential pass)."""
+        path = Path(path).resolve()
+        if path not in self._digests:
+            size = path.stat().st_size
+            hasher = scan_safetensors if path.suffix == ".safetensors" else sha256_file
+            with progress_bar(size, f"hashing {label or path.name}", enabled=None if size > 64 << 20 else False) as update:
+                self._digests[path] = hasher(path, progress=update)
+        return self._digests[path]
+
+    def file_digest(self, path: Path, *, label: str = "") -> tuple[FileDigest, str | None]:
+        """Size and SHA-256 of any input file, even a corrupt one; the second item says what was wrong."""
+        try:
+            return self.get(path, label=label), None
+        except LineageError as exc:
+            path = Path(path).resolve()
+            if path not in self._plain:
+                self._plain[path] = sha256_file(path)
+            return self._plain[path], str(exc)
+
+    def __contains__(self, path: Path) -> bool:
+        return Path(path).resolve() in self._digests
+
+
+class Model:
+    """One model of the audit plan, opened lazily."""
+
+    def __init__(self, name: str, source: ModelSource, digests: DigestCache | None = None) -> None:
+        self.name = name
+        self.source = source
+        self.digests = digests if digests is not None else DigestCache()
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, {str(self.source.root)!r})"
+
+    @cached_property
+    def config(self) -> dict | None:
+        """The raw config.json, or None when the source has none."""
+        path = self.source.config_file
+        if path is None:
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CorruptCheckpoint(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise CorruptCheckpoint(f"{path}: expected a JSON object, found {type(data).__name__}")
+        return data
+
+    @cached_property
+    def arch(self) -> ArchConfig | None:
+        """The normalised architecture from config.json, or None without a config."""
+        return normalise_config(self.config) if self.config is not None else None
+
+    @cached_property
+    def store(self) -> TensorStore:
+        """Tensor access over all shards (headers only until rows are asked for)."""
+        return TensorStore(self.source.require_weights())
+
+    @cached_property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: self.store.info(name).shape for name in self.store.names()}
+
+    @cached_property
+    def name_map(self) -> NameMap:
+        dtypes = {name: self.store.info(name).dtype for name in self.store.names()}
+        return canonicalize(self.shapes, self.config, dtypes=dtypes)
+
+    @cached_property
+    def weight_facts(self) -> WeightFacts:
+        return facts_from_weights(self.name_map, self.arch)
+
+    def tensor_digests(self) -> tuple[TensorDigest, ...]:
+        """Per-tensor SHA-256 of every tensor in every shard, sorted by tensor name."""
+        found: list[TensorDigest] = []
+        for path in self.source.require_weights():
+            found.extend(self.digests.get(path, label=f"{self.name}/{path.name}").tensors)
+        return tuple(sorted(found, key=lambda d: d.name))
+
+    def file_digests(self) -> tuple[tuple[FileDigest, str | None], ...]:
+        """Size and SHA-256 of every input file of this source, each with the parse error if it has one."""
+        return tuple(self.digests.file_digest(p, label=f"{self.name}/{p.name}") for p in self.source.files())
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()

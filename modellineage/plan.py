@@ -1,0 +1,212 @@
+"""The audit plan: which model is audited, against which references, expecting what.
+
+An audit plan is a TOML file::
+
+    [target]
+    name = "my-model"            # optional, default "target"
+    source = "./my-model"        # directory, .safetensors file or cached repo id
+
+    [[reference]]
+    name = "llama-3"
+    source = "./llama-3-8b"
+    expect = "independent"       # the target was NOT derived from this reference
+    tokenizer = "derived"        # refinement for one evidence family (optional)
+
+    [claims]                     # free-form facts checked by later audits
+    parameters = 8030261248
+
+Relative sources are resolved against the plan file's folder. Every error names the file, the key
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import PlanError
+
+RELATIONS = ("independent", "derived")
+FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence", "catalog", "compute")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_REFERENCE_KEYS = {"name", "source", "expect", *FAMILIES}
+_TOP_KEYS = {"target", "reference", "claims", "catalog"}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A model the target is compared with, and what the auditor expects of the relation."""
+
+    name: str
+    source: str
+    expect: str
+    family_expect: Mapping[str, str] = field(default_factory=dict)
+
+    def expectation(self, family: str) -> str:
+        """The expected relation for one evidence family (a refinement, else the reference's default)."""
+        return self.family_expect.get(family, self.expect)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "expect": self.expect,
+                "family_expect": dict(sorted(self.family_expect.items()))}
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """What is audited. ``base_dir`` anchors relative sources."""
+
+    target_name: str
+    target_source: str | None
+    references: tuple[Reference, ...] = ()
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    catalog: Mapping[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def reference(self, name: str) -> Reference:
+        for ref in self.references:
+            if ref.name == name:
+                return ref
+        raise KeyError(name)
+
+    def as_dict(self) -> dict:
+        return {
+            "plan_file": str(self.path) if self.path else None,
+            "target": {"name": self.target_name, "source": self.target_source},
+            "references": [r.as_dict() for r in self.references],
+            "claims": dict(sorted(self.claims.items())),
+            "catalog": dict(sorted(self.catalog.items())),
+        }
+
+
+def load_plan(path: Path) -> AuditPlan:
+    """Read and validate an audit plan file.
+
+    Raises:
+        PlanError: the file is missing, not TOML, or a key is unknown or has a value that is not allowed.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PlanError(f"{path}: audit plan not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PlanError(f"{path}: not a readable TOML file ({exc})") from None
+    return plan_from_mapping(data, origin=str(path), base_dir=path.resolve().parent, path=path.resolve())
+
+
+def plan_from_mapping(data: Mapping[str, Any], *, origin: str, base_dir: Path, path: Path | None = None) -> AuditPlan:
+    """Validate a parsed plan; ``origin`` names the file in messages."""
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise PlanError(f"{origin}: unknown top-level key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
+    target = _table(data.get("target", {}), f"{origin}: [target]")
+    extra = sorted(set(target) - {"name", "source"})
+    if extra:
+        raise PlanError(f"{origin}: [target] has unknown key(s) {extra}; allowed: ['name', 'source']")
+    target_name = _name(target.get("name", "target"), f"{origin}: [target].name")
+    target_source = target.get("source")
+    if target_source is not None and not isinstance(target_source, str):
+        raise PlanError(f"{origin}: [target].source must be a string path or repo id")
+    raw_refs = data.get("reference", [])
+    if not isinstance(raw_refs, list):
+        raise PlanError(f"{origin}: 'reference' must be an array of tables ([[reference]])")
+    refs = tuple(_reference(r, f"{origin}: [[reference]] #{i + 1}") for i, r in enumerate(raw_refs))
+    names = [target_name] + [r.name for r in refs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise PlanError(f"{origin}: names must be unique across target and references; repeated: {dupes}")
+    return AuditPlan(
+        target_name=target_name,
+        target_source=target_source,
+        references=refs,
+        claims=dict(_table(data.get("claims", {}), f"{origin}: [claims]")),
+        catalog=dict(_table(data.get("catalog", {}), f"{origin}: [catalog]")),
+        path=path,
+        base_dir=base_dir,
+    )
+
+
+def override_plan(
+    plan: AuditPlan | None,
+    *,
+    target: str | None = None,
+    references: list[str] | None = None,
+    expect: str | None = None,
+    base_dir: Path | None = None,
+) -> AuditPlan:
+    """Apply command-line options to a plan (or build one from them alone).
+
+    ``--reference NAME=SOURCE`` replaces the plan's references; ``--expect`` sets every reference's
+    expectation and drops per-family refinements, so the command line says exactly what is claimed.
+    """
+    cwd = base_dir or Path.cwd()
+    if plan is None:
+        plan = AuditPlan(target_name="target", target_source=None, base_dir=cwd)
+    if expect is not None and expect not in RELATIONS:
+        raise PlanError(f"--expect: {expect!r} is not allowed; use one of {list(RELATIONS)}")
+    if target is not None:
+        path = Path(target).expanduser()
+        source = str(path.resolve()) if path.exists() else target
+        stem = re.sub(r"[^A-Za-z0-9._+-]", "-", path.name or "target").strip("-.") or "target"
+        plan = replace(plan, target_source=source, target_name=stem if _NAME.match(stem) else "target")
+    if references:
+        if expect is None:
+            raise PlanError("--reference needs --expect independent|derived: say what is claimed about it")
+        parsed = []
+        for item in references:
+            name, sep, source = item.partition("=")
+            if not sep or not source:
+                raise PlanError(f"--reference {item!r}: expected NAME=SOURCE")
+            _name(name, f"--reference {item!r}")
+            path = Path(source).expanduser()
+            parsed.append(Reference(name=name, source=str(path.resolve()) if path.exists() else source, expect=expect))
+        plan = replace(plan, references=tuple(parsed))
+    elif expect is not None:
+        plan = replace(plan, references=tuple(replace(r, expect=expect, family_expect={}) for r in plan.references))
+    if target is not None and plan.target_name in {r.name for r in plan.references}:
+        plan = replace(plan, target_name="target")
+    names = [plan.target_name] + [r.name for r in plan.references]
+    if len(set(names)) != len(names):
+        raise PlanError(f"names must be unique across target and references: {names}")
+    return plan
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PlanError(f"{where} must be a table")
+    return value
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise PlanError(f"{where}: {value!r} is not a valid name (letters, digits, '.', '_', '+', '-')")
+    return value
+
+
+def _reference(raw: Any, where: str) -> Reference:
+    raw = _table(raw, where)
+    unknown = sorted(set(raw) - _REFERENCE_KEYS)
+    if unknown:
+        raise PlanError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_REFERENCE_KEYS)}")
+    for key in ("name", "source", "expect"):
+        if key not in raw:
+            raise PlanError(f"{where}: missing required key {key!r}")
+    name = _name(raw["name"], f"{where}.name")
+    if not isinstance(raw["source"], str):
+        raise PlanError(f"{where} ({name}).source must be a string path or repo id")
+    refinements = {}
+    for key in ("expect", *FAMILIES):
+        if key in raw and raw[key] not in RELATIONS:
+            raise PlanError(f"{where} ({name}).{key} = {raw[key]!r} is not allowed; use one of {list(RELATIONS)}")
+        if key in raw and key != "expect":
+            refinements[key] = raw[key]
+    return Reference(name=name, source=raw["source"], expect=raw["expect"], family_expect=refinements)

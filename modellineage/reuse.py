@@ -1,0 +1,126 @@
+"""Exact tensor reuse: which target tensors have byte-identical twins anywhere in a reference.
+
+Byte identity of a trained, non-constant float tensor cannot arise by chance, so it is the plainest
+evidence of copying. Three kinds of tensor are kept out of that count and reported on their own:
+
+- constant tensors (all elements with one byte pattern: zeros, ones, fresh norm gains, single values),
+  which independent models share by construction;
+- deterministic buffers that checkpoints sometimes carry (rotary ``inv_freq``, GPT-2's causal-mask
+  ``attn.bias``, BERT's ``position_ids``), computed from the config rather than trained — the
+  caller passes them from ``NameMap.buffers``, where canonical naming recognises them;
+- integer and boolean tensors, which are listed and hashed but are not weights.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Collection, Sequence
+
+from .hashing import TensorDigest
+from .tensors import FLOAT_DTYPES
+
+
+def excluded_kind(digest: TensorDigest, buffers: Collection[str] = ()) -> str | None:
+    """Why a tensor does not count as reuse evidence, or None when it counts."""
+    if digest.dtype not in FLOAT_DTYPES:
+        return "non-float"
+    if digest.name in buffers:
+        return "buffer"
+    if digest.constant:
+        return "constant"
+    return None
+
+
+@dataclass(frozen=True)
+class ReusedTensor:
+    """One target tensor whose exact bytes occur in the reference."""
+
+    target_name: str
+    reference_names: tuple[str, ...]
+    nbytes: int
+    same_name: bool
+
+    def as_dict(self) -> dict:
+        return {"target": self.target_name, "reference": list(self.reference_names),
+                "nbytes": self.nbytes, "same_name": self.same_name}
+
+
+@dataclass(frozen=True)
+class ExactReuse:
+    """Byte-level reuse of target tensors in one reference."""
+
+    target_tensors: int
+    reference_tensors: int
+    counted_tensors: int  # target tensors that can be evidence (float, not constant, not a buffer)
+    counted_bytes: int
+    reused: tuple[ReusedTensor, ...]  # counted tensors with an identical twin
+    excluded: dict  # kind -> count of target tensors left out
+    excluded_matches: dict  # kind -> count of left-out target tensors that also match
+
+    @property
+    def reused_count(self) -> int:
+        return len(self.reused)
+
+    @property
+    def reused_share(self) -> float:
+        return self.reused_count / self.counted_tensors if self.counted_tensors else 0.0
+
+    @property
+    def reused_bytes_share(self) -> float:
+        return sum(r.nbytes for r in self.reused) / self.counted_bytes if self.counted_bytes else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "target_tensors": self.target_tensors,
+            "reference_tensors": self.reference_tensors,
+            "counted_tensors": self.counted_tensors,
+            "reused_count": self.reused_count,
+            "reused_share": self.reused_share,
+            "reused_bytes_share": self.reused_bytes_share,
+            "reused": [r.as_dict() for r in self.reused],
+            "excluded": dict(sorted(self.excluded.items())),
+            "excluded_matches": dict(sorted(self.excluded_matches.items())),
+        }
+
+
+def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[TensorDigest], *,
+                        buffers: Collection[str] = ()) -> ExactReuse:
+    """Find target tensors whose bytes (dtype and shape too) occur anywhere in the reference.
+
+    Args:
+        target: per-tensor digests of the audited model.
+        reference: per-tensor digests of the reference model.
+        buffers: target tensor names that are config-derived buffers (``NameMap.buffers``).
+
+    Returns:
+        An ExactReuse record; any name, any layer, any expert slot counts.
+    """
+    index: dict[tuple, list[str]] = defaultdict(list)
+    for d in reference:
+        index[(d.sha256, d.dtype, tuple(d.shape))].append(d.name)
+    reused: list[ReusedTensor] = []
+    excluded: dict[str, int] = defaultdict(int)
+    excluded_matches: dict[str, int] = defaultdict(int)
+    counted = counted_bytes = 0
+    for d in sorted(target, key=lambda t: t.name):
+        twins = index.get((d.sha256, d.dtype, tuple(d.shape)), [])
+        kind = excluded_kind(d, buffers)
+        if kind is not None:
+            excluded[kind] += 1
+            excluded_matches[kind] += bool(twins)
+            continue
+        counted += 1
+        counted_bytes += d.nbytes
+        if twins:
+            names = tuple(sorted(twins))
+            reused.append(ReusedTensor(d.name, names, d.nbytes, d.name in names))
+    return ExactReuse(
+        target_tensors=len(target),
+        reference_tensors=len(reference),
+        counted_tensors=counted,
+        counted_bytes=counted_bytes,
+        reused=tuple(reused),
+        excluded=dict(excluded),
+        excluded_matches=dict(excluded_matches),
+    )

@@ -1,0 +1,81 @@
+"""Sources: local directories (sharded or not), single files, HF-cache ids; never a download by default."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from modellineage.errors import CorruptCheckpoint, SourceNotFound, UnsupportedFormat
+from modellineage.sources import resolve_source
+
+
+def test_missing_path_names_it(tmp_path):
+    with pytest.raises(SourceNotFound, match=str(tmp_path / "nope")):
+        resolve_source("nope", base_dir=tmp_path)
+
+
+def test_uncached_repo_id_is_not_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SourceNotFound, match="--allow-download"):
+        resolve_source("nobody-here/no-such-model-xyz", base_dir=tmp_path)
+
+
+def test_directory_with_index_lists_its_shards(tmp_path):
+    save_file({"a": np.zeros(2, np.float32)}, tmp_path / "model-00001-of-00002.safetensors")
+    save_file({"b": np.ones(2, np.float32)}, tmp_path / "model-00002-of-00002.safetensors")
+    save_file({"c": np.ones(2, np.float32)}, tmp_path / "stray.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+
+    src = resolve_source(str(tmp_path))
+
+    assert [p.name for p in src.weight_files] == ["model-00001-of-00002.safetensors",
+                                                  "model-00002-of-00002.safetensors"]
+    assert src.config_file.name == "config.json" and [p.name for p in src.tokenizer_files] == ["tokenizer.json"]
+    assert "stray.safetensors" in src.notes[0]
+
+
+def test_index_naming_a_missing_shard(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
+    with pytest.raises(SourceNotFound, match="gone.safetensors"):
+        resolve_source(str(tmp_path))
+
+
+def test_corrupt_index(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(CorruptCheckpoint, match="model.safetensors.index.json"):
+        resolve_source(str(tmp_path))
+
+
+def test_single_file_source(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"a": np.zeros(2, np.float32)}, path)
+    src = resolve_source(str(path))
+    assert src.kind == "file" and src.weight_files == (path.resolve(),)
+
+
+def test_pickle_only_checkpoint_is_refused_not_opened(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    # Not even a valid pickle: proves it is never opened.
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04 not really a pickle")
+    src = resolve_source(str(tmp_path))
+    with pytest.raises(UnsupportedFormat, match="pytorch_model.bin.*never unpickled"):
+        src.require_weights()
+
+
+def test_tokenizer_only_directory_is_a_valid_source(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{}")
+    src = resolve_source(str(tmp_path))
+    assert not src.has_weights
+    with pytest.raises(UnsupportedFormat, match="no \\*.safetensors weights"):
+        src.require_weights()
+
+
+def test_empty_directory(tmp_path):
+    with pytest.raises(SourceNotFound, match="no weights, config or tokenizer"):
+        resolve_source(str(tmp_path))
