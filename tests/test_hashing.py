@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import save_file as np_save
 from safetensors.torch import load_file as torch_load
@@ -21,37 +20,7 @@ from modellineage import progress
 from modellineage.errors import CorruptCheckpoint, SourceNotFound
 from modellineage.hashing import FileDigest, TensorDigest, scan_safetensors, sha256_file
 from modellineage.tensors import read_header
-
-# safetensors dtype -> (torch dtype, signed int of the same width used for random bit patterns)
-TORCH_DTYPES = {
-    "F64": (torch.float64, np.int64),
-    "F32": (torch.float32, np.int32),
-    "F16": (torch.float16, np.int16),
-    "BF16": (torch.bfloat16, np.int16),
-    "F8_E4M3": (torch.float8_e4m3fn, np.int8),
-    "F8_E5M2": (torch.float8_e5m2, np.int8),
-    "I64": (torch.int64, np.int64),
-    "I32": (torch.int32, np.int32),
-    "I16": (torch.int16, np.int16),
-    "I8": (torch.int8, np.int8),
-    "U8": (torch.uint8, np.int8),
-    "BOOL": (torch.bool, None),
-}
-
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def random_tensor(dtype: str, shape: tuple[int, ...], seed: int, *, constant: bool = False) -> torch.Tensor:
-    """Random bit patterns of ``dtype`` (NaN/Inf included for floats); ``constant`` repeats one pattern."""
-    tdtype, itype = TORCH_DTYPES[dtype]
-    rng = np.random.default_rng(seed)
-    if itype is None:
-        return torch.from_numpy(np.asarray(rng.integers(0, 2, size=shape).astype(bool) | constant))
-    info = np.iinfo(itype)
-    bits = np.asarray(rng.integers(info.min, info.max, size=shape, dtype=itype, endpoint=True))
-    if constant:
-        bits = np.full(shape, bits.flat[0] if bits.size else 0, dtype=itype)
-    return torch.from_numpy(np.ascontiguousarray(bits)).view(tdtype)
+from tests.st_files import FAST, TORCH_DTYPES, random_tensor, write_raw
 
 
 def hash_range(path: Path, begin: int, end: int) -> str:
@@ -104,9 +73,7 @@ def _raw_with_gaps(path: Path) -> tuple[Path, dict]:
         "e": {"dtype": "F16", "shape": [0, 4], "data_offsets": [53, 53]},
     }
     data = b"\xaa" + b + b"gap!ga" + a + b"trailing"
-    blob = json.dumps(entries).encode()
-    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
-    return path, entries
+    return write_raw(path, entries, data), entries
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])

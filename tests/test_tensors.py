@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import save_file as np_save
 from safetensors.torch import load_file as torch_load
@@ -25,34 +22,7 @@ from modellineage.errors import (
     UnsupportedFormat,
 )
 from modellineage.tensors import F8_E4M3_TABLE, F8_E5M2_TABLE, TensorStore, read_header
-
-# safetensors dtype -> (torch dtype, signed int of the same width used to make random bit patterns)
-TORCH_FLOATS = {
-    "F64": (torch.float64, np.int64),
-    "F32": (torch.float32, np.int32),
-    "F16": (torch.float16, np.int16),
-    "BF16": (torch.bfloat16, np.int16),
-    "F8_E4M3": (torch.float8_e4m3fn, np.int8),
-    "F8_E5M2": (torch.float8_e5m2, np.int8),
-}
-
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def random_bits_tensor(dtype: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """A tensor of ``dtype`` holding uniformly random bit patterns (so NaN, Inf, subnormals included)."""
-    tdtype, itype = TORCH_FLOATS[dtype]
-    info = np.iinfo(itype)
-    bits = np.random.default_rng(seed).integers(info.min, info.max, size=shape, dtype=itype, endpoint=True)
-    return torch.from_numpy(np.ascontiguousarray(bits)).view(tdtype)
-
-
-def write_raw(path: Path, entries: dict, data: bytes, *, header: bytes | None = None, length: int | None = None) -> Path:
-    """Write a safetensors-like file byte by byte: 8-byte length, JSON header, data."""
-    blob = header if header is not None else json.dumps(entries).encode()
-    n = len(blob) if length is None else length
-    path.write_bytes(struct.pack("<Q", n) + blob + data)
-    return path
+from tests.st_files import FAST, TORCH_FLOATS, random_tensor, write_raw
 
 
 def as_f64(t: torch.Tensor) -> np.ndarray:
@@ -163,21 +133,20 @@ def test_entry_missing_a_key(tmp_path, missing):
         read_header(path)
 
 
-def test_unknown_dtype(tmp_path):
-    path = write_raw(tmp_path / "bad.safetensors", {"w": {"dtype": "F12", "shape": [2], "data_offsets": [0, 3]}}, bytes(3))
-    with pytest.raises(UnsupportedFormat, match=r"bad\.safetensors.*'w'.*'F12'"):
-        read_header(path)
-
-
-def test_offsets_do_not_match_shape(tmp_path):
-    path = write_raw(tmp_path / "bad.safetensors", {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(12))
-    with pytest.raises(CorruptCheckpoint, match=r"bad\.safetensors.*'w'.*needs 12 bytes.*span 8"):
-        read_header(path)
-
-
-def test_offsets_past_end_of_file(tmp_path):
-    path = write_raw(tmp_path / "bad.safetensors", {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(12))
-    with pytest.raises(CorruptCheckpoint, match=r"bad\.safetensors.*'w'.*past the end"):
+@pytest.mark.parametrize(
+    "entry, size, error, match",
+    [
+        pytest.param({"dtype": "F12", "shape": [2], "data_offsets": [0, 3]}, 3,
+                     UnsupportedFormat, r"bad\.safetensors.*'w'.*'F12'", id="unknown_dtype"),
+        pytest.param({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, 12,
+                     CorruptCheckpoint, r"bad\.safetensors.*'w'.*needs 12 bytes.*span 8", id="offsets_do_not_match_shape"),
+        pytest.param({"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, 12,
+                     CorruptCheckpoint, r"bad\.safetensors.*'w'.*past the end", id="offsets_past_end_of_file"),
+    ],
+)
+def test_bad_entry(tmp_path, entry, size, error, match):
+    path = write_raw(tmp_path / "bad.safetensors", {"w": entry}, bytes(size))
+    with pytest.raises(error, match=match):
         read_header(path)
 
 
@@ -254,7 +223,7 @@ shapes = st.lists(st.integers(0, 7), min_size=0, max_size=3).map(tuple)
 @given(dtype=st.sampled_from(sorted(TORCH_FLOATS)), shape=shapes, chunk=st.integers(1, 400), seed=st.integers(0, 2**16))
 def test_iter_rows_reassembles_to_torch_values(tmp_path, dtype, shape, chunk, seed):
     path = tmp_path / f"{dtype}.safetensors"
-    torch_save({"t": random_bits_tensor(dtype, shape, seed), "pad": torch.ones(3, dtype=torch.float16)}, str(path))
+    torch_save({"t": random_tensor(dtype, shape, seed), "pad": torch.ones(3, dtype=torch.float16)}, str(path))
     expected = view2d(as_f64(torch_load(str(path))["t"]))
     with TensorStore([path]) as store:
         blocks = list(store.iter_rows("t", max_chunk_bytes=chunk))
@@ -277,7 +246,7 @@ def test_iter_rows_reassembles_to_torch_values(tmp_path, dtype, shape, chunk, se
 )
 def test_read_rows_equals_slice(tmp_path, dtype, rows, cols, picks, seed):
     path = tmp_path / f"{dtype}.safetensors"
-    torch_save({"t": random_bits_tensor(dtype, (rows, cols), seed)}, str(path))
+    torch_save({"t": random_tensor(dtype, (rows, cols), seed)}, str(path))
     full = as_f64(torch_load(str(path))["t"])
     idx = [p % rows for p in picks]
     with TensorStore([path]) as store:

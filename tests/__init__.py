@@ -1,0 +1,1 @@
+"""Test package: lets test modules share helpers (tests.tiny_models, tests.st_files)."""
