@@ -1,0 +1,385 @@
+"""The pytest layer: options, the audit plan, lazy model fixtures, evidence JSON and the HTML report.
+
+Loaded by the root ``conftest.py``. It becomes active only for an *audit run* — when the command
+line points into ``audits/`` or passes one of the audit options — so ``pytest tests/`` is untouched.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modellineage import evidence as ev
+from modellineage import progress, report
+from modellineage.errors import IncompatibleShapes, LineageError, PlanError, UnsupportedFormat
+from modellineage.model import DigestCache, Model
+from modellineage.plan import FAMILIES, AuditPlan, Reference, load_plan, override_plan
+from modellineage.sources import resolve_source
+
+from .criteria import Judgement, Thresholds, load_thresholds
+
+AUDITS_DIR = Path(__file__).resolve().parent
+ROOT = AUDITS_DIR.parent
+SESSION_KEY = pytest.StashKey["AuditSession"]()
+RECORD_KEY = pytest.StashKey["AuditRecord"]()
+# LineageErrors that mean "this measurement cannot be made here" (shown as a skip with the reason);
+# every other LineageError (corrupt file, NaN weights, missing shard) fails the audit that needed it.
+SKIP_ERRORS = (UnsupportedFormat, IncompatibleShapes)
+
+
+# ----------------------------------------------------------------------------------------- options
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Audit options, grouped under 'provenance audit'."""
+    group = parser.getgroup("audit", "provenance audit")
+    group.addoption("--audit", metavar="FILE", help="audit plan (TOML); default: audit.toml at the project root")
+    group.addoption("--target", metavar="SOURCE", help="model to audit: directory, .safetensors file or cached repo id")
+    group.addoption("--reference", metavar="NAME=SOURCE", action="append", default=None,
+                    help="reference model (repeatable); replaces the plan's references; needs --expect")
+    group.addoption("--expect", choices=("independent", "derived"),
+                    help="expected relation of the target to every reference (overrides the plan)")
+    group.addoption("--thresholds", metavar="FILE", help="thresholds file; default: thresholds.toml at the root")
+    group.addoption("--evidence", metavar="PATH", help="evidence JSON; default: reports/evidence.json")
+    group.addoption("--allow-download", action="store_true", default=False,
+                    help="let repo ids missing from the local Hugging Face cache be downloaded")
+
+
+_AUDIT_OPTIONS = ("audit", "target", "reference", "expect", "thresholds", "evidence")
+
+
+def _is_audit_run(config: pytest.Config) -> bool:
+    if any(config.getoption(o) for o in _AUDIT_OPTIONS):
+        return True
+    for arg in config.args:
+        path = Path(arg.split("::")[0])
+        path = (Path(config.invocation_params.dir) / path).resolve()
+        if path == AUDITS_DIR or AUDITS_DIR in path.parents:
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------- session
+@dataclass
+class AuditRecord:
+    """What one audit measured and decided; becomes one entry of evidence.json."""
+
+    nodeid: str
+    family: str
+    subject: str
+    expectation: str | None
+    measurements: dict = field(default_factory=dict)
+    judgement: Judgement | None = None
+    sentence: str = ""
+    extras: list = field(default_factory=list)
+    outcome: str = "not run"
+    message: str = ""
+
+    def as_dict(self) -> dict:
+        return {"nodeid": self.nodeid, "family": self.family, "subject": self.subject,
+                "expectation": self.expectation, "measurements": self.measurements,
+                "judgement": self.judgement, "summary": self.sentence,
+                "outcome": self.outcome, "message": self.message}
+
+
+class AuditSession:
+    """The plan, thresholds and lazily opened models of one pytest session."""
+
+    def __init__(self, plan: AuditPlan, thresholds: Thresholds, evidence_path: Path, allow_download: bool):
+        self.plan = plan
+        self.thresholds = thresholds
+        self.evidence_path = evidence_path
+        self.digests = DigestCache()
+        self.sources = {}
+        if plan.target_source is None:
+            raise PlanError("no target: give [target].source in the audit plan or --target SOURCE")
+        self.sources[plan.target_name] = resolve_source(plan.target_source, base_dir=plan.base_dir,
+                                                        allow_download=allow_download)
+        for ref in plan.references:
+            self.sources[ref.name] = resolve_source(ref.source, base_dir=plan.base_dir,
+                                                    allow_download=allow_download)
+        self._models: dict[str, Model] = {}
+        self.records: list[AuditRecord] = []
+
+    def model(self, name: str) -> Model:
+        """The model of that name, opened on first use (reading nothing yet)."""
+        if name not in self._models:
+            self._models[name] = Model(name, self.sources[name], self.digests)
+        return self._models[name]
+
+    @property
+    def subjects(self) -> list[str]:
+        return [self.plan.target_name] + [r.name for r in self.plan.references]
+
+    def close(self) -> None:
+        for model in self._models.values():
+            model.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Register markers; for an audit run, load plan and thresholds and default the HTML report."""
+    for family in FAMILIES:
+        config.addinivalue_line("markers", f"{family}: {family} evidence (provenance audit family)")
+    if not _is_audit_run(config) or hasattr(config, "workerinput"):
+        return
+    root = Path(config.rootpath)
+    try:
+        audit_file = config.getoption("audit")
+        cli_only = audit_file is None and (config.getoption("target") or config.getoption("reference"))
+        plan = None if cli_only else load_plan(Path(audit_file) if audit_file else root / "audit.toml")
+        plan = override_plan(plan, target=config.getoption("target"), references=config.getoption("reference"),
+                             expect=config.getoption("expect"), base_dir=Path(config.invocation_params.dir))
+        thresholds = load_thresholds(Path(config.getoption("thresholds") or root / "thresholds.toml"))
+        evidence_path = Path(config.getoption("evidence") or root / "reports" / "evidence.json")
+        session = AuditSession(plan, thresholds, evidence_path, config.getoption("allow_download"))
+    except LineageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION_KEY] = session
+    if config.pluginmanager.hasplugin("html") or _html_available():
+        if not config.getoption("htmlpath", None):
+            config.option.htmlpath = str(root / "reports" / "audit.html")
+        config.option.self_contained_html = True
+    _configure_progress(config)
+
+
+def _configure_progress(config: pytest.Config) -> None:
+    """Bars go to a duplicate of the terminal taken now, while capturing is suspended (off under -q)."""
+    stream = None
+    try:
+        if sys.stderr.isatty():
+            stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+            config.add_cleanup(stream.close)
+    except (AttributeError, OSError, ValueError):  # stderr replaced by something without a descriptor
+        stream = None
+    progress.configure(enabled=config.get_verbosity() >= 0 and stream is not None, stream=stream)
+
+
+def _html_available() -> bool:
+    try:
+        import pytest_html  # noqa: F401
+    except ImportError:  # pragma: no cover
+        return False
+    return True
+
+
+def _session(config: pytest.Config) -> AuditSession | None:
+    return config.stash.get(SESSION_KEY, None)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `reference` over the plan's references and `subject` over target + references."""
+    session = _session(metafunc.config)
+    if session is None:
+        return
+    if "reference" in metafunc.fixturenames:
+        refs = list(session.plan.references)
+        metafunc.parametrize("reference", refs, ids=[r.name for r in refs], indirect=True)
+    if "subject" in metafunc.fixturenames:
+        names = session.subjects
+        metafunc.parametrize("subject", names, ids=names, indirect=True)
+
+
+# ----------------------------------------------------------------------------------------- fixtures
+@dataclass(frozen=True)
+class ReferenceHandle:
+    """A reference of the plan with its lazily opened model."""
+
+    spec: Reference
+    model: Model
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def expectation(self, family: str) -> str:
+        return self.spec.expectation(family)
+
+
+@pytest.fixture(scope="session")
+def audit_session(pytestconfig: pytest.Config) -> AuditSession:
+    session = _session(pytestconfig)
+    if session is None:
+        pytest.skip("not an audit run (run `pytest audits/`)")
+    return session
+
+
+@pytest.fixture(scope="session")
+def target(audit_session: AuditSession) -> Model:
+    """The audited model (opened lazily)."""
+    return audit_session.model(audit_session.plan.target_name)
+
+
+@pytest.fixture(scope="session")
+def reference(request: pytest.FixtureRequest, audit_session: AuditSession) -> ReferenceHandle:
+    """One reference of the plan (parametrized; opened lazily)."""
+    spec: Reference = request.param
+    return ReferenceHandle(spec, audit_session.model(spec.name))
+
+
+@pytest.fixture(scope="session")
+def subject(request: pytest.FixtureRequest, audit_session: AuditSession) -> Model:
+    """The target or one reference (parametrized), for audits of a model on its own."""
+    return audit_session.model(request.param)
+
+
+@pytest.fixture(scope="session")
+def thresholds(audit_session: AuditSession) -> Thresholds:
+    return audit_session.thresholds
+
+
+@pytest.fixture(scope="session")
+def claims(audit_session: AuditSession) -> dict:
+    return dict(audit_session.plan.claims)
+
+
+class Recorder:
+    """What a test hands over for evidence.json and the report."""
+
+    def __init__(self, record: AuditRecord) -> None:
+        self._record = record
+
+    def measured(self, name: str, value: Any) -> Any:
+        """Record one measurement (a record with as_dict(), or plain data); returns it."""
+        self._record.measurements[name] = ev.to_jsonable(value)
+        return value
+
+    def judged(self, judgement: Judgement) -> Judgement:
+        self._record.judgement = judgement
+        return judgement
+
+    def says(self, sentence: str) -> None:
+        """One plain-language sentence for the per-reference paragraph of the report."""
+        self._record.sentence = sentence
+
+    def html(self, html: str) -> None:
+        from pytest_html import extras
+
+        self._record.extras.append(extras.html(html))
+
+    def png(self, data_b64: str, name: str) -> None:
+        from pytest_html import extras
+
+        self._record.extras.append(extras.png(data_b64, name))
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest, audit_session: AuditSession) -> Recorder:
+    """Records measurements and the judgement of the running audit."""
+    return Recorder(request.node.stash[RECORD_KEY])
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Open an evidence record for every audit item."""
+    session = _session(item.config)
+    if session is None:
+        return
+    family = next((m.name for m in item.iter_markers() if m.name in FAMILIES), "other")
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    ref = params.get("reference")
+    subject = ref.name if isinstance(ref, Reference) else params.get("subject", session.plan.target_name)
+    record = AuditRecord(item.nodeid, family, subject, ref.expectation(family) if isinstance(ref, Reference) else None)
+    item.stash[RECORD_KEY] = record
+    session.records.append(record)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Turn library errors into clear skips or failures, and hand evidence to the report."""
+    outcome = yield
+    rep = outcome.get_result()
+    record = item.stash.get(RECORD_KEY, None)
+    if call.excinfo is not None and call.excinfo.errisinstance(LineageError):
+        message = str(call.excinfo.value)
+        if call.excinfo.errisinstance(SKIP_ERRORS):
+            rep.outcome = "skipped"
+            rep.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: cannot measure: {message}")
+        else:
+            rep.outcome = "failed"
+            rep.longrepr = f"{type(call.excinfo.value).__name__}: {message}"
+    if record is None:
+        return
+    if rep.when == "call" or (rep.when == "setup" and not rep.passed):
+        record.outcome = rep.outcome
+        if rep.skipped and isinstance(rep.longrepr, tuple):
+            record.message = str(rep.longrepr[2]).removeprefix("Skipped: ")
+        elif rep.failed:
+            record.message = record.judgement.message if record.judgement and record.judgement.failed \
+                else str(rep.longrepr).strip().splitlines()[-1]
+        elif record.judgement is not None:
+            record.message = record.judgement.message
+    if rep.when == "call" and record.extras:
+        rep.extras = list(getattr(rep, "extras", [])) + record.extras
+
+
+# ----------------------------------------------------------------------------------------- outputs
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write evidence.json: plan, thresholds, every record, every input file with its SHA-256."""
+    audit = _session(session.config)
+    if audit is None:
+        return
+    root = Path(session.config.rootpath)
+    inputs = []
+    for name in audit.subjects:
+        model = audit.model(name)
+        for digest, error in model.file_digests():
+            entry = {"model": name, "path": ev.display_path(digest.path, root),
+                     "size": digest.size, "sha256": digest.sha256}
+            if error:
+                entry["error"] = error
+            inputs.append(entry)
+    document = {
+        "schema": ev.SCHEMA,
+        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool": ev.library_versions(),
+        "machine": ev.machine_info(),
+        "plan": _relative_plan(audit.plan, root),
+        "sources": {n: _relative_source(audit.sources[n].as_dict(), root) for n in audit.subjects},
+        "thresholds": {"file": ev.display_path(audit.thresholds.path, root),
+                       "bounds": audit.thresholds.as_dict()["bounds"]},
+        "inputs": inputs,
+        "audits": sorted((r.as_dict() for r in audit.records), key=lambda r: r["nodeid"]),
+        "exit_status": int(exitstatus),
+    }
+    audit.evidence_path.parent.mkdir(parents=True, exist_ok=True)
+    audit.evidence_path.write_text(ev.dumps(document), encoding="utf-8")
+    audit.close()
+
+
+def _relative_plan(plan: AuditPlan, root: Path) -> dict:
+    data = plan.as_dict()
+    if data["plan_file"]:
+        data["plan_file"] = ev.display_path(data["plan_file"], root)
+    return data
+
+
+def _relative_source(data: dict, root: Path) -> dict:
+    data["root"] = ev.display_path(data["root"], root)
+    return data
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Name the evidence file, like pytest-html names its report."""
+    audit = _session(config)
+    if audit is not None:
+        terminalreporter.write_sep("-", f"Evidence: {audit.evidence_path}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_report_title(report) -> None:
+    """Title the HTML report."""
+    report.title = "Provenance audit"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_summary(prefix: list, summary: list, postfix: list, session: pytest.Session) -> None:
+    """Put the verdict table and one paragraph per reference on top of the report."""
+    audit = _session(session.config)
+    if audit is None:
+        return
+    records = [ev.to_jsonable(r) for r in audit.records]
+    prefix.append(report.summary_html(audit.plan.as_dict(), records))

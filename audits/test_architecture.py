@@ -1,0 +1,76 @@
+"""Architecture evidence: does each config tell the truth about its weights, and how do configs compare?
+
+A shared config decides nothing on its own (several from-scratch 7B models use Llama-2-7B's exact
+config), so the config comparison is recorded for the report and never judged.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from modellineage import report
+from modellineage.architecture import check_config_against_weights, compare_configs
+from modellineage.errors import UnsupportedFormat
+
+from .criteria import config_matches_weights, parameter_claim
+
+pytestmark = pytest.mark.architecture
+
+
+def test_config_matches_weights(subject, evidence):
+    if subject.arch is None:
+        raise UnsupportedFormat(f"{subject.source.root}: no config.json to check against the weights")
+    facts = evidence.measured("weight_facts", subject.weight_facts)
+    agreements = evidence.measured("agreements", check_config_against_weights(subject.arch, facts))
+    evidence.measured("unknown_tensors", subject.name_map.unknown)
+    evidence.html(report.table(
+        ["field", "config", "weights", "agrees", "note"],
+        [[a.field, a.config_value, a.weights_value, {True: "yes", False: "NO", None: "—"}[a.agrees], a.note]
+         for a in agreements],
+        caption=f"{subject.name}: config.json against the tensor shapes"))
+    if subject.name_map.unknown:
+        evidence.html(report.table(["tensor kept verbatim (no canonical role)"],
+                                   [[n] for n in subject.name_map.unknown[:100]],
+                                   caption=f"{len(subject.name_map.unknown)} unrecognised tensor name(s)"))
+    judgement = evidence.judged(config_matches_weights(subject.name, agreements))
+    evidence.says(judgement.message.split(": ", 1)[1].capitalize() + ".")
+    assert not judgement.failed, judgement.message
+
+
+def test_weights_are_finite(subject, evidence):
+    """NaN or Inf weights make every similarity undefined; they are a defect of the checkpoint."""
+    bad = [(d.name, d.nonfinite) for d in subject.tensor_digests() if d.nonfinite]
+    evidence.measured("nonfinite_tensors", dict(bad))
+    total = len(subject.tensor_digests())
+    if bad:
+        files = ", ".join(p.name for p in subject.source.weight_files)
+        listing = ", ".join(f"{n} ({c})" for n, c in bad[:10])
+        pytest.fail(f"{subject.name} ({files}): {len(bad)} of {total} tensors hold NaN/Inf values: {listing}",
+                    pytrace=False)
+
+
+def test_parameter_count_matches_claim(target, claims, thresholds, evidence):
+    counted = evidence.measured("parameters", target.weight_facts.total_parameters)
+    if "parameters" not in claims:
+        pytest.skip(f"no [claims].parameters in the audit plan (headers count {counted:,} parameters)")
+    judgement = evidence.judged(parameter_claim(target.name, float(claims["parameters"]), counted,
+                                                thresholds["architecture", "parameter_claim_rel_tol"]))
+    assert not judgement.failed, judgement.message
+
+
+def test_config_comparison_recorded(target, reference, evidence):
+    """Informational: the normalised configs side by side. Fails only when a config cannot be read."""
+    if target.arch is None or reference.model.arch is None:
+        missing = target if target.arch is None else reference.model
+        raise UnsupportedFormat(f"{missing.source.root}: no config.json, configs cannot be compared")
+    comparison = evidence.measured("config_comparison", compare_configs(target.arch, reference.model.arch))
+    evidence.html(report.table(
+        ["field", "target", reference.name, "equal"],
+        [[f.field, f.target, f.reference, "yes" if f.equal else "differs"] for f in comparison.fields],
+        caption=f"Normalised configs: target vs {reference.name}"))
+    if comparison.identical:
+        evidence.says(f"Configs are identical in all {len(comparison.fields)} fields (not evidence on its own: "
+                      "independent models often share a standard config).")
+    else:
+        evidence.says(f"Configs differ in {len(comparison.differing)} of {len(comparison.fields)} fields "
+                      f"({', '.join(comparison.differing)}).")

@@ -1,0 +1,46 @@
+"""Exact tensor reuse: byte-identical tensors are the plainest evidence of copying."""
+
+from __future__ import annotations
+
+import pytest
+
+from modellineage import report
+from modellineage.reuse import measure_exact_reuse
+
+from .criteria import no_exact_reuse
+
+pytestmark = pytest.mark.reuse
+
+
+def test_no_exact_tensor_reuse(target, reference, thresholds, evidence):
+    reuse = evidence.measured("exact_reuse", measure_exact_reuse(
+        target.tensor_digests(), reference.model.tensor_digests(), buffers=target.name_map.buffers))
+    evidence.says(f"The target reuses {reuse.reused_count} of its {reuse.counted_tensors} non-constant tensors "
+                  f"byte for byte from {reference.name} ({reuse.reused_bytes_share:.1%} of those bytes).")
+    evidence.html(_reuse_table(reuse, reference.name))
+    if reference.expectation("reuse") == "derived":
+        pytest.skip(f"recorded, not judged: a derivative may change every tensor; the target reuses "
+                    f"{reuse.reused_count} of {reuse.counted_tensors} non-constant tensors of {reference.name!r}")
+    judgement = evidence.judged(no_exact_reuse(reuse, thresholds["reuse", "independent_max_reused_tensors"],
+                                               reference.name))
+    assert not judgement.failed, judgement.message
+
+
+def _reuse_table(reuse, reference: str) -> str:
+    rows = [[r.target_name, ", ".join(r.reference_names), f"{r.nbytes:,}", "yes" if r.same_name else "no"]
+            for r in reuse.reused[:50]]
+    head = report.table(
+        ["target tensors", "counted (float, non-constant)", "reused", "share", "bytes share", "excluded",
+         "excluded but matching"],
+        [[reuse.target_tensors, reuse.counted_tensors, reuse.reused_count, f"{reuse.reused_share:.1%}",
+          f"{reuse.reused_bytes_share:.1%}", _kinds(reuse.excluded), _kinds(reuse.excluded_matches)]],
+        caption=f"Exact reuse of {reference}'s tensors")
+    if not rows:
+        return head
+    more = f" (first 50 of {reuse.reused_count})" if reuse.reused_count > 50 else ""
+    return head + report.table(["target tensor", f"identical in {reference}", "bytes", "same name"], rows,
+                               caption="Byte-identical tensors" + more)
+
+
+def _kinds(counts: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"
