@@ -139,3 +139,12 @@ def parameter_claim(model: str, claimed: float, counted: int, bound: Bound) -> J
     message = (f"{model}: claimed {claimed:,.0f} parameters, headers count {counted:,} "
                f"(off by {rel:.2%}; {'>' if failed else '≤'} {bound.value:.0%} allowed, {bound.where})")
     return Judgement("claimed parameter count", rel, f"≤ {bound.value}", bound.where, failed, message)
+
+
+def weights_finite(model: str, files: str, nonfinite: dict, total: int) -> Judgement:
+    """No tensor may hold NaN or Inf: they make every similarity statistic undefined."""
+    listing = ", ".join(f"{name} ({count})" for name, count in list(nonfinite.items())[:10])
+    message = (f"{model} ({files}): {len(nonfinite)} of {total} tensors hold NaN/Inf values: {listing}" if nonfinite
+               else f"{model}: all {total} tensors are finite")
+    return Judgement("weights are finite", len(nonfinite), "0 tensors with NaN/Inf",
+                     "exact (a checkpoint defect)", bool(nonfinite), message)

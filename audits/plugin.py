@@ -303,6 +303,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             rep.longrepr = f"{type(call.excinfo.value).__name__}: {message}"
     if record is None:
         return
+    judgement = record.judgement
+    if rep.when == "call" and rep.failed and judgement is not None and judgement.failed \
+            and call.excinfo is not None and call.excinfo.errisinstance(AssertionError):
+        session = _session(item.config)
+        # The claim and where its evidence is, not the test's source code.
+        rep.longrepr = f"{judgement.message}\nevidence: {session.evidence_path} (audit {item.nodeid})"
     if rep.when == "call" or (rep.when == "setup" and not rep.passed):
         record.outcome = rep.outcome
         if rep.skipped and isinstance(rep.longrepr, tuple):
@@ -312,6 +318,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                 else str(rep.longrepr).strip().splitlines()[-1]
         elif record.judgement is not None:
             record.message = record.judgement.message
+        else:
+            record.message = record.sentence
     if rep.when == "call" and record.extras:
         rep.extras = list(getattr(rep, "extras", [])) + record.extras
 

@@ -12,7 +12,7 @@ from modellineage import report
 from modellineage.architecture import check_config_against_weights, compare_configs
 from modellineage.errors import UnsupportedFormat
 
-from .criteria import config_matches_weights, parameter_claim
+from .criteria import config_matches_weights, parameter_claim, weights_finite
 
 pytestmark = pytest.mark.architecture
 
@@ -39,14 +39,11 @@ def test_config_matches_weights(subject, evidence):
 
 def test_weights_are_finite(subject, evidence):
     """NaN or Inf weights make every similarity undefined; they are a defect of the checkpoint."""
-    bad = [(d.name, d.nonfinite) for d in subject.tensor_digests() if d.nonfinite]
-    evidence.measured("nonfinite_tensors", dict(bad))
-    total = len(subject.tensor_digests())
-    if bad:
-        files = ", ".join(p.name for p in subject.source.weight_files)
-        listing = ", ".join(f"{n} ({c})" for n, c in bad[:10])
-        pytest.fail(f"{subject.name} ({files}): {len(bad)} of {total} tensors hold NaN/Inf values: {listing}",
-                    pytrace=False)
+    digests = subject.tensor_digests()
+    bad = evidence.measured("nonfinite_tensors", {d.name: d.nonfinite for d in digests if d.nonfinite})
+    files = ", ".join(str(p) for p in subject.source.weight_files)
+    judgement = evidence.judged(weights_finite(subject.name, files, bad, len(digests)))
+    assert not judgement.failed, judgement.message
 
 
 def test_parameter_count_matches_claim(target, claims, thresholds, evidence):

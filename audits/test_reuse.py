@@ -14,10 +14,17 @@ pytestmark = pytest.mark.reuse
 
 def test_no_exact_tensor_reuse(target, reference, thresholds, evidence):
     reuse = evidence.measured("exact_reuse", measure_exact_reuse(
-        target.tensor_digests(), reference.model.tensor_digests(), buffers=target.name_map.buffers))
+        target.tensor_digests(), reference.model.tensor_digests(), buffers=target.name_map.buffers,
+        layer_of=target.name_map.layer_of))
     evidence.says(f"The target reuses {reuse.reused_count} of its {reuse.counted_tensors} non-constant tensors "
                   f"byte for byte from {reference.name} ({reuse.reused_bytes_share:.1%} of those bytes).")
     evidence.html(_reuse_table(reuse, reference.name))
+    if reuse.by_layer:
+        labels = [row.label for row in reuse.by_layer]
+        shares = [row.reused / row.counted for row in reuse.by_layer]
+        evidence.png(report.bar_plot(labels, shares, title=f"Share of target tensors byte-identical in "
+                                     f"{reference.name}, by layer", ylabel="share reused", ylim=(0, 1)),
+                     "reuse by layer")
     if reference.expectation("reuse") == "derived":
         pytest.skip(f"recorded, not judged: a derivative may change every tensor; the target reuses "
                     f"{reuse.reused_count} of {reuse.counted_tensors} non-constant tensors of {reference.name!r}")

@@ -77,6 +77,9 @@ class ArchConfig:
     moe_intermediate_size: int | None = None
     shared_intermediate_size: int | None = None
     vocab_size: int | None = None
+    embedding_rows: int | None = None
+    """Rows of the embedding matrix when the config declares them padded beyond ``vocab_size``
+    (``embedding_size`` in OLMo, ``padded_vocab_size`` in GLM/ChatGLM); else ``None``."""
     num_experts: int | None = None
     experts_per_token: int | None = None
     num_shared_experts: int | None = None
@@ -227,6 +230,7 @@ def normalise_config(raw: Mapping) -> ArchConfig:
         moe_intermediate_size=moe_intermediate,
         shared_intermediate_size=shared_intermediate,
         vocab_size=_int(src.get("vocab_size")),
+        embedding_rows=_int(_first(src, "embedding_size", "padded_vocab_size")),
         num_experts=num_experts,
         experts_per_token=_int(_first(src, "num_experts_per_tok", "num_experts_per_token")),
         num_shared_experts=n_shared,
@@ -480,7 +484,11 @@ def check_config_against_weights(cfg: ArchConfig, facts: WeightFacts) -> tuple[A
         _agree("hidden_size", cfg.hidden_size, facts.hidden_size),
         _agree("num_layers", cfg.num_layers, facts.num_layers),
     ]
-    vocab = _agree("vocab_size", cfg.vocab_size, facts.vocab_size, " (embedding rows)")
+    if cfg.embedding_rows is not None:
+        vocab = _agree("vocab_size", cfg.embedding_rows, facts.vocab_size,
+                       f" (embedding rows; config pads vocab_size {cfg.vocab_size} to {cfg.embedding_rows})")
+    else:
+        vocab = _agree("vocab_size", cfg.vocab_size, facts.vocab_size, " (embedding rows)")
     if facts.lm_head_rows is not None and facts.vocab_size is not None and facts.lm_head_rows != facts.vocab_size:
         vocab = Agreement(vocab.field, vocab.config_value, vocab.weights_value, vocab.agrees,
                           (vocab.note + "; " if vocab.note else "") + f"lm_head has {facts.lm_head_rows} rows")

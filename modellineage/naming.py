@@ -258,6 +258,11 @@ class NameMap:
     notes: tuple[str, ...] = ()
     """Why something was left unsplit, duplicated or set aside."""
 
+    def layer_of(self, source: str) -> int | None:
+        """The layer index of a source tensor (None for embeddings, head, final norm, unknown names)."""
+        keys = self.by_source.get(source, ())
+        return self.refs[keys[0]].layer if keys else None
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "family": self.family,

@@ -15,6 +15,7 @@ VERDICT_STYLE = {
     "passed": ("holds", "#1a7f37"),
     "failed": ("FAILS", "#cf222e"),
     "skipped": ("skipped", "#9a6700"),
+    "recorded": ("recorded (informational)", "#57606a"),
     "not run": ("not run", "#57606a"),
 }
 
@@ -57,8 +58,9 @@ def summary_html(plan: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) 
     rows = []
     for r in sorted(records, key=lambda r: (r["subject"], r["nodeid"])):
         j = r.get("judgement") or {}
+        outcome = "recorded" if r["outcome"] == "passed" and not j else r["outcome"]
         rows.append([esc(r["subject"]), esc(r.get("expectation") or "—"), esc(_audit_name(r["nodeid"])),
-                     esc(_fmt(j.get("measured"))), esc(j.get("bound", "—")), _verdict(r["outcome"]),
+                     esc(_fmt(j.get("measured"))), esc(j.get("bound", "—")), _verdict(outcome),
                      esc(r.get("message", ""))])
     parts = [style, "<h2>Provenance verdicts</h2>", intro,
              table(["subject", "expected", "audit", "measured", "bound", "verdict", "detail"], rows,

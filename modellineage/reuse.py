@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 from .hashing import TensorDigest
 from .tensors import FLOAT_DTYPES
@@ -47,6 +47,22 @@ class ReusedTensor:
 
 
 @dataclass(frozen=True)
+class LayerReuse:
+    """Counted and reused target tensors of one layer (``layer`` None: embeddings, head, final norm)."""
+
+    layer: int | None
+    reused: int
+    counted: int
+
+    @property
+    def label(self) -> str:
+        return "outside layers" if self.layer is None else f"layer {self.layer}"
+
+    def as_dict(self) -> dict:
+        return {"layer": self.layer, "reused": self.reused, "counted": self.counted}
+
+
+@dataclass(frozen=True)
 class ExactReuse:
     """Byte-level reuse of target tensors in one reference."""
 
@@ -57,6 +73,7 @@ class ExactReuse:
     reused: tuple[ReusedTensor, ...]  # counted tensors with an identical twin
     excluded: dict  # kind -> count of target tensors left out
     excluded_matches: dict  # kind -> count of left-out target tensors that also match
+    by_layer: tuple[LayerReuse, ...] = ()  # counted and reused tensors per layer (None: outside layers)
 
     @property
     def reused_count(self) -> int:
@@ -81,17 +98,20 @@ class ExactReuse:
             "reused": [r.as_dict() for r in self.reused],
             "excluded": dict(sorted(self.excluded.items())),
             "excluded_matches": dict(sorted(self.excluded_matches.items())),
+            "by_layer": [r.as_dict() for r in self.by_layer],
         }
 
 
 def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[TensorDigest], *,
-                        buffers: Collection[str] = ()) -> ExactReuse:
+                        buffers: Collection[str] = (),
+                        layer_of: Callable[[str], int | None] | None = None) -> ExactReuse:
     """Find target tensors whose bytes (dtype and shape too) occur anywhere in the reference.
 
     Args:
         target: per-tensor digests of the audited model.
         reference: per-tensor digests of the reference model.
         buffers: target tensor names that are config-derived buffers (``NameMap.buffers``).
+        layer_of: target tensor name -> layer index (``NameMap.layer_of``), for the per-layer counts.
 
     Returns:
         An ExactReuse record; any name, any layer, any expert slot counts.
@@ -103,6 +123,7 @@ def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[Tens
     excluded: dict[str, int] = defaultdict(int)
     excluded_matches: dict[str, int] = defaultdict(int)
     counted = counted_bytes = 0
+    per_layer: dict[int | None, list[int]] = defaultdict(lambda: [0, 0])
     for d in sorted(target, key=lambda t: t.name):
         twins = index.get((d.sha256, d.dtype, tuple(d.shape)), [])
         kind = excluded_kind(d, buffers)
@@ -112,6 +133,9 @@ def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[Tens
             continue
         counted += 1
         counted_bytes += d.nbytes
+        tally = per_layer[layer_of(d.name) if layer_of else None]
+        tally[1] += 1
+        tally[0] += bool(twins)
         if twins:
             names = tuple(sorted(twins))
             reused.append(ReusedTensor(d.name, names, d.nbytes, d.name in names))
@@ -123,4 +147,6 @@ def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[Tens
         reused=tuple(reused),
         excluded=dict(excluded),
         excluded_matches=dict(excluded_matches),
+        by_layer=tuple(LayerReuse(layer, reused, n) for layer, (reused, n)
+                       in sorted(per_layer.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0))),
     )

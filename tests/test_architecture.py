@@ -346,3 +346,15 @@ def test_count_parameters_excludes_scales_and_buffers():
     facts = facts_from_weights(nm)
     assert facts.unknown_parameters == 16 and facts.canonical_parameters == 256 * 128
     assert facts.bytes_by_dtype == {"BF16": 32, "F32 (scales)": 8, "F8_E4M3": 256 * 128}
+
+
+def test_padded_embedding_declared_by_the_config_agrees():
+    """OLMo declares embedding_size 50304 beside vocab_size 50280; the weights have 50304 rows."""
+    raw = {"model_type": "olmo", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+           "intermediate_size": 96, "vocab_size": 50280, "embedding_size": 50304, "tie_word_embeddings": False}
+    shapes = {"model.embed_tokens.weight": (50304, 64), "lm_head.weight": (50304, 64),
+              "model.norm.weight": (64,), "model.layers.0.self_attn.q_proj.weight": (64, 64)}
+    cfg = normalise_config(raw)
+    by_field = {a.field: a for a in check_config_against_weights(cfg, facts_from_weights(canonicalize(shapes, raw), cfg))}
+    assert cfg.embedding_rows == 50304
+    assert by_field["vocab_size"].agrees is True and by_field["vocab_size"].config_value == 50304

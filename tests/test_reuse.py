@@ -51,3 +51,17 @@ def test_same_bytes_with_another_dtype_or_shape_is_not_reuse(tmp_path):
     reference = digests(tmp_path / "ref.safetensors", {"w": w.reshape(3, 4)})
     target = digests(tmp_path / "tgt.safetensors", {"w": w.reshape(4, 3), "v": w.view(np.int32)})
     assert measure_exact_reuse(target, reference).reused_count == 0
+
+
+def test_counts_per_layer(tmp_path):
+    rng = np.random.default_rng(1)
+    a, b, c = (rng.standard_normal(8).astype(np.float32) for _ in range(3))
+    reference = digests(tmp_path / "ref.safetensors", {"layers.0.w": a, "layers.1.w": b})
+    target = digests(tmp_path / "tgt.safetensors", {"layers.0.w": a, "layers.1.w": c, "head": b})
+    layers = {"layers.0.w": 0, "layers.1.w": 1, "head": None}
+
+    reuse = measure_exact_reuse(target, reference, layer_of=layers.get)
+
+    assert [r.as_dict() for r in reuse.by_layer] == [
+        {"layer": None, "reused": 1, "counted": 1}, {"layer": 0, "reused": 1, "counted": 1},
+        {"layer": 1, "reused": 0, "counted": 1}]
