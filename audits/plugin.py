@@ -104,6 +104,7 @@ class AuditSession:
                                                     allow_download=allow_download)
         self._models: dict[str, Model] = {}
         self.records: list[AuditRecord] = []
+        self.seeds: dict[str, int] = {}  # every seed a measurement used (sampling), by purpose
 
     def model(self, name: str) -> Model:
         """The model of that name, opened on first use (reading nothing yet)."""
@@ -127,6 +128,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{family}: {family} evidence (provenance audit family)")
     if not _is_audit_run(config) or hasattr(config, "workerinput"):
         return
+    if (config.getoption("numprocesses", None) or 0) not in (0, "0"):
+        raise pytest.UsageError("audits record their evidence in one process: run `pytest audits/` without -n")
     root = Path(config.rootpath)
     try:
         audit_file = config.getoption("audit")
@@ -351,6 +354,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                        "bounds": audit.thresholds.as_dict()["bounds"]},
         "inputs": inputs,
         "audits": sorted((r.as_dict() for r in audit.records), key=lambda r: r["nodeid"]),
+        "seeds": dict(sorted(audit.seeds.items())),
         "exit_status": int(exitstatus),
     }
     audit.evidence_path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,23 +30,27 @@ class DigestCache:
 
     def get(self, path: Path, *, label: str = "") -> FileDigest:
         """The digest of one file; safetensors files also get per-tensor digests (one sequential pass)."""
-        path = Path(path).resolve()
-        if path not in self._digests:
-            size = path.stat().st_size
-            hasher = scan_safetensors if path.suffix == ".safetensors" else sha256_file
-            with progress_bar(size, f"hashing {label or path.name}", enabled=None if size > 64 << 20 else False) as update:
-                self._digests[path] = hasher(path, progress=update)
-        return self._digests[path]
+        # Keyed by the resolved file (HF cache snapshots are symlinks into blobs/), recorded under the
+        # name the source gave it, so the evidence says "model.safetensors", not a blob hash.
+        key = Path(path).resolve()
+        if key not in self._digests:
+            size = key.stat().st_size
+            hasher = scan_safetensors if key.suffix == ".safetensors" or Path(path).suffix == ".safetensors" \
+                else sha256_file
+            show = None if size > 64 << 20 else False
+            with progress_bar(size, f"hashing {label or Path(path).name}", enabled=show) as update:
+                self._digests[key] = hasher(Path(path).absolute(), progress=update)
+        return self._digests[key]
 
     def file_digest(self, path: Path, *, label: str = "") -> tuple[FileDigest, str | None]:
         """Size and SHA-256 of any input file, even a corrupt one; the second item says what was wrong."""
         try:
             return self.get(path, label=label), None
         except LineageError as exc:
-            path = Path(path).resolve()
-            if path not in self._plain:
-                self._plain[path] = sha256_file(path)
-            return self._plain[path], str(exc)
+            key = Path(path).resolve()
+            if key not in self._plain:
+                self._plain[key] = sha256_file(Path(path).absolute())
+            return self._plain[key], str(exc)
 
     def __contains__(self, path: Path) -> bool:
         return Path(path).resolve() in self._digests

@@ -129,6 +129,7 @@ def test_wrong_parameter_claim_fails(tmp_path):
     (("--target", str(DEMO / "base"), "--reference", "x=/nonexistent/model", "--expect", "derived"),
      "/nonexistent/model: no such file or directory"),
     (("--thresholds", "/nonexistent/thresholds.toml"), "thresholds file not found"),
+    (("-n", "2"), "without -n"),  # workers would skip every audit and the gate would pass empty
 ])
 def test_usage_errors_name_what_is_wrong(tmp_path, args, fragment):
     proc, _ = run_audit(tmp_path, *args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,45 @@ def test_tokenizer_only_directory_is_a_valid_source(tmp_path):
 def test_empty_directory(tmp_path):
     with pytest.raises(SourceNotFound, match="no weights, config or tokenizer"):
         resolve_source(str(tmp_path))
+
+
+def _fake_hf_cache(cache, repo_id: str, revision: str = "0123456789abcdef0123456789abcdef01234567"):
+    """The on-disk layout huggingface_hub writes: blobs/, snapshots/<rev>/ symlinks, refs/main."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    save_file({"w": np.arange(4, dtype=np.float32)}, repo / "blobs" / "aaaa")
+    (repo / "blobs" / "bbbb").write_text('{"model_type": "llama"}')
+    (snapshot / "model.safetensors").symlink_to(repo / "blobs" / "aaaa")
+    (snapshot / "config.json").symlink_to(repo / "blobs" / "bbbb")
+    return snapshot
+
+
+def test_repo_id_resolves_from_the_local_cache_without_network(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    snapshot = _fake_hf_cache(tmp_path / "hub", "some-org/some-model")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    src = resolve_source("some-org/some-model")
+
+    assert src.kind == "hf-cache" and src.revision == snapshot.name
+    assert [p.name for p in src.weight_files] == ["model.safetensors"] and src.config_file.name == "config.json"
+
+
+def test_cached_files_are_recorded_under_their_own_names(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from modellineage.model import Model
+
+    _fake_hf_cache(tmp_path / "hub", "some-org/some-model")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = Model("m", resolve_source("some-org/some-model"))
+
+    names = sorted(Path(d.path).name for d, error in model.file_digests())
+    assert names == ["config.json", "model.safetensors"]
+    assert [d.name for d in model.tensor_digests()] == ["w"]
