@@ -8,17 +8,12 @@ The library measures; only this module (and the tests calling it) decides.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from modellineage.errors import PlanError
+from modellineage.plan import read_toml
 
 # Every bound the audits use: (family, key) -> type. thresholds.toml must define exactly these,
 # each as a table with `value` and `source`.
@@ -61,12 +56,7 @@ class Thresholds:
 def load_thresholds(path: Path) -> Thresholds:
     """Read thresholds.toml; unknown, missing or mistyped keys and missing sources are errors."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlanError(f"{path}: thresholds file not found") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise PlanError(f"{path}: not a readable TOML file ({exc})") from None
+    data = read_toml(path, "thresholds file")
     found = {(fam, key) for fam, table in data.items() if isinstance(table, dict) for key in table}
     unknown = sorted(found - set(THRESHOLD_SPEC)) + sorted(f for f, t in data.items() if not isinstance(t, dict))
     if unknown:

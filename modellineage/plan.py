@@ -94,13 +94,18 @@ def load_plan(path: Path) -> AuditPlan:
         PlanError: the file is missing, not TOML, or a key is unknown or has a value that is not allowed.
     """
     path = Path(path)
+    data = read_toml(path, "audit plan")
+    return plan_from_mapping(data, origin=str(path), base_dir=path.resolve().parent, path=path.resolve())
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """Parse a TOML file; a missing or unreadable file is a PlanError naming it and saying what it is."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PlanError(f"{path}: audit plan not found") from None
+        raise PlanError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PlanError(f"{path}: not a readable TOML file ({exc})") from None
-    return plan_from_mapping(data, origin=str(path), base_dir=path.resolve().parent, path=path.resolve())
 
 
 def plan_from_mapping(data: Mapping[str, Any], *, origin: str, base_dir: Path, path: Path | None = None) -> AuditPlan:

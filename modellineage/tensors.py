@@ -74,43 +74,32 @@ _F8_DTYPES = frozenset({"F8_E4M3", "F8_E5M2"})
 _SCALE_SUFFIX = "_scale_inv"
 
 
-def _f8_e4m3fn_table() -> np.ndarray:
-    """float64 value of each of the 256 float8_e4m3fn codes (bias 7, no inf, NaN = S.1111.111)."""
+def _minifloat_table(exp_bits: int, man_bits: int, *, ieee: bool) -> np.ndarray:
+    """float64 value of each of the 256 codes of an 8-bit float (sign, exponent, mantissa).
+
+    ``ieee=True``: the all-ones exponent holds inf (mantissa 0) and NaN (E5M2). ``ieee=False``: the
+    "fn" variant with no inf, where only the all-ones exponent *and* mantissa is NaN (E4M3FN).
+    """
+    bias = (1 << (exp_bits - 1)) - 1
+    top, full = (1 << exp_bits) - 1, (1 << man_bits) - 1
     out = np.empty(256, dtype=np.float64)
     for code in range(256):
         sign = -1.0 if code & 0x80 else 1.0
-        exp = (code >> 3) & 0xF
-        man = code & 0x7
-        if exp == 0xF and man == 0x7:
-            out[code] = math.copysign(math.nan, sign)
+        exp = (code >> man_bits) & top
+        man = code & full
+        if exp == top and (ieee or man == full):
+            out[code] = sign * math.inf if ieee and man == 0 else math.copysign(math.nan, sign)
         elif exp == 0:
-            out[code] = sign * math.ldexp(man / 8.0, -6)
+            out[code] = sign * math.ldexp(man / (1 << man_bits), 1 - bias)
         else:
-            out[code] = sign * math.ldexp(1.0 + man / 8.0, exp - 7)
-    out.setflags(write=False)
-    return out
-
-
-def _f8_e5m2_table() -> np.ndarray:
-    """float64 value of each of the 256 float8_e5m2 codes (IEEE-like, bias 15, inf and NaN)."""
-    out = np.empty(256, dtype=np.float64)
-    for code in range(256):
-        sign = -1.0 if code & 0x80 else 1.0
-        exp = (code >> 2) & 0x1F
-        man = code & 0x3
-        if exp == 0x1F:
-            out[code] = sign * math.inf if man == 0 else math.copysign(math.nan, sign)
-        elif exp == 0:
-            out[code] = sign * math.ldexp(man / 4.0, -14)
-        else:
-            out[code] = sign * math.ldexp(1.0 + man / 4.0, exp - 15)
+            out[code] = sign * math.ldexp(1.0 + man / (1 << man_bits), exp - bias)
     out.setflags(write=False)
     return out
 
 
 #: Lookup tables code -> float64 for the two float8 formats.
-F8_E4M3_TABLE: np.ndarray = _f8_e4m3fn_table()
-F8_E5M2_TABLE: np.ndarray = _f8_e5m2_table()
+F8_E4M3_TABLE: np.ndarray = _minifloat_table(4, 3, ieee=False)
+F8_E5M2_TABLE: np.ndarray = _minifloat_table(5, 2, ieee=True)
 
 
 @dataclass(frozen=True)
