@@ -105,6 +105,8 @@ class AuditSession:
         self._models: dict[str, Model] = {}
         self.records: list[AuditRecord] = []
         self.seeds: dict[str, int] = {}  # every seed a measurement used (sampling), by purpose
+        self.inputs: list[dict] = []  # filled when the evidence is written, shown in the report
+        self.versions: dict[str, str | None] = {}
 
     def model(self, name: str) -> Model:
         """The model of that name, opened on first use (reading nothing yet)."""
@@ -357,6 +359,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "seeds": dict(sorted(audit.seeds.items())),
         "exit_status": int(exitstatus),
     }
+    audit.inputs, audit.versions = inputs, document["tool"]
     audit.evidence_path.parent.mkdir(parents=True, exist_ok=True)
     audit.evidence_path.write_text(ev.dumps(document), encoding="utf-8")
     audit.close()
@@ -395,3 +398,5 @@ def pytest_html_results_summary(prefix: list, summary: list, postfix: list, sess
         return
     records = [ev.to_jsonable(r) for r in audit.records]
     prefix.append(report.summary_html(audit.plan.as_dict(), records))
+    postfix.append(report.inputs_html(audit.inputs, audit.versions, ev.display_path(audit.evidence_path,
+                                                                                    Path(session.config.rootpath))))

@@ -116,3 +116,15 @@ def bar_plot(labels: Sequence[str], values: Sequence[float], *, title: str, ylab
     if ylim:
         ax.set_ylim(*ylim)
     return png_base64(fig)
+
+
+def inputs_html(inputs: Sequence[Mapping[str, Any]], versions: Mapping[str, Any], evidence: str) -> str:
+    """Every input file with its size and SHA-256, and the library versions, so each number can be traced.
+
+    pytest-html's own environment table is hidden: the versions that matter are listed here instead.
+    """
+    rows = [[i["model"], i["path"], f"{i['size']:,}", i["sha256"], i.get("error", "")] for i in inputs]
+    hide = "<style>#environment-header,#environment{display:none}</style>"
+    return (hide + f"<h2>Inputs</h2><p>Every number above comes from these files; the full record is {esc(evidence)}.</p>"
+            + table(["model", "file", "bytes", "SHA-256", "problem"], rows)
+            + table(["library", "version"], sorted(versions.items()), caption="Versions"))

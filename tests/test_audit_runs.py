@@ -6,6 +6,7 @@ so these tests see exactly what an auditor or a CI gate sees: the exit code, evi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -64,8 +65,6 @@ def test_evidence_names_every_input_with_its_sha256(demo_run):
         for file in ("config.json", "model.safetensors", "tokenizer.json"):
             assert f"fixtures/demo/{model}/{file}" in paths
     weights = next(i for i in evidence["inputs"] if i["path"] == "fixtures/demo/base/model.safetensors")
-    import hashlib
-
     assert weights["sha256"] == hashlib.sha256((DEMO / "base" / "model.safetensors").read_bytes()).hexdigest()
     assert weights["size"] == (DEMO / "base" / "model.safetensors").stat().st_size
 
@@ -75,6 +74,8 @@ def test_report_opens_with_the_summary_table(demo_run):
     html = (tmp / "run.html").read_text()
     assert "Provenance verdicts" in html and "test_no_exact_tensor_reuse" in html
     assert html.index("Provenance verdicts") < html.index('id="results-table"')
+    sha = hashlib.sha256((DEMO / "base" / "model.safetensors").read_bytes()).hexdigest()
+    assert "<h2>Inputs</h2>" in html and sha in html  # every input named with its SHA-256
 
 
 def test_evidence_is_byte_identical_across_runs(demo_run, tmp_path):
