@@ -1,0 +1,671 @@
+"""Every tokenizer format real models ship, read into one normalised ``Vocabulary``.
+
+Formats and the library that reads each (no hand parsing where a library exists):
+
+===============================  =====================================================  =========================
+files                            format                                                 read with
+===============================  =====================================================  =========================
+``tokenizer.json``               fast tokenizer: BPE, Unigram, WordPiece                ``tokenizers``
+``tokenizer.model`` (protobuf)   SentencePiece (BPE or Unigram)                         ``sentencepiece``
+``tokenizer.model`` (text),      tiktoken rank file (cl100k, Qwen, Llama-3's original   ``tiktoken.load``
+``*.tiktoken``                   ``tokenizer.model``) — told apart from SentencePiece
+                                 by content, not by name
+``vocab.json`` + ``merges.txt``  GPT-2 style byte-level BPE                             ``tokenizers`` (BPE)
+``vocab.txt``                    WordPiece (BERT)                                       ``tokenizers`` (WordPiece)
+``*.gguf``                       the vocabulary inside a GGUF file                      ``gguf``
+``tekken*.json``                 Mistral's tekken (tiktoken ranks in JSON)              ``json`` + ``tiktoken``
+===============================  =====================================================  =========================
+
+Normalisation: every token becomes the byte sequence it stands for, so SentencePiece ``▁the``,
+byte-level BPE ``Ġthe``, tiktoken ``b" the"`` and WordPiece word-initial ``the`` all become ``b" the"``,
+and byte-fallback pieces ``<0x41>`` become ``b"A"``. WordPiece continuation pieces ``##ing`` become
+``b"ing"`` (word-initial WordPiece pieces are taken to follow a space, the closest byte-level analogue).
+Special and added tokens keep their literal UTF-8 text. The raw strings are kept too (tiktoken and
+tekken tokens, which have no string form, are rendered in the GPT-2 byte-to-unicode alphabet, the form
+their Hugging Face conversions use).
+
+Merges are the file's own merge list where it has one (tokenizer.json BPE, merges.txt, GGUF gpt2);
+for rank-ordered vocabularies (tiktoken, SentencePiece BPE, GGUF llama) they are derived from the ranks:
+each multi-unit token's merge is the pair its own BPE run (restricted to lower ranks) ends with.
+Unigram and WordPiece vocabularies have no merges.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .errors import CorruptCheckpoint, UnsupportedFormat
+
+# The pre-tokenisation regex used to encode with a bare tiktoken rank file (the file carries none):
+# cl100k_base's, which Llama-3 and Qwen patterns refine (recorded in Vocabulary.notes).
+CL100K_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                  r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+SPECIAL_ROLES = ("bos", "eos", "pad", "unk")
+# Priority when a directory holds several tokenizer files: the most complete description first.
+_PRIORITY = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "*.tiktoken",
+             "vocab.json", "vocab.txt", "*.gguf")
+_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
+
+
+# ----------------------------------------------------------------------------------------- record
+@dataclass(frozen=True)
+class Vocabulary:
+    """One tokenizer's vocabulary, normalised to bytes, with where it came from.
+
+    ``ids``, ``raw`` and ``normalised`` are parallel tuples sorted by id. ``special_ids`` are control,
+    unknown and special added tokens. ``merges`` are (left, right) byte pairs in merge order, or None
+    when the model has no merges (Unigram, WordPiece).
+    """
+
+    path: Path                      # the file that was read
+    format: str                     # e.g. "tokenizer.json", "sentencepiece", "tiktoken", "gguf"
+    model_type: str                 # "BPE" | "Unigram" | "WordPiece"
+    ids: tuple[int, ...]
+    raw: tuple[str, ...]
+    normalised: tuple[bytes, ...]
+    special_ids: frozenset = frozenset()
+    special_tokens: tuple[tuple[str, str | None], ...] = ()   # (role, raw string) for bos/eos/pad/unk
+    added_tokens: tuple[tuple[int, str, bool], ...] = ()      # (id, raw, special) beyond the base model
+    merges_origin: str = "none"     # "file" | "derived from ranks" | "none"
+    files: tuple[Path, ...] = ()    # every file read (the main one first)
+    notes: tuple[str, ...] = ()
+    encoder: Callable[[str], list[bytes]] | None = field(default=None, compare=False, repr=False)
+    # Merges are read or derived on first use (deriving 250k ranks takes ~1.5 s); see ``merges``.
+    merges_loader: Callable[[], tuple] | None = field(default=None, compare=False, repr=False)
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def merges(self) -> tuple[tuple[bytes, bytes], ...] | None:
+        """(left, right) byte pairs in merge order; None for models without merges (Unigram, WordPiece)."""
+        if self.merges_loader is None:
+            return None
+        if "merges" not in self._cache:
+            self._cache["merges"] = tuple(self.merges_loader())
+        return self._cache["merges"]
+
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    def encode(self, text: str) -> list[bytes]:
+        """The text's pieces as normalised byte strings (no special tokens added)."""
+        if self.encoder is None:
+            raise UnsupportedFormat(f"{self.path}: cannot encode text with a {self.format} vocabulary "
+                                    f"({'; '.join(self.notes) or 'no encoder for this format'})")
+        return self.encoder(text)
+
+    def id_of_bytes(self) -> dict[bytes, int]:
+        """Normalised bytes -> lowest id carrying them (computed once)."""
+        if "id_of_bytes" not in self._cache:
+            found: dict[bytes, int] = {}
+            for i, b in zip(self.ids, self.normalised):
+                found.setdefault(b, i)
+            self._cache["id_of_bytes"] = found
+        return self._cache["id_of_bytes"]
+
+    def id_of_raw(self) -> dict[str, int]:
+        """Raw token string -> lowest id carrying it (computed once)."""
+        if "id_of_raw" not in self._cache:
+            found: dict[str, int] = {}
+            for i, r in zip(self.ids, self.raw):
+                found.setdefault(r, i)
+            self._cache["id_of_raw"] = found
+        return self._cache["id_of_raw"]
+
+    def as_dict(self) -> dict:
+        return {
+            "file": str(self.path), "files": [str(p) for p in self.files], "format": self.format,
+            "model_type": self.model_type, "size": self.size, "distinct_normalised": len(set(self.normalised)),
+            "id_range": [self.ids[0], self.ids[-1]] if self.ids else None,
+            "special_tokens": {role: raw for role, raw in self.special_tokens},
+            "special_count": len(self.special_ids), "added_tokens": len(self.added_tokens),
+            "merges": None if self.merges is None else len(self.merges), "merges_origin": self.merges_origin,
+            "can_encode": self.encoder is not None, "notes": list(self.notes),
+        }
+
+
+# ----------------------------------------------------------------------------------------- helpers
+@lru_cache(maxsize=1)
+def byte_level_maps() -> tuple[dict[int, str], dict[str, int]]:
+    """GPT-2's byte <-> printable unicode alphabet (byte-level BPE's string form of bytes)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    to_char = {b: chr(c) for b, c in zip(printable, chars)}
+    return to_char, {c: b for b, c in to_char.items()}
+
+
+def bytes_to_byte_level(data: bytes) -> str:
+    """b' the' -> 'Ġthe'."""
+    return data.decode("latin-1").translate(_latin1_to_byte_level())
+
+
+@lru_cache(maxsize=1)
+def _latin1_to_byte_level() -> dict[int, str]:
+    return dict(byte_level_maps()[0])
+
+
+def byte_level_to_bytes(token: str) -> bytes | None:
+    """Ġthe -> b' the'; None when a character is outside the byte-level alphabet."""
+    to_byte = byte_level_maps()[1]
+    try:
+        return bytes(to_byte[c] for c in token)
+    except KeyError:
+        return None
+
+
+def metaspace_to_bytes(piece: str) -> bytes:
+    """SentencePiece piece -> bytes: ▁ is a space, <0xNN> is the byte NN."""
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return bytes([int(piece[3:5], 16)])
+        except ValueError:
+            pass
+    return piece.replace("\u2581", " ").encode("utf-8")
+
+
+def wordpiece_to_bytes(piece: str, prefix: str = "##") -> bytes:
+    if prefix and piece.startswith(prefix) and len(piece) > len(prefix):
+        return piece[len(prefix):].encode("utf-8")
+    return b" " + piece.encode("utf-8")
+
+
+def _fail(path: Path, what: str, exc: BaseException | None = None) -> CorruptCheckpoint:
+    detail = f" ({type(exc).__name__}: {str(exc).strip()[:200]})" if exc is not None else ""
+    return CorruptCheckpoint(f"{path}: {what}{detail}")
+
+
+def _checked(path: Path, ids: Sequence[int], raw: Sequence[str], normalised: Sequence[bytes]) -> tuple:
+    if not ids:
+        raise _fail(path, "the vocabulary is empty")
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    return (tuple(ids[i] for i in order), tuple(raw[i] for i in order), tuple(normalised[i] for i in order))
+
+
+# ----------------------------------------------------------------------------------------- merges
+def derive_merges(units_by_rank: Sequence, mergeable: Iterable[bool] | None = None) -> tuple[list[tuple], int]:
+    """Merge rules implied by a rank-ordered BPE vocabulary.
+
+    ``units_by_rank`` are tokens (bytes, or str for character-level SentencePiece) in rank order. Each
+    token of two or more units is the product of one merge: the pair left when BPE runs over the token
+    using only lower ranks (single units are the alphabet, always available). This reproduces the merge
+    lists shipped in tokenizer.json files exactly (checked on DeepSeek's: 127,741 of 127,741). Returns
+    the merges in rank order and how many tokens no lower-rank pair sequence produces (irregular; skipped).
+    """
+    rank: dict = {}
+    for r, tok in enumerate(units_by_rank):
+        rank.setdefault(tok, r)
+    flags = list(mergeable) if mergeable is not None else None
+    merges: list[tuple] = []
+    irregular = 0
+    for r, tok in enumerate(units_by_rank):
+        n = len(tok)
+        if n < 2 or (flags is not None and not flags[r]) or rank[tok] != r:
+            continue
+        pair = (tok[:1], tok[1:]) if n == 2 else _bpe_last_pair(tok, rank, r)
+        if pair is None:
+            irregular += 1
+        else:
+            merges.append(pair)
+    return merges, irregular
+
+
+def _bpe_last_pair(tok, rank: dict, limit: int):
+    """Run BPE over ``tok`` with ranks below ``limit``; the two parts left, or None."""
+    get = rank.get
+    parts = [tok[i:i + 1] for i in range(len(tok))]
+    ranks = []
+    for i in range(len(parts) - 1):
+        r = get(parts[i] + parts[i + 1])
+        ranks.append(r if r is not None and r < limit else limit)
+    while len(parts) > 2:
+        best = min(ranks)
+        if best >= limit:
+            return None
+        i = ranks.index(best)
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        del ranks[i]
+        if i > 0:
+            r = get(parts[i - 1] + parts[i])
+            ranks[i - 1] = r if r is not None and r < limit else limit
+        if i < len(parts) - 1:
+            r = get(parts[i] + parts[i + 1])
+            ranks[i] = r if r is not None and r < limit else limit
+    return parts[0], parts[1]
+
+
+# ----------------------------------------------------------------------------------------- loaders
+def load_vocabulary(path: Path | str) -> Vocabulary:
+    """Read one tokenizer file (or a directory: the most complete tokenizer file in it).
+
+    Raises:
+        UnsupportedFormat: no tokenizer file, or a format this module does not read.
+        CorruptCheckpoint: the file is of a known kind but broken (names the file and the defect).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return load_from_files(sorted(p for p in path.iterdir() if p.is_file()), where=path)
+    if not path.is_file():
+        raise UnsupportedFormat(f"{path}: no such tokenizer file")
+    return load_from_files([path], where=path.parent, explicit=path)
+
+
+def load_from_files(files: Sequence[Path], *, where: Path | None = None, explicit: Path | None = None) -> Vocabulary:
+    """The vocabulary described by a set of tokenizer files (e.g. ``ModelSource.tokenizer_files``)."""
+    files = [Path(p) for p in files]
+    by_name = {p.name: p for p in files}
+    main = explicit or _pick_main(files)
+    if main is None:
+        raise UnsupportedFormat(f"{where or 'tokenizer files'}: no tokenizer vocabulary file "
+                                f"(looked for {', '.join(_PRIORITY)}; found {', '.join(sorted(by_name)) or 'none'})")
+    side = {n: by_name[n] for n in _SIDE_FILES if n in by_name and by_name[n] != main}
+    name = main.name
+    if name.endswith(".gguf"):
+        vocab = _load_gguf(main)
+    elif name.endswith(".tiktoken"):
+        vocab = _load_tiktoken(main)
+    elif name == "vocab.json" or (name.endswith(".json") and "merges.txt" in side):
+        if "merges.txt" not in side:
+            raise UnsupportedFormat(f"{main}: a GPT-2 style vocab.json needs merges.txt beside it")
+        vocab = _load_vocab_merges(main, side["merges.txt"])
+    elif name.endswith(".json"):
+        vocab = _load_json_tokenizer(main)
+    elif name == "vocab.txt" or name.endswith(".txt"):
+        vocab = _load_wordpiece_txt(main)
+    else:  # tokenizer.model, spiece.model, *.model.v3, ...: SentencePiece protobuf or a tiktoken file
+        vocab = _load_tiktoken(main) if _looks_like_tiktoken(main) else _load_sentencepiece(main)
+    return _with_side_files(vocab, side)
+
+
+def _pick_main(files: Sequence[Path]) -> Path | None:
+    for pattern in _PRIORITY:
+        for p in sorted(files):
+            if (p.name == pattern) or (pattern.startswith("*") and p.name.endswith(pattern[1:])):
+                return p
+    return None
+
+
+def _looks_like_tiktoken(path: Path) -> bool:
+    """A tiktoken rank file is text lines `<base64> <rank>`; SentencePiece is a binary protobuf."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    lines = head.split(b"\n")[:8]
+    lines = [ln for ln in lines[:-1] if ln] or lines[:1]
+    return bool(lines) and all(re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", ln.strip()) for ln in lines)
+
+
+def _load_tiktoken(path: Path) -> Vocabulary:
+    from tiktoken.load import load_tiktoken_bpe
+
+    try:
+        ranks = load_tiktoken_bpe(str(path))
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise _fail(path, "not a valid tiktoken rank file", exc) from None
+    if not ranks:
+        raise _fail(path, "the vocabulary is empty (no ranks)")
+    return _from_ranks(path, ranks, "tiktoken", CL100K_PATTERN,
+                       notes=("encoding uses the cl100k_base pre-tokenisation pattern (a rank file carries none)",))
+
+
+def _from_ranks(path: Path, ranks: dict[bytes, int], fmt: str, pattern: str, *, specials: dict[str, int] | None = None,
+                notes: tuple[str, ...] = (), id_offset: int = 0) -> Vocabulary:
+    by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
+    tokens = [t for t, _ in by_rank]
+    ids = [r + id_offset for _, r in by_rank]
+    table = _latin1_to_byte_level()
+    raw = [t.decode("latin-1").translate(table) for t in tokens]
+    normalised = list(tokens)
+    special_ids = set()
+    for text, i in sorted((specials or {}).items(), key=lambda kv: kv[1]):
+        ids.append(i)
+        raw.append(text)
+        normalised.append(text.encode("utf-8"))
+        special_ids.add(i)
+    ids_t, raw_t, norm_t = _checked(path, ids, raw, normalised)
+    if len(set(ids_t)) != len(ids_t):
+        raise _fail(path, "two tokens share one rank")
+    encoder = _tiktoken_encoder(path, ranks, pattern)
+
+    def merges() -> list:
+        return derive_merges(tokens)[0]
+
+    return Vocabulary(path=path, format=fmt, model_type="BPE", ids=ids_t, raw=raw_t, normalised=norm_t,
+                      special_ids=frozenset(special_ids), merges_loader=merges, merges_origin="derived from ranks",
+                      files=(path,), notes=notes, encoder=encoder)
+
+
+def _tiktoken_encoder(path: Path, ranks: dict[bytes, int], pattern: str) -> Callable[[str], list[bytes]] | None:
+    import tiktoken
+
+    try:
+        enc = tiktoken.Encoding(name=f"modellineage:{path.name}", pat_str=pattern, mergeable_ranks=ranks,
+                                special_tokens={})
+    except Exception as exc:  # tiktoken rejects rank sets it cannot encode with (e.g. gaps)
+        note = f"tiktoken refused the ranks for encoding: {exc}"
+        raise _fail(path, note) from None
+    decode = enc.decode_single_token_bytes
+    return lambda text: [decode(t) for t in enc.encode_ordinary(text)]
+
+
+def _load_tekken(path: Path, data: dict) -> Vocabulary:
+    """Mistral's tekken JSON: tiktoken ranks (base64) after `default_num_special_tokens` control ids."""
+    import base64
+
+    try:
+        config = data["config"]
+        n_special = int(config.get("default_num_special_tokens", 0))
+        vocab_size = int(config.get("default_vocab_size", n_special + len(data["vocab"])))
+        kept = vocab_size - n_special
+        ranks = {base64.b64decode(e["token_bytes"]): int(e["rank"]) for e in data["vocab"][:kept]}
+        specials = {}
+        for i, e in enumerate(data.get("special_tokens") or []):
+            specials[e["token_str"]] = int(e.get("rank", i))
+        pattern = config["pattern"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(path, "not a valid tekken tokenizer JSON", exc) from None
+    if not specials:
+        specials = {f"<SPECIAL_{i}>": i for i in range(n_special)}
+    note = (f"tekken: {n_special} control ids first, then the first {kept} of {len(data['vocab'])} ranks "
+            f"(default_vocab_size {vocab_size})",)
+    return _from_ranks(path, ranks, "tekken", pattern, specials=specials, notes=note, id_offset=n_special)
+
+
+def _load_json_tokenizer(path: Path) -> Vocabulary:
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _fail(path, "not valid JSON", exc) from None
+    if not isinstance(data, dict):
+        raise _fail(path, f"expected a JSON object, found {type(data).__name__}")
+    if "config" in data and "vocab" in data and isinstance(data["vocab"], list):
+        return _load_tekken(path, data)
+    if "model" not in data:
+        raise UnsupportedFormat(f"{path}: JSON without a 'model' (not a tokenizer.json)")
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_str(text)
+    except Exception as exc:  # the tokenizers library raises its own Exception type
+        raise _fail(path, "the tokenizers library cannot read this tokenizer.json", exc) from None
+    model = data.get("model") or {}
+    mtype = model.get("type") or _infer_model_type(model)
+    style = _json_style(data, mtype)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    if not vocab:
+        raise _fail(path, "the vocabulary is empty")
+    added = tok.get_added_tokens_decoder()
+    prefix = model.get("continuing_subword_prefix") or "##"
+    ids, raw, norm = [], [], []
+    for token, i in vocab.items():
+        ids.append(i)
+        raw.append(token)
+        norm.append(token.encode("utf-8") if i in added else _normalise(token, style, prefix))
+    ids_t, raw_t, norm_t = _checked(path, ids, raw, norm)
+    special_ids = frozenset(i for i, a in added.items() if a.special)
+    added_t = tuple((i, a.content, bool(a.special)) for i, a in sorted(added.items()))
+    loader, origin = None, "none"
+    if mtype == "BPE":
+        rules = model.get("merges") or []
+        loader, origin = (lambda: _json_merges(path, rules, style)), "file"
+    notes = (f"tokens read as {style}",)
+
+    def encoder(s: str) -> list[bytes]:
+        return [_normalise(t, style, prefix) for t in tok.encode(s, add_special_tokens=False).tokens]
+
+    return Vocabulary(path=path, format="tokenizer.json", model_type=mtype, ids=ids_t, raw=raw_t, normalised=norm_t,
+                      special_ids=special_ids, added_tokens=added_t, merges_loader=loader, merges_origin=origin,
+                      files=(path,), notes=notes, encoder=encoder)
+
+
+def _infer_model_type(model: dict) -> str:
+    if "merges" in model:
+        return "BPE"
+    if isinstance(model.get("vocab"), list):
+        return "Unigram"
+    return "WordPiece"
+
+
+def _json_style(data: dict, mtype: str) -> str:
+    """How this tokenizer.json spells bytes: byte-level, metaspace (SentencePiece-like) or wordpiece."""
+    blob = json.dumps([data.get("pre_tokenizer"), data.get("decoder"), data.get("normalizer")])
+    if '"ByteLevel"' in blob:
+        return "byte-level"
+    if mtype == "WordPiece":
+        return "wordpiece"
+    return "metaspace"
+
+
+def _normalise(token: str, style: str, prefix: str = "##") -> bytes:
+    if style == "byte-level":
+        b = byte_level_to_bytes(token)
+        return b if b is not None else token.encode("utf-8")
+    if style == "wordpiece":
+        return wordpiece_to_bytes(token, prefix)
+    return metaspace_to_bytes(token)
+
+
+def _json_merges(path: Path, merges: list, style: str) -> list[tuple[bytes, bytes]]:
+    out = []
+    for m in merges:
+        if isinstance(m, str):
+            a, sep, b = m.partition(" ")
+            if not sep:
+                raise _fail(path, f"malformed merge rule {m!r}")
+        else:
+            a, b = m
+        out.append((_normalise(a, style), _normalise(b, style)))
+    return out
+
+
+def _load_vocab_merges(vocab_path: Path, merges_path: Path) -> Vocabulary:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    try:
+        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _fail(vocab_path, "not valid JSON", exc) from None
+    if not isinstance(vocab, dict) or not vocab:
+        raise _fail(vocab_path, "the vocabulary is empty" if isinstance(vocab, dict) else "expected a token->id object")
+    try:
+        bpe = models.BPE.from_file(str(vocab_path), str(merges_path))
+    except Exception as exc:
+        raise _fail(merges_path, f"does not fit {vocab_path.name} (merges need tokens the vocab lacks?)", exc) from None
+    lines = merges_path.read_text(encoding="utf-8").splitlines()
+    rules = [ln for ln in lines if ln and not ln.startswith("#version")]
+    missing = [r for r in rules[:200000] if any(part not in vocab for part in r.split(" ", 1))
+               or "".join(r.split(" ", 1)) not in vocab]
+    if missing:
+        raise _fail(merges_path, f"{len(missing)} merge rule(s) name tokens missing from {vocab_path.name}, "
+                                 f"e.g. {missing[0]!r}")
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    ids, raw, norm = [], [], []
+    for token, i in vocab.items():
+        b = byte_level_to_bytes(token)
+        ids.append(int(i))
+        raw.append(token)
+        norm.append(b if b is not None else token.encode("utf-8"))
+    ids_t, raw_t, norm_t = _checked(vocab_path, ids, raw, norm)
+
+    def encoder(s: str) -> list[bytes]:
+        return [_normalise(t, "byte-level") for t in tok.encode(s, add_special_tokens=False).tokens]
+
+    return Vocabulary(path=vocab_path, format="vocab.json+merges.txt", model_type="BPE", ids=ids_t, raw=raw_t,
+                      normalised=norm_t, merges_loader=lambda: _json_merges(merges_path, rules, "byte-level"),
+                      merges_origin="file", files=(vocab_path, merges_path),
+                      notes=("encoding uses GPT-2's byte-level pre-tokenisation",), encoder=encoder)
+
+
+def _load_wordpiece_txt(path: Path) -> Vocabulary:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    try:
+        tokens = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(path, "not a UTF-8 vocab.txt", exc) from None
+    tokens = [t for t in tokens]
+    while tokens and not tokens[-1]:
+        tokens.pop()
+    if not tokens:
+        raise _fail(path, "the vocabulary is empty")
+    unk = "[UNK]" if "[UNK]" in tokens else tokens[0]
+    try:
+        wp = models.WordPiece.from_file(str(path), unk_token=unk)
+    except Exception as exc:
+        raise _fail(path, "the tokenizers library cannot read this vocab.txt", exc) from None
+    tok = Tokenizer(wp)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = {i for i, t in enumerate(tokens) if t.startswith("[") and t.endswith("]") and len(t) > 2}
+    norm = [t.encode("utf-8") if i in special else wordpiece_to_bytes(t) for i, t in enumerate(tokens)]
+    ids_t, raw_t, norm_t = _checked(path, list(range(len(tokens))), tokens, norm)
+    roles = tuple((r, t) for r, t in (("unk", "[UNK]"), ("pad", "[PAD]"), ("bos", "[CLS]"), ("eos", "[SEP]"))
+                  if t in tokens)
+
+    def encoder(s: str) -> list[bytes]:
+        return [wordpiece_to_bytes(t) for t in tok.encode(s, add_special_tokens=False).tokens]
+
+    return Vocabulary(path=path, format="vocab.txt", model_type="WordPiece", ids=ids_t, raw=raw_t, normalised=norm_t,
+                      special_ids=frozenset(special), special_tokens=roles, files=(path,),
+                      notes=("encoding uses BERT pre-tokenisation without lower-casing",), encoder=encoder)
+
+
+def _load_sentencepiece(path: Path) -> Vocabulary:
+    import sentencepiece as spm
+
+    data = path.read_bytes()
+    if not data:
+        raise _fail(path, "empty file (not a SentencePiece model)")
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=data)
+    except (RuntimeError, OSError, TypeError, ValueError) as exc:
+        raise _fail(path, "not a SentencePiece model", exc) from None
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(data)
+    n = sp.get_piece_size()
+    if n == 0:
+        raise _fail(path, "the vocabulary is empty")
+    mtype = {1: "Unigram", 2: "BPE", 3: "Word", 4: "Char"}.get(proto.trainer_spec.model_type, "Unigram")
+    kinds = pb.ModelProto.SentencePiece
+    pieces = [p.piece for p in proto.pieces]
+    types = [p.type for p in proto.pieces]
+    norm = [p.encode("utf-8") if t in (kinds.CONTROL, kinds.UNKNOWN) else metaspace_to_bytes(p)
+            for p, t in zip(pieces, types)]
+    ids_t, raw_t, norm_t = _checked(path, list(range(n)), pieces, norm)
+    special_ids = frozenset(i for i, t in enumerate(types) if t in (kinds.CONTROL, kinds.UNKNOWN))
+    added = tuple((i, pieces[i], types[i] == kinds.CONTROL) for i, t in enumerate(types)
+                  if t == kinds.USER_DEFINED or (t == kinds.CONTROL and i > 2))
+    roles = tuple((role, sp.id_to_piece(i) if 0 <= i < n else None)
+                  for role, i in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("pad", sp.pad_id()),
+                                  ("unk", sp.unk_id())))
+    loader, origin = None, "none"
+    notes = [f"SentencePiece {mtype}; add_dummy_prefix={proto.normalizer_spec.add_dummy_prefix}"]
+    if mtype == "BPE":
+        # Merge order is score order (the encoder merges the highest-scoring piece first); merges are
+        # character-level, so they are derived on the piece strings and normalised afterwards.
+        order = sorted((i for i, t in enumerate(types) if t == kinds.NORMAL), key=lambda i: (-proto.pieces[i].score, i))
+        units = [pieces[i] for i in order]
+        loader, origin = (lambda: [(metaspace_to_bytes(a), metaspace_to_bytes(b))
+                                   for a, b in derive_merges(units)[0]]), "derived from ranks"
+
+    def encoder(s: str) -> list[bytes]:
+        return [metaspace_to_bytes(p) for p in sp.encode(s, out_type=str)]
+
+    return Vocabulary(path=path, format="sentencepiece", model_type=mtype, ids=ids_t, raw=raw_t, normalised=norm_t,
+                      special_ids=special_ids, special_tokens=roles, added_tokens=added, merges_loader=loader,
+                      merges_origin=origin, files=(path,), notes=tuple(notes), encoder=encoder)
+
+
+def _load_gguf(path: Path) -> Vocabulary:
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path), "r")
+    except Exception as exc:  # the gguf reader raises ValueError/struct errors/KeyError on bad files
+        raise _fail(path, "not a readable GGUF file", exc) from None
+
+    def field(key: str):
+        f = reader.fields.get(key)
+        if f is None:
+            return None
+        return f.contents()
+
+    tokens = field("tokenizer.ggml.tokens")
+    if not tokens:
+        raise UnsupportedFormat(f"{path}: the GGUF file carries no tokenizer.ggml.tokens vocabulary")
+    model = field("tokenizer.ggml.model") or "llama"
+    types = field("tokenizer.ggml.token_type") or [1] * len(tokens)
+    scores = field("tokenizer.ggml.scores")
+    style = {"gpt2": "byte-level", "llama": "metaspace", "bert": "metaspace", "t5": "metaspace"}.get(model, "metaspace")
+    special = {i for i, t in enumerate(types) if t in (2, 3)}
+    norm = [tok.encode("utf-8") if i in special or t == 4 and style == "byte-level" else _normalise(tok, style)
+            for i, (tok, t) in enumerate(zip(tokens, types))]
+    ids_t, raw_t, norm_t = _checked(path, list(range(len(tokens))), list(tokens), norm)
+    roles = []
+    for role in SPECIAL_ROLES:
+        i = field(f"tokenizer.ggml.{role}_token_id")
+        roles.append((role, tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None))
+    loader, origin = None, "none"
+    mtype = {"gpt2": "BPE", "llama": "SentencePiece", "bert": "WordPiece", "t5": "Unigram"}.get(model, model)
+    raw_merges = field("tokenizer.ggml.merges")
+    if raw_merges:
+        rules = list(raw_merges)
+        loader, origin = (lambda: _json_merges(path, rules, style)), "file"
+        mtype = "BPE"
+    elif model == "llama" and scores is not None:
+        units = [tokens[i] for i in sorted((i for i, t in enumerate(types) if t == 1), key=lambda i: (-scores[i], i))]
+        loader, origin = (lambda: [(metaspace_to_bytes(a), metaspace_to_bytes(b))
+                                   for a, b in derive_merges(units)[0]]), "derived from ranks"
+    return Vocabulary(path=path, format="gguf", model_type=mtype, ids=ids_t, raw=raw_t, normalised=norm_t,
+                      special_ids=frozenset(special), special_tokens=tuple(roles), merges_loader=loader,
+                      merges_origin=origin,
+                      files=(path,), notes=(f"tokenizer.ggml.model = {model}; GGUF carries no encoder here",))
+
+
+def _with_side_files(vocab: Vocabulary, side: dict[str, Path]) -> Vocabulary:
+    """Fill bos/eos/pad/unk from tokenizer_config.json / special_tokens_map.json when the main file lacks them."""
+    from dataclasses import replace
+
+    found = dict(vocab.special_tokens)
+    read = list(vocab.files)
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        p = side.get(name)
+        if p is None:
+            continue
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise _fail(p, "not valid JSON", exc) from None
+        if not isinstance(data, dict):
+            raise _fail(p, "expected a JSON object")
+        read.append(p)
+        for role in SPECIAL_ROLES:
+            value = data.get(f"{role}_token")
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str) and found.get(role) is None:
+                found[role] = value
+    roles = tuple((r, found.get(r)) for r in SPECIAL_ROLES)
+    return replace(vocab, special_tokens=roles, files=tuple(dict.fromkeys(read)))
+
+
+__all__ = ["Vocabulary", "load_vocabulary", "load_from_files", "derive_merges", "byte_level_to_bytes",
+           "bytes_to_byte_level", "metaspace_to_bytes", "wordpiece_to_bytes"]
