@@ -1,0 +1,125 @@
+"""Embedding rows across vocabularies, and the design's embedding statistics.
+
+Rows of ``embed`` and ``lm_head`` are tokens. A derivative that extended, shifted or reordered its
+vocabulary (Mistral v1 -> v3 added control tokens) no longer has row ``i`` for the token of the
+reference's row ``i``; comparing row by index would call a copy unrelated. :func:`shared_token_rows`
+pairs rows through the normalised vocabularies of :mod:`modellineage.vocab` (every token as the
+bytes it stands for): row ``t`` of the target with row ``r`` of the reference when both ids carry
+the same normalised bytes. The pairs feed ``row_alignments`` of
+:func:`modellineage.similarity.compare_weights`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import LineageError
+from .similarity import read_canonical_rows, row_plan
+
+__all__ = ["RowAlignment", "shared_token_rows", "vocabulary_of", "EmbeddingStats", "embedding_stats"]
+
+
+@dataclass(frozen=True)
+class RowAlignment:
+    """Row pairs of shared tokens between two vocabularies."""
+
+    target_rows: np.ndarray
+    reference_rows: np.ndarray
+    target_vocab: int
+    reference_vocab: int
+    moved: int
+    """Shared tokens whose id differs between the two vocabularies."""
+
+    @property
+    def shared(self) -> int:
+        return int(self.target_rows.size)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.moved == 0
+
+    @property
+    def description(self) -> str:
+        return (f"rows of {self.shared} shared normalised tokens (target vocabulary {self.target_vocab}, "
+                f"reference {self.reference_vocab}; {self.moved} at a different id)")
+
+    def as_dict(self) -> dict:
+        return {"shared": self.shared, "target_vocab": self.target_vocab, "reference_vocab": self.reference_vocab,
+                "moved": self.moved}
+
+
+def shared_token_rows(target_vocab, reference_vocab, target_rows: int, reference_rows: int) -> RowAlignment:
+    """Pair embedding rows of tokens with the same normalised bytes.
+
+    Args:
+        target_vocab, reference_vocab: :class:`modellineage.vocab.Vocabulary` (``id_of_bytes``).
+        target_rows, reference_rows: rows of the embedding matrices (ids beyond them are ignored;
+            padded rows beyond the vocabulary are never paired).
+
+    Returns:
+        Pairs sorted by target id; a token listed under several ids pairs its lowest ids.
+    """
+    r_ids = reference_vocab.id_of_bytes()
+    t_ids = target_vocab.id_of_bytes()
+    pairs = sorted((t, r_ids[b]) for b, t in t_ids.items()
+                   if b in r_ids and t < target_rows and r_ids[b] < reference_rows)
+    t = np.array([p[0] for p in pairs], dtype=np.int64)
+    r = np.array([p[1] for p in pairs], dtype=np.int64)
+    return RowAlignment(t, r, target_vocab.size, reference_vocab.size, int(np.count_nonzero(t != r)))
+
+
+def vocabulary_of(model):
+    """The model's normalised vocabulary (``Model.vocabulary`` when present, else read from its tokenizer
+    files), or None when it has none that can be read."""
+    try:
+        vocab = getattr(model, "vocabulary", None)
+        if vocab is not None:
+            return vocab
+        from .vocab import load_from_files
+
+        files = list(model.source.tokenizer_files)
+        return load_from_files(files, where=model.source.root) if files else None
+    except (LineageError, ImportError):
+        return None
+
+
+@dataclass(frozen=True)
+class EmbeddingStats:
+    """The design's embedding statistics of one matrix: shape, row-norm distribution, element variance."""
+
+    key: str
+    tensor: str
+    shape: tuple[int, ...]
+    mean: float
+    variance: float
+    row_norm_quantiles: dict
+
+    def as_dict(self) -> dict:
+        return {"key": self.key, "tensor": self.tensor, "shape": list(self.shape), "mean": self.mean,
+                "variance": self.variance, "row_norm_quantiles": self.row_norm_quantiles}
+
+
+def embedding_stats(store, ref, *, chunk_bytes: int = 32 << 20) -> EmbeddingStats:
+    """Stream an embedding (or lm_head) matrix once: element mean and variance, row-norm quantiles."""
+    plan = row_plan(ref, store.info(ref.source))
+    rows, cols = plan.shape
+    step = max(1, chunk_bytes // max(1, cols * 8))
+    norms = np.empty(rows)
+    n, mean, m2 = 0, 0.0, 0.0
+    for start in range(0, rows, step):
+        block = read_canonical_rows(store, plan, np.arange(start, min(rows, start + step)))
+        norms[start:start + block.shape[0]] = np.sqrt(np.einsum("ij,ij->i", block, block))
+        k, bm = block.size, float(block.mean())
+        bm2 = float(((block - bm) ** 2).sum())
+        delta = bm - mean
+        total = n + k
+        mean += delta * k / total
+        m2 += bm2 + delta * delta * n * k / total
+        n = total
+    qs = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+    values = np.quantile(norms, qs) if rows else [math.nan] * len(qs)
+    return EmbeddingStats(ref.key, ref.source, tuple(ref.shape), mean, m2 / n if n else math.nan,
+                          {f"p{int(q * 100)}": float(v) for q, v in zip(qs, values)})

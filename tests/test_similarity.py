@@ -1,0 +1,328 @@
+"""Weight similarity on real files: the demo, derived copies built from it, independent models trained on CPU."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from modellineage.alignment import correspond_layers, detect_upcycling, match_experts, monotone_alignment, project_layers
+from modellineage.embeddings import embedding_stats, shared_token_rows, vocabulary_of
+from modellineage.errors import IncompatibleShapes, NonFiniteWeights
+from modellineage.metrics import similarity
+from modellineage.model import Model
+from modellineage.naming import canonicalize
+from modellineage.sampling import choose_rows
+from modellineage.signatures import compare_signatures, model_signatures
+from modellineage.similarity import compare_weights, read_canonical_rows, row_plan
+from modellineage.sources import resolve_source
+from modellineage.tensors import TensorStore
+
+from . import weight_builders as wb
+
+BOUND_SCRATCH = 0.3  # the design's from-scratch band, as in thresholds.toml [weights].independent_max_centred
+
+
+def model(path: Path, name: str | None = None) -> Model:
+    return Model(name or Path(path).name, resolve_source(str(path), base_dir=Path(".")))
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return {n: model(wb.DEMO / n, n) for n in ("base", "finetune", "scratch")}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("built")
+    return {
+        "relayered": wb.relayered(tmp / "relayered", [0, 1, 2, 3, 1, 2, 3]),
+        "permuted": wb.relayered(tmp / "permuted", [2, 3, 0, 1]),
+        "upcycled": wb.upcycled(tmp / "upcycled"),
+        "shifted": wb.vocab_shifted(tmp / "shifted"),
+        "narrow": wb.narrow(tmp / "narrow"),
+    }
+
+
+# ----------------------------------------------------------------------------------------- demo
+def test_finetune_keeps_high_centred_similarity_in_every_category(demo):
+    comp = compare_weights(demo["finetune"], demo["base"])
+    cats = {g.group: g for g in comp.by_category}
+    assert set(cats) == {"embedding", "attention", "mlp", "norm", "lm_head"}
+    assert all(g.mean_centred > 0.9 for g in cats.values()), cats
+    assert cats["embedding"].mean_centred == 1.0  # frozen during the fine-tune
+    assert comp.bytes_read == 2 * sum(demo["base"].store.info(n).nbytes for n in demo["base"].store.names())
+
+
+def test_scratch_is_low_in_every_category_and_norms_show_the_trap(demo):
+    comp = compare_weights(demo["scratch"], demo["base"])
+    cats = {g.group: g for g in comp.by_category}
+    assert all(g.mean_centred < BOUND_SCRATCH for g in cats.values()), cats
+    assert cats["embedding"].mean_centred < 0.1
+    norms = [p for p in comp.pairs if p.category == "norm"]
+    assert norms and all(p.similarity.cosine > 0.99 for p in norms)  # raw cosine reads "copied" ...
+    assert abs(cats["norm"].mean_centred) < 0.1  # ... the centred statistic does not
+
+
+def test_figures_match_a_one_shot_numpy_computation(demo):
+    comp = compare_weights(demo["finetune"], demo["base"], keys=["layers.2.mlp_up.weight"], chunk_bytes=4096)
+    (pair,) = comp.pairs
+    a = demo["finetune"].store.read_row_range("model.layers.2.mlp.up_proj.weight", 0, 172)
+    b = demo["base"].store.read_row_range("model.layers.2.mlp.up_proj.weight", 0, 172)
+    ref = similarity(a, b)
+    assert math.isclose(pair.similarity.centred_cosine, ref.centred_cosine, rel_tol=1e-12)
+    assert math.isclose(pair.similarity.rel_l2, ref.rel_l2, rel_tol=1e-12)
+    assert pair.centred_ci.exact and pair.rows_read == pair.rows_total == 172
+
+
+@pytest.mark.parametrize("family", ["phi3", "gpt_neox", "gpt2", "fused_experts"])
+def test_row_plans_read_exactly_the_canonical_tensor(family, tmp_path):
+    """Fused qkv / gate_up, per-head interleaving, Conv1D transposition and stacked experts read only their rows."""
+    from .tiny_models import tiny
+
+    if family == "fused_experts":  # the transformers-v5 in-memory layout: experts stacked, gate|up fused
+        rng = np.random.default_rng(0)
+        arrays = {"model.layers.0.mlp.experts.gate_up_proj": rng.standard_normal((4, 64, 64)).astype(np.float32),
+                  "model.layers.0.mlp.experts.down_proj": rng.standard_normal((4, 64, 32)).astype(np.float32)}
+        cfg = tiny("qwen3_moe").config
+    else:
+        t = tiny(family)
+        arrays, cfg = t.saved, t.config
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp_path / "m.safetensors"))
+    store = TensorStore([tmp_path / "m.safetensors"])
+    nm = canonicalize({n: store.info(n).shape for n in store.names()}, cfg)
+    checked = 0
+    for ref in nm.refs.values():
+        plan = row_plan(ref, store.info(ref.source))
+        got = read_canonical_rows(store, plan, np.arange(plan.shape[0]))
+        got = got.T if plan.transpose else got
+        want = ref.apply(arrays[ref.source].astype(np.float64))
+        assert got.size == want.size and np.array_equal(got.reshape(want.shape), want), ref.key
+        checked += not ref.is_whole
+    assert checked, "no fused or transposed tensor was exercised"
+
+
+def test_different_width_raises_incompatible_shapes_naming_both_files(demo, built):
+    with pytest.raises(IncompatibleShapes) as info:
+        compare_weights(model(built["narrow"]), demo["base"])
+    assert "model.safetensors" in str(info.value) and "different widths" in str(info.value)
+
+
+def test_nan_weights_are_refused_with_the_file(demo, tmp_path):
+    t = wb.load(wb.DEMO / "finetune")
+    t["model.layers.1.mlp.up_proj.weight"][5, 3] = np.nan
+    path = wb.write_model(tmp_path / "nan", t, wb.config(wb.DEMO / "base"))
+    with pytest.raises(NonFiniteWeights, match="model.safetensors"):
+        compare_weights(model(path), demo["base"])
+
+
+# ----------------------------------------------------------------------------------------- sampling
+def test_sampled_intervals_contain_the_full_data_value(demo):
+    """Coverage of the 95 % bootstrap intervals over 12 seeds, per tensor and per category (fraction 0.1)."""
+    for other in ("finetune", "scratch"):
+        full = compare_weights(demo[other], demo["base"])
+        by_key = {p.key: p.similarity.centred_cosine for p in full.pairs}
+        by_cat = {g.group: g.mean_centred for g in full.by_category}
+        hits = total = cat_hits = cat_total = 0
+        for seed in range(12):
+            comp = compare_weights(demo[other], demo["base"], fraction=0.1, seed=seed)
+            assert comp.bytes_read < 0.3 * full.bytes_read
+            for p in comp.pairs:
+                if not p.exact:
+                    total += 1
+                    hits += p.centred_ci.contains(by_key[p.key])
+            for g in comp.by_category:
+                if not g.centred_ci.exact:
+                    cat_total += 1
+                    cat_hits += g.centred_ci.contains(by_cat[g.group])
+        assert total > 300 and hits / total >= 0.9, (other, hits, total)
+        assert cat_total >= 36 and cat_hits / cat_total >= 0.9, (other, cat_hits, cat_total)
+
+
+def test_sampling_is_seeded_and_reads_the_same_rows_on_both_sides(demo):
+    a = compare_weights(demo["finetune"], demo["base"], fraction=0.2, seed=3)
+    b = compare_weights(demo["finetune"], demo["base"], fraction=0.2, seed=3)
+    c = compare_weights(demo["finetune"], demo["base"], fraction=0.2, seed=4)
+    assert [p.as_dict() for p in a.pairs] == [p.as_dict() for p in b.pairs]
+    assert [p.as_dict() for p in a.pairs] != [p.as_dict() for p in c.pairs]
+    embed = next(p for p in a.pairs if p.key == "embed.weight")
+    assert math.isclose(embed.similarity.centred_cosine, 1.0, rel_tol=1e-12) and embed.rows_read == math.ceil(0.2 * 1024)
+
+
+def test_choose_rows_reads_small_tensors_whole():
+    rng = np.random.default_rng(0)
+    assert choose_rows(10, 0.1, rng).tolist() == list(range(10))
+    rows = choose_rows(1000, 0.1, rng)
+    assert rows.size == 100 and np.all(np.diff(rows) > 0)
+    with pytest.raises(ValueError):
+        choose_rows(10, 0.0, rng)
+
+
+# ----------------------------------------------------------------------------------------- independent, trained
+@pytest.fixture(scope="module")
+def trained_pair(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    return wb.train_tiny(tmp / "one", seed=1), wb.train_tiny(tmp / "two", seed=2)
+
+
+def test_independent_trained_models_have_raw_norm_cosine_near_one_but_centred_near_zero(trained_pair):
+    one, two = (model(p) for p in trained_pair)
+    comp = compare_weights(one, two)
+    norms = [p for p in comp.pairs if p.category == "norm"]
+    assert len(norms) == 5
+    assert all(p.similarity.cosine > 0.95 for p in norms), [p.similarity.cosine for p in norms]
+    cats = {g.group: g.mean_centred for g in comp.by_category}
+    assert all(v < BOUND_SCRATCH for v in cats.values()), cats
+
+
+# ----------------------------------------------------------------------------------------- layer correspondence
+def test_monotone_alignment_small_cases():
+    m = np.array([[0.9, 0.0, 0.0], [0.0, 0.0, 0.95], [0.0, 0.8, 0.0]])
+    assert monotone_alignment(m, 0.3) == [(0, 0), (1, 2)]  # (2, 1) would break monotonicity; 0.95 > 0.8
+    dup = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.9]])
+    assert monotone_alignment(dup, 0.3) == [(0, 0), (1, 1), (2, 1)]  # duplicated layer maps to the same one
+    assert monotone_alignment(np.full((3, 3), 0.1), 0.3) == []  # nothing above the bound: nothing matched
+
+
+def test_depth_upscaled_copy_is_aligned_and_beats_index(demo, built):
+    target = model(built["relayered"])
+    ts, rs = model_signatures(target), model_signatures(demo["base"])
+    layers = correspond_layers(ts, rs, min_match=BOUND_SCRATCH)
+    order = [0, 1, 2, 3, 1, 2, 3]
+    # a monotone alignment can take five of the seven layers (0-3 and the last copy, or 0-1 and the second
+    # copy); every matched pair is a true correspondence
+    assert len(layers.path) == 5 and all(order[t] == r for t, r in layers.path), layers.path
+    assert layers.beats_index  # index alignment pairs target layers 0-3 only
+    # the index pairs 4->?, 5->?, 6->? do not exist in a 4-layer reference; alignment recovers 6 -> 3
+    aligned = compare_weights(target, demo["base"], layer_map=layers.layer_map)
+    assert min(g.mean_centred for g in aligned.by_layer) > 0.9
+
+
+def test_permuted_layers_are_caught_only_by_correspondence(demo, built):
+    target = model(built["permuted"])
+    index = compare_weights(target, demo["base"])
+    assert max(g.mean_centred for g in index.by_category if g.group in ("attention", "mlp")) < BOUND_SCRATCH
+    layers = correspond_layers(model_signatures(target), model_signatures(demo["base"]), min_match=BOUND_SCRATCH)
+    assert layers.beats_index and len(layers.path) == 2
+    aligned = compare_weights(target, demo["base"], layer_map=layers.layer_map)
+    assert {g.group: g.mean_centred for g in aligned.by_category}["attention"] > 0.9
+
+
+def test_same_depth_finetune_keeps_index_alignment(demo):
+    layers = correspond_layers(model_signatures(demo["finetune"]), model_signatures(demo["base"]),
+                               min_match=BOUND_SCRATCH)
+    assert layers.is_identity and not layers.beats_index
+    scratch = correspond_layers(model_signatures(demo["scratch"]), model_signatures(demo["base"]),
+                                min_match=BOUND_SCRATCH)
+    assert scratch.path == () and not scratch.beats_index
+
+
+def test_pca_projects_both_models_layers(demo):
+    proj = project_layers(model_signatures(demo["finetune"]), model_signatures(demo["base"]))
+    assert proj.target_xy.shape == (4, 2) and proj.reference_xy.shape == (4, 2)
+    # each fine-tuned layer lies nearest to its own base layer
+    d = np.linalg.norm(proj.target_xy[:, None, :] - proj.reference_xy[None, :, :], axis=2)
+    assert d.argmin(axis=1).tolist() == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------------------- MoE
+def test_upcycled_moe_shows_every_expert_matching_the_dense_mlp(demo, built):
+    moe = model(built["upcycled"])
+    ups = detect_upcycling(model_signatures(moe), model_signatures(demo["base"]))
+    assert len(ups) == 4
+    assert all(len(u.experts) == 4 and min(u.similarity) > 0.9 for u in ups)
+    scratch_ups = detect_upcycling(model_signatures(moe), model_signatures(demo["scratch"]))
+    assert all(max(u.similarity) < BOUND_SCRATCH for u in scratch_ups)
+
+
+def test_permuted_experts_are_matched_by_assignment(built, tmp_path):
+    src = model(built["upcycled"])
+    # make the experts distinct first (an upcycled model's experts are all alike), then permute them
+    t = wb.load(built["upcycled"])
+    rng = np.random.default_rng(5)
+    distinct = {k: (rng.standard_normal(v.shape).astype(np.float32) * 0.02 if ".experts." in k else v)
+                for k, v in t.items()}
+    ref_path = wb.write_model(tmp_path / "ref", distinct, wb.config(built["upcycled"]))
+    perm = [2, 0, 3, 1]
+    tgt_path = wb.permuted_experts(ref_path, tmp_path / "perm", perm)
+    ts, rs = model_signatures(model(tgt_path)), model_signatures(model(ref_path))
+    matches = match_experts(ts, rs)
+    assert [dict(m.assignment) for m in matches] == [dict(enumerate(perm))] * 4
+    expert_map = {(m.layer, t): r for m in matches for t, r in m.assignment}
+    keys = [k for k in model(tgt_path).name_map.refs if ".experts." in k]
+    comp = compare_weights(model(tgt_path), model(ref_path), expert_map=expert_map, keys=keys)
+    cats = {g.group: g.mean_centred for g in comp.by_category}
+    assert cats["routed_expert"] > 0.99
+    plain = {g.group: g.mean_centred for g in compare_weights(model(tgt_path), model(ref_path), keys=keys).by_category}
+    assert plain["routed_expert"] < BOUND_SCRATCH
+    assert src.name_map.refs["layers.0.router.weight"].shape == (4, 64)
+
+
+# ----------------------------------------------------------------------------------------- signatures
+def test_signature_bands_for_copy_finetune_and_scratch(demo):
+    base = model_signatures(demo["base"])
+    same = compare_signatures(base, base)
+    assert all(m.best_hamming == 0.0 and m.best_jaccard == 1.0 and not m.moved for m in same.matches)
+    scratch = compare_signatures(model_signatures(demo["scratch"]), base)
+    assert all(m.same_key_hamming > 0.2 and m.same_key_jaccard < 0.2 for m in scratch.matches)
+    fine = compare_signatures(model_signatures(demo["finetune"]), base)
+    # fine-tuned tensors (centred ≈ 0.95, a heavy fine-tune) are far closer than scratch ones and never elsewhere
+    assert all(m.same_key_hamming < 0.2 and not m.moved for m in fine.matches)
+    assert min(m.same_key_jaccard for m in fine.matches) > max(m.same_key_jaccard for m in scratch.matches)
+
+
+def test_moved_tensor_is_found_under_its_new_key(demo, tmp_path):
+    t = wb.load(wb.DEMO / "scratch")
+    b = wb.load(wb.DEMO / "base")
+    t["model.layers.3.self_attn.q_proj.weight"] = b["model.layers.1.self_attn.q_proj.weight"] * np.float32(1.001)
+    path = wb.write_model(tmp_path / "moved", t, wb.config(wb.DEMO / "base"))
+    sigs = compare_signatures(model_signatures(model(path)), model_signatures(demo["base"]))
+    hit = [m for m in sigs.matching(0.02, 0.85)]
+    assert [(m.key, m.best_key) for m in hit] == [("layers.3.attn_q.weight", "layers.1.attn_q.weight")]
+    assert hit[0].moved
+
+
+# ----------------------------------------------------------------------------------------- embeddings
+def test_shifted_vocabulary_is_caught_through_shared_tokens(demo, built):
+    shifted = model(built["shifted"])
+    index = compare_weights(shifted, demo["base"], keys=["embed.weight"])
+    assert index.pairs[0].similarity.centred_cosine < 0.1  # row i vs row i: unrelated tokens
+    tv, rv = vocabulary_of(shifted), vocabulary_of(demo["base"])
+    align = shared_token_rows(tv, rv, 1024, 1024)
+    assert align.shared == 1024 and align.moved > 1000
+    comp = compare_weights(shifted, demo["base"], keys=["embed.weight", "lm_head.weight"],
+                           row_alignments={k: (align.target_rows, align.reference_rows, align.description)
+                                           for k in ("embed.weight", "lm_head.weight")})
+    assert [p.similarity.centred_cosine for p in comp.pairs] == pytest.approx([1.0, 1.0], abs=1e-12)
+    assert "shared normalised tokens" in comp.pairs[0].row_alignment
+
+
+def test_extended_vocabulary_pairs_the_shared_rows(demo, tmp_path):
+    t = wb.load(wb.DEMO / "base")
+    extra = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32) * 0.02
+    t["model.embed_tokens.weight"] = np.vstack([t["model.embed_tokens.weight"], extra])
+    t["lm_head.weight"] = np.vstack([t["lm_head.weight"], extra])
+    tok = __import__("json").loads((wb.DEMO / "base" / "tokenizer.json").read_text())
+    for k in range(8):
+        tok["model"]["vocab"][f"NEWTOKEN{k}"] = 1024 + k
+    path = wb.write_model(tmp_path / "ext", t, dict(wb.config(wb.DEMO / "base"), vocab_size=1032), tokenizer_json=tok)
+    ext = model(path)
+    align = shared_token_rows(vocabulary_of(ext), vocabulary_of(demo["base"]), 1032, 1024)
+    assert align.shared == 1024 and align.moved == 0
+    comp = compare_weights(ext, demo["base"], keys=["embed.weight"],
+                           row_alignments={"embed.weight": (align.target_rows, align.reference_rows, "shared")})
+    assert comp.pairs[0].similarity.centred_cosine == 1.0
+    with pytest.raises(IncompatibleShapes):  # without an alignment the shapes differ
+        compare_weights(ext, demo["base"], keys=["embed.weight"])
+
+
+def test_embedding_statistics(demo):
+    ref = demo["base"].name_map.refs["embed.weight"]
+    stats = embedding_stats(demo["base"].store, ref, chunk_bytes=4096)
+    full = demo["base"].store.read_row_range(ref.source, 0, 1024)
+    assert stats.shape == (1024, 64)
+    assert math.isclose(stats.variance, float(full.var()), rel_tol=1e-10)
+    assert math.isclose(stats.row_norm_quantiles["p50"], float(np.median(np.linalg.norm(full, axis=1))), rel_tol=1e-12)

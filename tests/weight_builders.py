@@ -1,0 +1,162 @@
+"""Derived and independent tiny models for the weight-similarity tests, built from the demo or trained on CPU.
+
+Every builder is deterministic (fixed seeds) and writes an HF-style directory (config.json,
+model.safetensors, the demo's tokenizer files unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "fixtures" / "demo"
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
+
+
+def load(model_dir: Path) -> dict[str, np.ndarray]:
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def config(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / "config.json").read_text())
+
+
+def write_model(path: Path, tensors: dict[str, np.ndarray], cfg: dict, *, tokenizer_from: Path | None = DEMO / "base",
+                tokenizer_json: dict | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    if tokenizer_json is not None:
+        (path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+        shutil.copy(DEMO / "base" / "tokenizer_config.json", path)
+    elif tokenizer_from is not None:
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(tokenizer_from / f, path)
+    return path
+
+
+def noisy(x: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
+    """x plus Gaussian noise of ``scale`` times x's standard deviation."""
+    return x + rng.standard_normal(x.shape).astype(np.float32) * np.float32(scale * float(x.std() or 1.0))
+
+
+def relayered(path: Path, order: list[int], *, noise: float = 0.02, seed: int = 0) -> Path:
+    """Demo base with layer k of the new stack = base layer order[k] (+ noise): depth up-scaling / permutation."""
+    rng = np.random.default_rng(seed)
+    base = load(DEMO / "base")
+    out = {k: noisy(v, rng, noise) for k, v in base.items() if not _LAYER.match(k)}
+    for new, old in enumerate(order):
+        for k, v in base.items():
+            m = _LAYER.match(k)
+            if m and int(m.group(1)) == old:
+                out[f"model.layers.{new}.{m.group(2)}"] = noisy(v, rng, noise)
+    cfg = dict(config(DEMO / "base"), num_hidden_layers=len(order))
+    return write_model(path, out, cfg)
+
+
+def upcycled(path: Path, *, experts: int = 4, noise: float = 0.05, seed: int = 0) -> Path:
+    """A Mixtral-style MoE whose experts are the demo base's dense MLP plus noise (sparse upcycling)."""
+    rng = np.random.default_rng(seed)
+    base = load(DEMO / "base")
+    cfg = config(DEMO / "base")
+    out = {}
+    for k, v in base.items():
+        m = _LAYER.match(k)
+        if not m or not m.group(2).startswith("mlp."):
+            out[k] = v.copy()
+            continue
+        layer, proj = int(m.group(1)), m.group(2).split(".")[1]
+        w = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}[proj]
+        for e in range(experts):
+            out[f"model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight"] = noisy(v, rng, noise)
+    for layer in range(cfg["num_hidden_layers"]):
+        out[f"model.layers.{layer}.block_sparse_moe.gate.weight"] = \
+            rng.standard_normal((experts, cfg["hidden_size"])).astype(np.float32) * 0.02
+    mcfg = dict(cfg, model_type="mixtral", architectures=["MixtralForCausalLM"], num_local_experts=experts,
+                num_experts_per_tok=2)
+    return write_model(path, out, mcfg)
+
+
+def permuted_experts(source: Path, path: Path, perm: list[int], *, noise: float = 0.02, seed: int = 1) -> Path:
+    """A copy of a Mixtral-style model with expert slots permuted (expert e of the copy = expert perm[e])."""
+    rng = np.random.default_rng(seed)
+    t = load(source)
+    out = {}
+    for k, v in t.items():
+        m = re.match(r"^(model\.layers\.\d+\.block_sparse_moe\.experts\.)(\d+)(\..*)$", k)
+        if m:
+            src = f"{m.group(1)}{perm[int(m.group(2))]}{m.group(3)}"
+            out[k] = noisy(t[src], rng, noise)
+        else:
+            out[k] = noisy(v, rng, noise)
+    return write_model(path, out, config(source))
+
+
+def vocab_shifted(path: Path, shift: int = 7) -> Path:
+    """Demo base with every non-special token moved to another id (ids rotated by ``shift``); embedding and
+    lm_head rows moved with them, so the model is the same function under a reordered vocabulary."""
+    tok = json.loads((DEMO / "base" / "tokenizer.json").read_text())
+    specials = {t["id"] for t in tok.get("added_tokens", [])}
+    vocab: dict[str, int] = tok["model"]["vocab"]
+    movable = sorted(i for i in vocab.values() if i not in specials)
+    new_of = {old: movable[(k + shift) % len(movable)] for k, old in enumerate(movable)}
+    tok["model"]["vocab"] = {t: new_of.get(i, i) for t, i in vocab.items()}
+    base = load(DEMO / "base")
+    out = dict(base)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        moved = base[name].copy()
+        for old, new in new_of.items():
+            moved[new] = base[name][old]
+        out[name] = moved
+    return write_model(path, out, config(DEMO / "base"), tokenizer_json=tok)
+
+
+def narrow(path: Path, *, hidden: int = 48, seed: int = 0) -> Path:
+    """A random Llama of another width (hidden 48, 3 heads) with the demo's tokenizer."""
+    rng = np.random.default_rng(seed)
+    cfg = dict(config(DEMO / "base"), hidden_size=hidden, num_attention_heads=3, num_key_value_heads=1,
+               intermediate_size=128, num_hidden_layers=2)
+    v, h, i, hd = cfg["vocab_size"], hidden, 128, cfg["head_dim"]
+    shapes = {"model.embed_tokens.weight": (v, h), "lm_head.weight": (v, h), "model.norm.weight": (h,)}
+    for layer in range(2):
+        p = f"model.layers.{layer}."
+        shapes.update({p + "self_attn.q_proj.weight": (3 * hd, h), p + "self_attn.k_proj.weight": (hd, h),
+                       p + "self_attn.v_proj.weight": (hd, h), p + "self_attn.o_proj.weight": (h, 3 * hd),
+                       p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+                       p + "mlp.down_proj.weight": (h, i), p + "input_layernorm.weight": (h,),
+                       p + "post_attention_layernorm.weight": (h,)})
+    tensors = {k: (1 + 0.05 * rng.standard_normal(s) if len(s) == 1 else 0.02 * rng.standard_normal(s))
+               for k, s in shapes.items()}
+    return write_model(path, tensors, cfg)
+
+
+def train_tiny(path: Path, *, seed: int, steps: int = 60) -> Path:
+    """Train a tiny byte-level Llama (hidden 32, 2 layers) on the bundled Shakespeare text, on CPU, in seconds."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                   bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(cfg)
+    data = torch.tensor(list((ROOT / "fixtures" / "texts" / "shakespeare_the_tempest.txt").read_bytes()[:60000]))
+    gen = torch.Generator().manual_seed(seed + 1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, data.numel() - 33, (8,), generator=gen)
+        batch = torch.stack([data[s:s + 32] for s in starts])
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(str(path), safe_serialization=True)
+    return path
