@@ -20,6 +20,26 @@ from modellineage.plan import read_toml
 THRESHOLD_SPEC: dict[tuple[str, str], type] = {
     ("architecture", "parameter_claim_rel_tol"): float,
     ("reuse", "independent_max_reused_tensors"): int,
+    ("independence", "alpha"): float,
+    ("tokenizer", "reuse_min_overlap"): float,
+    ("tokenizer", "extension_min_overlap"): float,
+    ("tokenizer", "aligned_min_share"): float,
+    ("tokenizer", "contained_min_share"): float,
+    ("tokenizer", "independent_max_merge_prefix_share"): float,
+    ("weights", "independent_max_centred"): float,
+    ("weights", "independent_max_embedding_centred"): float,
+    ("weights", "early_layer_share"): float,
+    ("weights", "derived_min_centred"): float,
+    ("weights", "finetune_min_centred"): float,
+    ("weights", "finetune_min_early_layers_centred"): float,
+    ("weights", "trap_min_raw_cosine"): float,
+    ("weights", "trap_max_centred"): float,
+    ("weights", "signature_max_hamming"): float,
+    ("weights", "signature_min_jaccard"): float,
+    ("compute", "mfu_min"): float,
+    ("compute", "mfu_max"): float,
+    ("compute", "typical_mfu"): float,
+    ("compute", "compute_optimal_tokens_per_parameter"): float,
 }
 
 
@@ -138,3 +158,182 @@ def weights_finite(model: str, files: str, nonfinite: dict, total: int) -> Judge
                else f"{model}: all {total} tensors are finite")
     return Judgement("weights are finite", len(nonfinite), "0 tensors with NaN/Inf",
                      "exact (a checkpoint defect)", bool(nonfinite), message)
+
+
+def active_parameter_claim(model: str, claimed: float, counted, bound: Bound) -> Judgement:
+    """A claimed per-token active parameter count must match the count from headers + config."""
+    rel = abs(counted.active - claimed) / claimed if claimed else float("inf")
+    failed = rel > bound.value
+    how = (f"{counted.experts_per_token} of {counted.num_experts} routed experts in {counted.moe_layers} MoE layers"
+           if counted.is_moe else "dense: every parameter is active")
+    message = (f"{model}: claimed {claimed:,.0f} active parameters, headers + config count {counted.active:,} "
+               f"({how}; off by {rel:.2%}; {'>' if failed else '≤'} {bound.value:.0%} allowed, {bound.where})")
+    return Judgement("claimed active parameter count", rel, f"≤ {bound.value}", bound.where, failed, message)
+
+
+def plausible_utilisation(model: str, util, low: Bound, high: Bound) -> Judgement:
+    """Claimed accelerator hours must imply a utilisation between two published-evidence bounds."""
+    mfu = util.mfu
+    too_high, too_low = mfu > high.value, mfu < low.value
+    acc = util.accelerator
+    hours = f"{util.gpu_hours:,.0f}" if util.gpu_hours >= 100 else f"{util.gpu_hours:.3g}"
+    basis = (f"{util.flops:.3g}".replace("e+", "e") + f" FLOPs (6·N_active·D) in {hours} {acc.name} hours "
+             f"= {util.achieved_flops_per_gpu / 1e12:,.3g} TFLOP/s per accelerator of {acc.peak_flops / 1e12:,.1f} peak")
+    if too_high:
+        message = (f"{model}: claimed compute implies {mfu:.1%} utilisation, > {high.value:.0%} allowed "
+                   f"({high.where}): {basis}; the claimed hours are too few for the claimed tokens")
+    elif too_low:
+        message = (f"{model}: claimed compute implies {mfu:.1%} utilisation, < {low.value:.0%} allowed "
+                   f"({low.where}): {basis}; the claimed hours are far more than the claimed tokens need")
+    else:
+        message = (f"{model}: claimed compute implies {mfu:.1%} utilisation, within {low.value:.0%}-{high.value:.0%} "
+                   f"({low.where}, {high.where}): {basis}")
+    return Judgement("claimed compute is plausible", mfu, f"{low.value} ≤ MFU ≤ {high.value}",
+                     f"{low.where}, {high.where}", too_high or too_low, message)
+
+
+# ----------------------------------------------------------------------------------------- weights
+def _ci_text(summary) -> str:
+    ci = summary.centred_ci
+    return "" if ci.exact else f" [95% CI {ci.low:.3f}-{ci.high:.3f}]"
+
+
+def _straddles(summary, bound: float) -> bool:
+    ci = summary.centred_ci
+    return not ci.exact and ci.low < bound <= ci.high
+
+
+def early_layer_indices(layers: list[int], share: Bound) -> list[int]:
+    """The first ceil(share x layers) compared layer indices (at least one)."""
+    import math
+
+    layers = sorted(layers)
+    return layers[: max(1, math.ceil(share.value * len(layers)))] if layers else []
+
+
+def weights_independent(reference: str, categories, early, bound: Bound, embedding_bound: Bound,
+                        alignment: str = "") -> Judgement:
+    """Under `independent`: every category's mean centred similarity, and the early layers' (``early``: one
+    summary over the tensors of the first layers, or None), stay below the from-scratch bounds (embeddings
+    have their own, lower bound)."""
+    checks = []
+    for g in list(categories) + ([early] if early is not None else []):
+        b = embedding_bound if g.group == "embedding" else bound
+        if g.mean_centred == g.mean_centred:  # NaN: no defined centred figure in the group
+            checks.append((g.group, g, b))
+    over = [(name, g, b) for name, g, b in checks if g.mean_centred >= b.value]
+    worst = max(checks, key=lambda c: c[1].mean_centred - c[2].value) if checks else None
+    measured = worst[1].mean_centred if worst else None
+    where = ", ".join(sorted({b.where for _, _, b in checks})) or bound.where
+    how = f" ({alignment})" if alignment else ""
+    if over:
+        detail = "; ".join(f"centred similarity of {name} = {g.mean_centred:.3f}{_ci_text(g)} ≥ {b.value} "
+                           f"({b.where})" for name, g, b in over)
+        message = f"target looks derived from {reference!r}{how}: {detail}"
+    else:
+        detail = ", ".join(f"{name} {g.mean_centred:.3f}{_ci_text(g)} < {b.value}" for name, g, b in checks)
+        message = f"every category of the target stays below the from-scratch bounds against {reference!r}{how}: " \
+                  f"{detail} ({where})"
+    unsure = [name for name, g, b in checks if _straddles(g, b.value)]
+    if unsure:
+        message += f"; the sampling interval of {', '.join(unsure)} straddles its bound: re-run without --sample"
+    return Judgement("weights not derived (centred similarity below the from-scratch bounds)", measured,
+                     f"< {bound.value} (embedding < {embedding_bound.value})", where, bool(over), message)
+
+
+def weights_derived(reference: str, categories, bound: Bound, alignment: str = "") -> Judgement:
+    """Under `derived`: at least one category's mean centred similarity reaches the derivation bound."""
+    defined = [g for g in categories if g.mean_centred == g.mean_centred]
+    best = max(defined, key=lambda g: g.mean_centred) if defined else None
+    shown = [g for g in defined if g.mean_centred >= bound.value]
+    how = f" ({alignment})" if alignment else ""
+    if shown:
+        detail = ", ".join(f"{g.group} {g.mean_centred:.3f}{_ci_text(g)}" for g in shown)
+        message = f"{len(shown)} of {len(defined)} categories show derivation from {reference!r}{how}: {detail} " \
+                  f"≥ {bound.value} ({bound.where})"
+    else:
+        detail = ", ".join(f"{g.group} {g.mean_centred:.3f}{_ci_text(g)}" for g in defined)
+        message = f"no category shows derivation from {reference!r}{how}: every mean centred similarity is below " \
+                  f"{bound.value} ({bound.where}): {detail}"
+    return Judgement("weights derived (a category reaches the derivation bound)",
+                     best.mean_centred if best else None, f"≥ {bound.value} in some category", bound.where,
+                     not shown, message)
+
+
+def no_signature_matches(reference: str, matches, total: int, max_hamming: Bound, min_jaccard: Bound) -> Judgement:
+    """Under `independent`: no target tensor's signature matches any reference tensor within the fine-tune band."""
+    where = f"{max_hamming.where}, {min_jaccard.where}"
+    names = ", ".join(f"{m.key} ~ {m.best_key} (Hamming {m.best_hamming:.1%}, Jaccard {m.best_jaccard:.2f})"
+                      for m in matches[:8]) + (" ..." if len(matches) > 8 else "")
+    if matches:
+        message = (f"{len(matches)} of {total} target tensors match a tensor of {reference!r} within the fine-tune "
+                   f"band (Hamming ≤ {max_hamming.value:.0%} and Jaccard ≥ {min_jaccard.value}; {where}): {names}")
+    else:
+        message = (f"none of {total} target tensors matches a tensor of {reference!r} within the fine-tune band "
+                   f"(Hamming ≤ {max_hamming.value:.0%} and Jaccard ≥ {min_jaccard.value}; {where})")
+    return Judgement("no tensor signature matches", len(matches), "0 matching tensors", where, bool(matches), message)
+
+
+# ----------------------------------------------------------------------------------------- independence
+def independence_alpha(bound: Bound, references: int) -> float:
+    """The family-wise level split over the plan's references (Bonferroni)."""
+    return bound.value / max(1, references)
+
+
+def _p_text(pv) -> str:
+    return f"{pv.p:.3g}" if pv.p > 0 else f"10^{pv.log10_p:.1f}"
+
+
+def independence_pvalue(test, expectation: str, bound: Bound, references: int) -> Judgement:
+    """`independent`: fail when p < α (the data reject independence); `derived`: fail when p ≥ α.
+
+    α is `bound.value` Bonferroni-corrected over the plan's references. When even a perfect statistic
+    could not reach α (``min_p ≥ α``), a `derived` claim cannot be supported and fails with that reason.
+    """
+    alpha = independence_alpha(bound, references)
+    pv = test.combined
+    where = f"{bound.where} = {bound.value:g} / {references} reference(s)"
+    layers = ", ".join(f"{r.layer}: {_p_text(r.pvalue)}" for r in test.layers)
+    if expectation == "derived":
+        failed = not pv.p < alpha
+        verdict = "reject" if not failed else "do not reject"
+        extra = (f"; the test cannot reach α here (smallest attainable p {_p_text_min(pv)})"
+                 if pv.min_p >= alpha else "")
+        message = (f"independence test p = {_p_text(pv)} {'<' if not failed else '≥'} α = {alpha:.3g} ({where}): "
+                   f"the data {verdict} independence from {test.reference!r}{extra}; per-layer p: {layers}")
+    else:
+        failed = pv.p < alpha
+        message = (f"independence test p = {_p_text(pv)} {'<' if failed else '≥'} α = {alpha:.3g} ({where}): "
+                   f"{'the weights show dependence on' if failed else 'no evidence of dependence on'} "
+                   f"{test.reference!r}; per-layer p: {layers}")
+    bound_text = f"p < {alpha:.3g}" if expectation == "derived" else f"p ≥ {alpha:.3g}"
+    return Judgement("independence p-value", pv.p, bound_text, bound.where, failed, message)
+
+
+def _p_text_min(pv) -> str:
+    return f"{pv.min_p:.3g}" if pv.min_p > 0 else f"10^{pv.log10_min_p:.1f}"
+
+
+def not_a_catalog_tokenizer(model: str, matches, extension: Bound) -> Judgement:
+    """Under [catalog] expect = independent: no catalog tokenizer may be identical or overlap in the
+    extension/reuse band (estimated Jaccard of the normalised non-special vocabularies)."""
+    if not matches:
+        return Judgement("tokenizer independent of the catalog", None, f"< {extension.value}", extension.where,
+                         False, f"{model}: the catalog holds no tokenizer fingerprints to compare with")
+    hits = [m for m in matches if m.identical or m.overlap.jaccard >= extension.value]
+    top = matches[0]
+
+    def _one(m) -> str:
+        used = f" (used by {', '.join(m.models[:4])}{' ...' if len(m.models) > 4 else ''})" if m.models else ""
+        if m.identical:
+            return f"{m.tokenizer_id}{used}: identical vocabulary (SHA-256 match)"
+        return f"{m.tokenizer_id}{used}: estimated Jaccard {m.overlap.jaccard:.1%} ± {m.overlap.stderr:.1%}"
+
+    if hits:
+        message = (f"{model}: tokenizer matches the catalog — " + "; ".join(_one(m) for m in hits)
+                   + f" (reuse/extension band ≥ {extension.value:.0%}, {extension.where})")
+    else:
+        message = (f"{model}: no catalog tokenizer in the reuse/extension band; nearest {_one(top)} "
+                   f"(< {extension.value:.0%}, {extension.where})")
+    return Judgement("tokenizer independent of the catalog", round(top.overlap.jaccard, 6),
+                     f"< {extension.value}", extension.where, bool(hits), message)

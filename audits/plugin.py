@@ -6,6 +6,7 @@ line points into ``audits/`` or passes one of the audit options — so ``pytest 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import sys
@@ -47,9 +48,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--evidence", metavar="PATH", help="evidence JSON; default: reports/evidence.json")
     group.addoption("--allow-download", action="store_true", default=False,
                     help="let repo ids missing from the local Hugging Face cache be downloaded")
+    group.addoption("--against-catalog", choices=("independent",), default=None,
+                    help="claim the target is independent of every known model in the catalog (overrides "
+                         "[catalog].expect): a catalog tokenizer in the reuse/extension band fails")
+    group.addoption("--sample", metavar="FRACTION", type=_sample_fraction, default=None,
+                    help="weight audits read a seeded random share of rows per tensor (e.g. 0.1) and report "
+                         "95%% bootstrap intervals; default: every row")
 
 
-_AUDIT_OPTIONS = ("audit", "target", "reference", "expect", "thresholds", "evidence")
+def _sample_fraction(text: str) -> float:
+    """--sample FRACTION: a share of rows in (0, 1]."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sample needs a fraction in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--sample needs a fraction in (0, 1], got {value}")
+    return value
+
+
+#: Seed of the row sample of --sample (recorded in evidence.json under seeds["weights.sample"]).
+SAMPLE_SEED = 0
+
+_AUDIT_OPTIONS = ("audit", "target", "reference", "expect", "thresholds", "evidence", "against_catalog")
 
 
 def _is_audit_run(config: pytest.Config) -> bool:
@@ -105,6 +128,7 @@ class AuditSession:
         self._models: dict[str, Model] = {}
         self.records: list[AuditRecord] = []
         self.seeds: dict[str, int] = {}  # every seed a measurement used (sampling), by purpose
+        self.sample: float | None = None  # --sample: share of rows the weight audits read
         self.inputs: list[dict] = []  # filled when the evidence is written, shown in the report
         self.versions: dict[str, str | None] = {}
 
@@ -139,9 +163,14 @@ def pytest_configure(config: pytest.Config) -> None:
         plan = None if cli_only else load_plan(Path(audit_file) if audit_file else root / "audit.toml")
         plan = override_plan(plan, target=config.getoption("target"), references=config.getoption("reference"),
                              expect=config.getoption("expect"), base_dir=Path(config.invocation_params.dir))
+        if config.getoption("against_catalog"):
+            plan = dataclasses.replace(plan, catalog={**plan.catalog, "expect": config.getoption("against_catalog")})
         thresholds = load_thresholds(Path(config.getoption("thresholds") or root / "thresholds.toml"))
         evidence_path = Path(config.getoption("evidence") or root / "reports" / "evidence.json")
         session = AuditSession(plan, thresholds, evidence_path, config.getoption("allow_download"))
+        session.sample = config.getoption("sample", None)
+        if session.sample is not None:
+            session.seeds["weights.sample"] = SAMPLE_SEED
     except LineageError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
@@ -240,6 +269,12 @@ def thresholds(audit_session: AuditSession) -> Thresholds:
 @pytest.fixture(scope="session")
 def claims(audit_session: AuditSession) -> dict:
     return dict(audit_session.plan.claims)
+
+
+@pytest.fixture(scope="session")
+def catalog_plan(audit_session: AuditSession) -> dict:
+    """The plan's [catalog] table (``expect`` set by --against-catalog)."""
+    return dict(audit_session.plan.catalog)
 
 
 class Recorder:

@@ -104,6 +104,17 @@ class Model:
     def weight_facts(self) -> WeightFacts:
         return facts_from_weights(self.name_map, self.arch)
 
+    @cached_property
+    def vocabulary(self):
+        """The normalised tokenizer vocabulary (modellineage.vocab), read from the source's tokenizer files."""
+        from .errors import UnsupportedFormat
+        from .vocab import load_from_files
+
+        if not self.source.tokenizer_files:
+            raise UnsupportedFormat(f"{self.source.root}: no tokenizer files (tokenizer.json, tokenizer.model, "
+                                    "*.tiktoken, vocab.json + merges.txt, vocab.txt)")
+        return load_from_files(self.source.tokenizer_files, where=self.source.root)
+
     def tensor_digests(self) -> tuple[TensorDigest, ...]:
         """Per-tensor SHA-256 of every tensor in every shard, sorted by tensor name."""
         found: list[TensorDigest] = []

@@ -134,7 +134,7 @@ def plan_from_mapping(data: Mapping[str, Any], *, origin: str, base_dir: Path, p
         target_source=target_source,
         references=refs,
         claims=dict(_table(data.get("claims", {}), f"{origin}: [claims]")),
-        catalog=dict(_table(data.get("catalog", {}), f"{origin}: [catalog]")),
+        catalog=_catalog(data.get("catalog", {}), origin),
         path=path,
         base_dir=base_dir,
     )
@@ -195,6 +195,17 @@ def _name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise PlanError(f"{where}: {value!r} is not a valid name (letters, digits, '.', '_', '+', '-')")
     return value
+
+
+def _catalog(raw: Any, origin: str) -> dict:
+    """[catalog]: ``expect = "independent"`` claims the target derives from no catalog model."""
+    table = dict(_table(raw, f"{origin}: [catalog]"))
+    unknown = sorted(set(table) - {"expect"})
+    if unknown:
+        raise PlanError(f"{origin}: [catalog] has unknown key(s) {unknown}; allowed: ['expect']")
+    if "expect" in table and table["expect"] != "independent":
+        raise PlanError(f"{origin}: [catalog].expect = {table['expect']!r} is not allowed; use 'independent'")
+    return table
 
 
 def _reference(raw: Any, where: str) -> Reference:

@@ -99,8 +99,19 @@ def test_finetune_claimed_independent_of_base_fails_with_the_reused_tensor(tmp_p
     assert "FAILS" in (tmp_path / "run.html").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="needs the weight-similarity audits of issue #4: exact reuse alone "
-                                       "cannot refute a 'derived' claim, since a fine-tune may change every tensor")
+def test_finetune_tokenizer_claimed_independent_of_base_fails(tmp_path):
+    proc, evidence = run_audit(tmp_path, "-m", "tokenizer", "--expect", "independent")
+
+    assert proc.returncode == 1
+    results = outcomes(evidence)
+    for audit in ("test_vocabulary_overlap", "test_id_alignment", "test_vocabulary_extension", "test_merge_rules"):
+        assert results[f"{audit}[base]"] == "failed", audit
+    message = record(evidence, "test_vocabulary_overlap[base]")["message"]
+    assert "= 100.00%, band 'reused'" in message and "thresholds.toml [tokenizer].extension_min_overlap" in message
+    html = (tmp_path / "run.html").read_text()
+    assert "First shared tokens" in html and "Id-offset histogram" in html
+
+
 def test_finetune_claimed_derived_from_scratch_fails(tmp_path):
     proc, _ = run_audit(tmp_path, "--target", str(DEMO / "finetune"),
                         "--reference", f"scratch={DEMO / 'scratch'}", "--expect", "derived")
@@ -167,8 +178,11 @@ def _broken_reference(tmp_path: Path, kind: str) -> Path:
 ])
 def test_bad_reference_is_reported_and_the_rest_still_runs(tmp_path, kind, outcome, fragment):
     ref = _broken_reference(tmp_path, kind)
+    # The copied tokenizer is base's, so the tokenizer audits (rightly) fail under `independent`: not run here,
+    # see test_tokenizer_only_reference_is_audited.
     proc, evidence = run_audit(tmp_path, "--target", str(DEMO / "finetune"), "--reference", f"bad={ref}",
-                               "--reference", f"scratch={DEMO / 'scratch'}", "--expect", "independent")
+                               "--reference", f"scratch={DEMO / 'scratch'}", "--expect", "independent",
+                               "-m", "not tokenizer")
 
     results = outcomes(evidence)
     bad = record(evidence, "test_no_exact_tensor_reuse[bad]")
@@ -177,6 +191,20 @@ def test_bad_reference_is_reported_and_the_rest_still_runs(tmp_path, kind, outco
     assert results["test_config_matches_weights[finetune]"] == "passed"
     assert "Traceback" not in proc.stdout
     assert proc.returncode == (1 if outcome == "failed" else 0)
+
+
+def test_tokenizer_only_reference_is_audited(tmp_path):
+    ref = tmp_path / "base-tokenizer"
+    ref.mkdir()
+    shutil.copy(DEMO / "base" / "tokenizer.json", ref)
+    proc, evidence = run_audit(tmp_path, "--target", str(DEMO / "finetune"), "--reference", f"tok={ref}",
+                               "--expect", "derived")
+    assert proc.returncode == 0, proc.stdout
+    results = outcomes(evidence)
+    assert results["test_vocabulary_overlap[tok]"] == "passed"
+    assert results["test_no_exact_tensor_reuse[tok]"] == "skipped"
+    assert record(evidence, "test_vocabulary_overlap[tok]")["measurements"]["reference_vocabulary"]["file"] \
+        == str(ref / "tokenizer.json")
 
 
 def test_nan_weights_fail_the_finiteness_audit_naming_the_file(tmp_path):
