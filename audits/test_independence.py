@@ -9,6 +9,8 @@ the statistic unchanged (tests/test_independence.py proves it on the demo).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from modellineage import report
@@ -30,7 +32,7 @@ def test_independence_pvalue(target, reference, thresholds, evidence, audit_sess
     evidence.png(report.bar_plot([str(r.layer) for r in test.layers],
                                  [min(350.0, -r.pvalue.log10_p) for r in test.layers],
                                  title=f"−log10 p per layer vs {reference.name} (α = {alpha:.3g} ⇒ "
-                                       f"{-__import__('math').log10(alpha):.1f}; capped at 350)",
+                                       f"{-math.log10(alpha):.1f}; capped at 350)",
                                  ylabel="−log10 p"), "independence p by layer")
     low = [r.layer for r in test.layers if r.pvalue.p < alpha]
     evidence.says(f"Independence test against {reference.name}: combined p = {_p_text(test.combined)} over "
@@ -64,4 +66,6 @@ def _layer_table(test, alpha: float) -> str:
         caption=f"Independence test vs {test.reference} (Fisher over layers)")
     return head + report.table(
         ["block", "neurons", "ρ(π_gate, π_up)", "p", "min p", "method", "gate cos (matched)", "|up cos| (matched)",
-         "neuron order kept", "attention heads: stored → matched", ""], rows, caption="Per-layer p-values")
+         "neuron order kept", "attention heads: stored → matched", ""], rows,
+        caption="Per-layer p-values (up rows matched after removing each neuron's own gate direction; "
+                "|cos(gate, up)| within neurons is in evidence.json)")
