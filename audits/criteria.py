@@ -314,26 +314,54 @@ def _p_text_min(pv) -> str:
     return f"{pv.min_p:.3g}" if pv.min_p > 0 else f"10^{pv.log10_min_p:.1f}"
 
 
-def not_a_catalog_tokenizer(model: str, matches, extension: Bound) -> Judgement:
-    """Under [catalog] expect = independent: no catalog tokenizer may be identical or overlap in the
-    extension/reuse band (estimated Jaccard of the normalised non-special vocabularies)."""
+def not_a_catalog_tokenizer(model: str, matches, extension: Bound, contained: Bound) -> Judgement:
+    """Under [catalog] expect = independent: no catalog tokenizer may be identical (SHA-256), overlap the
+    target in the extension/reuse band (estimated Jaccard ≥ `extension`), or share `contained` of the
+    smaller vocabulary with the larger one: a catalog tokenizer inside the target is an extension
+    (target ⊇ catalog + K, Jaccard as low as |catalog| / |target|), a target inside one a pruned copy.
+
+    Containment is judged on the smaller side because the larger side's share only says how big the
+    smaller one is. It is weak alone for very unequal sizes (a 248k vocabulary holds 0.955 of Mistral
+    v1's 32k tokens independently), which the 98% bound leaves room for; the estimate (Laplace-smoothed,
+    modellineage.fingerprint) does not call a handful of sampled tokens "contained".
+    """
+    bound_text = f"Jaccard < {extension.value:g} and contained share < {contained.value:g}"
+    source = f"{extension.where}; {contained.where}"
+    name = "tokenizer independent of the catalog"
     if not matches:
-        return Judgement("tokenizer independent of the catalog", None, f"< {extension.value}", extension.where,
-                         False, f"{model}: the catalog holds no tokenizer fingerprints to compare with")
-    hits = [m for m in matches if m.identical or m.overlap.jaccard >= extension.value]
-    top = matches[0]
+        return Judgement(name, None, bound_text, source, False,
+                         f"{model}: the catalog holds no tokenizer fingerprints to compare with")
+
+    def _is_contained(m) -> bool:
+        return m.overlap.contained_share >= contained.value
+
+    hits = [m for m in matches if m.identical or m.overlap.jaccard >= extension.value or _is_contained(m)]
+    closest = max(matches, key=lambda m: (m.identical, m.overlap.contained_share, m.overlap.jaccard))
 
     def _one(m) -> str:
+        o = m.overlap
         used = f" (used by {', '.join(m.models[:4])}{' ...' if len(m.models) > 4 else ''})" if m.models else ""
         if m.identical:
             return f"{m.tokenizer_id}{used}: identical vocabulary (SHA-256 match)"
-        return f"{m.tokenizer_id}{used}: estimated Jaccard {m.overlap.jaccard:.1%} ± {m.overlap.stderr:.1%}"
+        if o.smaller == "other":
+            share = (f"{o.contained_share:.1%} ± {o.contained_stderr:.1%} of {m.tokenizer_id}'s {o.other_distinct:,} "
+                     f"tokens are in the target's {o.target_distinct:,}")
+            kind = f"an extension: target ⊇ {m.tokenizer_id} + K, K ≈ {o.target_distinct - o.other_distinct:,}"
+        else:
+            share = (f"{o.contained_share:.1%} ± {o.contained_stderr:.1%} of the target's {o.target_distinct:,} "
+                     f"tokens are in {m.tokenizer_id}'s {o.other_distinct:,}")
+            kind = f"a subset (pruned copy) of {m.tokenizer_id}"
+        text = f"{m.tokenizer_id}{used}: estimated Jaccard {o.jaccard:.1%} ± {o.stderr:.1%}; {share}"
+        if _is_contained(m):
+            text += f" (≥ {contained.value:.0%}, {kind})"
+        return text
 
+    bands = (f"reuse/extension band Jaccard ≥ {extension.value:.0%} ({extension.where}); contained from "
+             f"{contained.value:.0%} of the smaller vocabulary ({contained.where})")
     if hits:
-        message = (f"{model}: tokenizer matches the catalog — " + "; ".join(_one(m) for m in hits)
-                   + f" (reuse/extension band ≥ {extension.value:.0%}, {extension.where})")
+        message = f"{model}: tokenizer matches the catalog — " + "; ".join(_one(m) for m in hits) + f" ({bands})"
     else:
-        message = (f"{model}: no catalog tokenizer in the reuse/extension band; nearest {_one(top)} "
-                   f"(< {extension.value:.0%}, {extension.where})")
-    return Judgement("tokenizer independent of the catalog", round(top.overlap.jaccard, 6),
-                     f"< {extension.value}", extension.where, bool(hits), message)
+        message = (f"{model}: no catalog tokenizer is identical, overlapping or contained; closest "
+                   f"{_one(closest)} ({bands})")
+    measured = 1.0 if closest.identical else round(closest.overlap.contained_share, 6)
+    return Judgement(name, measured, bound_text, source, bool(hits), message)

@@ -50,7 +50,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="let repo ids missing from the local Hugging Face cache be downloaded")
     group.addoption("--against-catalog", choices=("independent",), default=None,
                     help="claim the target is independent of every known model in the catalog (overrides "
-                         "[catalog].expect): a catalog tokenizer in the reuse/extension band fails")
+                         "[catalog].expect): a catalog tokenizer, an extension of one or a pruned copy of one fails")
     group.addoption("--sample", metavar="FRACTION", type=_sample_fraction, default=None,
                     help="weight audits read a seeded random share of rows per tensor (e.g. 0.1) and report "
                          "95%% bootstrap intervals; default: every row")

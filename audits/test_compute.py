@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 
 from modellineage import report
-from modellineage.compute import (count_active_parameters, gpu_days, implied_utilisation, plain_number,
-                                  reference_accelerator, training_compute)
+from modellineage.compute import (count_active_parameters, gpu_days, implied_utilisation, plain_claim, plain_count,
+                                  plain_flops, plain_summary, plain_utilisation, reference_accelerator,
+                                  training_compute)
 from modellineage.errors import PlanError, UnsupportedFormat
 
 from .criteria import active_parameter_claim, plausible_utilisation
@@ -56,30 +57,26 @@ def test_claimed_compute_is_plausible(target, claims, thresholds, evidence):
     optimal = thresholds["compute", "compute_optimal_tokens_per_parameter"]
     typical = thresholds["compute", "typical_mfu"]
     unit = reference_accelerator()
+    days = gpu_days(compute.flops, unit, typical.value)
+    kind = "active (MoE: the N in 6 · N · D)" if compute.moe else "dense: all active"
     rows = [["total parameters (headers)", f"{compute.total_parameters:,}"],
             ["active parameters per token (headers + config)", f"{compute.active_parameters:,}"],
             ["claimed training tokens", f"{compute.training_tokens:,.0f}"],
-            ["training FLOPs ≈ 6 · N_active · D", f"{compute.flops:.3g}"],
-            ["tokens per parameter (total / active)",
-             f"{compute.tokens_per_total_parameter:,.1f} / {compute.tokens_per_active_parameter:,.1f} "
-             f"(compute-optimal ≈ {optimal.value:g}, {optimal.where})"],
-            [f"{unit.name}-days at {typical.value:.0%} utilisation",
-             f"{gpu_days(compute.flops, unit, typical.value):,.3g}"]]
-    sentence = (f"{plain_number(compute.training_tokens)} tokens × {plain_number(compute.active_parameters)} active "
-                f"parameters ≈ {_sci(compute.flops)} FLOPs ≈ {_duration(gpu_days(compute.flops, unit, typical.value))} "
-                f"of one {unit.name} at {typical.value:.0%} utilisation; that is "
-                f"{compute.tokens_per_total_parameter / optimal.value:.2g}× the compute-optimal "
-                f"~{optimal.value:g} tokens per parameter.")
+            ["training FLOPs ≈ 6 · N_active · D", plain_flops(compute.flops, 3)],
+            ["tokens per parameter (active / total)",
+             f"{plain_count(compute.tokens_per_active_parameter)} / {plain_count(compute.tokens_per_total_parameter)}"
+             f" ({kind}; compute-optimal ≈ {optimal.value:g}, {optimal.where})"],
+            [f"{unit.name}-days at {typical.value:.0%} utilisation ({typical.where})", plain_count(days)]]
+    sentence = plain_summary(compute, unit, typical.value, optimal.value)
     if has_hours:
         util = evidence.measured("utilisation", implied_utilisation(compute, claims["gpu_hours"], claims["gpu_type"]))
-        hours = f"{util.gpu_hours:,.0f}" if util.gpu_hours >= 100 else f"{util.gpu_hours:.3g}"
+        hours = plain_claim(util.gpu_hours)
         rows += [["claimed accelerator hours", f"{hours} × {util.accelerator.name}"],
-                 ["peak dense throughput", f"{util.accelerator.peak_flops / 1e12:,.1f} TFLOP/s "
+                 ["peak dense throughput", f"{plain_count(util.accelerator.peak_flops / 1e12, 4)} TFLOP/s "
                                            f"({util.accelerator.source})"],
-                 ["implied throughput per accelerator", f"{util.achieved_flops_per_gpu / 1e12:,.3g} TFLOP/s"],
+                 ["implied throughput per accelerator", f"{plain_count(util.achieved_flops_per_gpu / 1e12)} TFLOP/s"],
                  ["implied utilisation (MFU)", f"{util.mfu:.1%}"]]
-        sentence += (f" The claimed {hours} {util.accelerator.name} hours imply {util.mfu:.0%} "
-                     "utilisation.")
+        sentence += " " + plain_utilisation(util)
     evidence.html(report.table(["quantity", "value"], rows, caption=f"{target.name}: claimed training compute"))
     evidence.says(sentence)
     if not has_hours:
@@ -87,15 +84,3 @@ def test_claimed_compute_is_plausible(target, claims, thresholds, evidence):
     judgement = evidence.judged(plausible_utilisation(target.name, util, thresholds["compute", "mfu_min"],
                                                       thresholds["compute", "mfu_max"]))
     assert not judgement.failed, judgement.message
-
-
-def _sci(x: float) -> str:
-    return f"{x:.2g}".replace("e+", "e")
-
-
-def _duration(days: float) -> str:
-    if days >= 1:
-        return f"{days:,.3g} days"
-    if days * 24 >= 1:
-        return f"{days * 24:.2g} hours"
-    return f"{days * 86400:.2g} seconds"

@@ -22,9 +22,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .architecture import ArchConfig
+from .architecture import ArchConfig, WeightFacts
 from .errors import PlanError
-from .fingerprint import HASH, MinHashSketch, OverlapEstimate, estimate_overlap, sketch, vocabulary_sha256
+from .fingerprint import DEFAULT_K, HASH, MinHashSketch, OverlapEstimate, estimate_overlap, sketch, vocabulary_sha256
 
 __all__ = [
     "COMPARED_FIELDS",
@@ -225,12 +225,16 @@ def _load_tokenizers(path: Path) -> tuple[CatalogTokenizer, ...]:
 # ----------------------------------------------------------------------------------------- architecture
 @dataclass(frozen=True)
 class FieldMatch:
-    """One field of the target against one catalog entry (``agrees`` None: not compared)."""
+    """One field of the target against one catalog entry (``agrees`` None: not compared, because the
+    target's config or the catalog entry does not state the field)."""
 
     field: str
     target: Any
     catalog: Any
     agrees: bool | None
+    stated_by: str | None = "config"
+    """Where the target value comes from: ``"config"``, ``"weights"`` (MoE fields of a checkpoint without
+    routed-expert tensors) or ``None`` (not stated)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -254,7 +258,7 @@ class ArchitectureMatch:
 
     @property
     def identical(self) -> bool:
-        """Every field the catalog entry gives agrees."""
+        """Every field both the target and the catalog entry state agrees."""
         return self.compared > 0 and self.agreeing == self.compared
 
     def as_dict(self) -> dict[str, Any]:
@@ -272,10 +276,9 @@ def _values_agree(a: Any, b: Any) -> bool:
 
 
 def _field_agrees(key: str, target: Any, catalog: Any) -> bool | None:
+    """None when either side does not state the field; rope_scaling None is plain RoPE (ArchConfig)."""
     if catalog is None:
         return None
-    if key in _MOE_FIELDS and target is None:
-        target = 0  # a dense config says nothing of experts: it has none
     if key == "rope_scaling":
         if not catalog:  # {}: plain RoPE
             return target is None
@@ -283,28 +286,46 @@ def _field_agrees(key: str, target: Any, catalog: Any) -> bool | None:
             return False
         return all(k in target and _values_agree(target[k], v) for k, v in catalog.items())
     if target is None:
-        return False
+        return None
     return _values_agree(target, catalog)
 
 
-def match_architecture(target: ArchConfig, entry: CatalogModel) -> ArchitectureMatch:
-    """Compare the target's normalised config with one catalog entry on the fields the entry gives."""
+def _target_value(target: ArchConfig, key: str, weights: WeightFacts | None) -> tuple[Any, str | None]:
+    value = getattr(target, key)
+    if value is not None or key == "rope_scaling":
+        return value, "config"
+    if key in _MOE_FIELDS and weights is not None and weights.num_experts is None:
+        return 0, "weights"  # measured: the checkpoint holds no routed-expert tensors, so it has no experts
+    return None, None
+
+
+def match_architecture(target: ArchConfig, entry: CatalogModel, weights: WeightFacts | None = None
+                       ) -> ArchitectureMatch:
+    """Compare the target's normalised config with one catalog entry on the fields both state.
+
+    A field the target's config leaves out is not compared (never counted as a difference, never given an
+    invented default). The one exception is measured, not assumed: with ``weights`` (facts read from the
+    safetensors headers) showing no routed-expert tensors, the MoE fields are 0, as for the catalog's
+    dense entries.
+    """
     out = []
     for key in COMPARED_FIELDS:
-        t = getattr(target, key)
+        t, by = _target_value(target, key, weights)
         c = entry.architecture.get(key)
-        out.append(FieldMatch(key, t, c, _field_agrees(key, t, c)))
+        out.append(FieldMatch(key, t, c, _field_agrees(key, t, c), by))
     compared = [f for f in out if f.agrees is not None]
     return ArchitectureMatch(entry.id, entry.name, entry.family, entry.source,
                              sum(1 for f in compared if f.agrees), len(compared), tuple(out))
 
 
-def nearest_architectures(target: ArchConfig, catalog: Catalog, top: int | None = 5) -> tuple[ArchitectureMatch, ...]:
-    """Catalog entries ranked by the share of their given fields the target agrees with.
+def nearest_architectures(target: ArchConfig, catalog: Catalog, top: int | None = 5, *,
+                          weights: WeightFacts | None = None) -> tuple[ArchitectureMatch, ...]:
+    """Catalog entries ranked by the share of the fields both state that the target agrees with.
 
-    Ties are broken by the number of agreeing fields, then by catalog id (a stable order).
+    Ties are broken by the number of agreeing fields, then by catalog id (a stable order). ``weights``:
+    see :func:`match_architecture`.
     """
-    matches = [match_architecture(target, e) for e in catalog.models]
+    matches = [match_architecture(target, e, weights) for e in catalog.models]
     matches.sort(key=lambda m: (-m.score, -m.agreeing, m.model_id))
     return tuple(matches[:top] if top else matches)
 
@@ -320,9 +341,16 @@ def vocabulary_tokens(vocab) -> list[bytes]:
     return [b for i, b in zip(vocab.ids, vocab.normalised) if i not in special]
 
 
-def fingerprint_tokens(tokens: Iterable[bytes], k: int | None = None) -> TokenizerFingerprint:
-    """Fingerprint a set of normalised tokens (pass the non-special tokens of a vocabulary)."""
+def fingerprint_tokens(tokens: Iterable[bytes], k: int | None = None, *, whole: bool = False) -> TokenizerFingerprint:
+    """Fingerprint a set of normalised tokens (pass the non-special tokens of a vocabulary).
+
+    ``whole``: sketch every token (k = max(default k, distinct tokens)). For a target compared with the
+    catalog: each catalog tokenizer's k hashes then all sample its containment in the target, instead of
+    the share of them below the target's own threshold (see :mod:`modellineage.fingerprint`).
+    """
     distinct = set(tokens)
+    if whole:
+        k = max(k or DEFAULT_K, len(distinct))
     sk = sketch(distinct) if k is None else sketch(distinct, k)
     return TokenizerFingerprint(vocabulary_sha256(distinct), len(distinct), sk)
 

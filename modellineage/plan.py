@@ -12,7 +12,7 @@ An audit plan is a TOML file::
     expect = "independent"       # the target was NOT derived from this reference
     tokenizer = "derived"        # refinement for one evidence family (optional)
 
-    [claims]                     # free-form facts checked by later audits
+    [claims]                     # facts the audits check (see CLAIMS); a key no audit checks is an error
     parameters = 8030261248
 
 Relative sources are resolved against the plan file's folder. Every error names the file, the key
@@ -39,6 +39,15 @@ FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence", "ca
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _REFERENCE_KEYS = {"name", "source", "expect", *FAMILIES}
 _TOP_KEYS = {"target", "reference", "claims", "catalog"}
+# Every claim an audit checks, with what it means. A claim no audit checks would pass unverified, so an
+# unknown key (often a typo: `gpu_hour`) is an error rather than silently ignored.
+CLAIMS = {
+    "parameters": "total parameter count (architecture audit, against the safetensors headers)",
+    "active_parameters": "parameters used per token (compute audit; MoE: shared + experts_per_token routed)",
+    "training_tokens": "tokens seen in training, e.g. 19.7e12 (compute audit)",
+    "gpu_hours": "accelerator hours spent on that training (compute audit; needs gpu_type)",
+    "gpu_type": "the accelerator of gpu_hours, a name from modellineage/data/accelerators.json",
+}
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,7 @@ def plan_from_mapping(data: Mapping[str, Any], *, origin: str, base_dir: Path, p
         target_name=target_name,
         target_source=target_source,
         references=refs,
-        claims=dict(_table(data.get("claims", {}), f"{origin}: [claims]")),
+        claims=_claims(data.get("claims", {}), origin),
         catalog=_catalog(data.get("catalog", {}), origin),
         path=path,
         base_dir=base_dir,
@@ -195,6 +204,33 @@ def _name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise PlanError(f"{where}: {value!r} is not a valid name (letters, digits, '.', '_', '+', '-')")
     return value
+
+
+def _claims(raw: Any, origin: str) -> dict:
+    """[claims]: known keys only, numbers positive, gpu_hours with gpu_type, gpu_type a known accelerator."""
+    table = dict(_table(raw, f"{origin}: [claims]"))
+    unknown = sorted(set(table) - set(CLAIMS))
+    if unknown:
+        raise PlanError(f"{origin}: [claims] has unknown key(s) {unknown} that no audit checks; allowed: "
+                        + "; ".join(f"{k} ({v})" for k, v in CLAIMS.items()))
+    for key in ("parameters", "active_parameters", "training_tokens", "gpu_hours"):
+        value = table.get(key)
+        if key in table and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+                             or value != value or value == float("inf")):
+            raise PlanError(f"{origin}: [claims].{key} = {value!r} must be a positive number "
+                            f"(e.g. 19.7e12, not a string such as \"19.7T\")")
+    if ("gpu_hours" in table) != ("gpu_type" in table):
+        raise PlanError(f"{origin}: [claims] gpu_hours and gpu_type go together (hours of which accelerator?)")
+    if "gpu_type" in table:
+        if not isinstance(table["gpu_type"], str):
+            raise PlanError(f"{origin}: [claims].gpu_type must be a string naming an accelerator")
+        from .compute import find_accelerator
+
+        try:
+            find_accelerator(table["gpu_type"])
+        except PlanError as exc:
+            raise PlanError(f"{origin}: {exc}") from None
+    return table
 
 
 def _catalog(raw: Any, origin: str) -> dict:

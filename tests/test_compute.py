@@ -10,8 +10,10 @@ from importlib import resources
 import pytest
 
 from modellineage.architecture import count_parameters, normalise_config
-from modellineage.compute import (ParameterCount, count_active_parameters, find_accelerator, gpu_days,
-                                  implied_utilisation, load_accelerators, plain_number, training_compute)
+from modellineage.compute import (ParameterCount, ambiguous_accelerator_names, count_active_parameters,
+                                  find_accelerator, gpu_days,
+                                  implied_utilisation, load_accelerators, plain_count, plain_duration, plain_number,
+                                  plain_summary, plain_utilisation, training_compute)
 from modellineage.errors import PlanError, UnsupportedFormat
 from modellineage.naming import canonicalize
 from modellineage.plan import read_toml
@@ -76,15 +78,23 @@ def test_moe_without_experts_per_token_cannot_be_counted():
 
 
 # ------------------------------------------------------------------------------ real shapes, published counts
-def _mixtral_8x7b_shapes():
-    h, inter, kv, vocab = 4096, 14336, 1024, 32000
+def _gqa_decoder_shapes(h: int, kv: int, vocab: int, layers: int) -> dict:
+    """Embeddings, untied head, norms and GQA attention of a Llama-style decoder (no MLPs)."""
     shapes = {"model.embed_tokens.weight": (vocab, h), "lm_head.weight": (vocab, h), "model.norm.weight": (h,)}
-    for i in range(32):
+    for i in range(layers):
         p = f"model.layers.{i}."
         shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
                        p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h),
-                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h),
-                       p + "block_sparse_moe.gate.weight": (8, h)})
+                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h)})
+    return shapes
+
+
+def _mixtral_8x7b_shapes():
+    h, inter, kv, vocab = 4096, 14336, 1024, 32000
+    shapes = _gqa_decoder_shapes(h, kv, vocab, 32)
+    for i in range(32):
+        p = f"model.layers.{i}."
+        shapes[p + "block_sparse_moe.gate.weight"] = (8, h)
         for e in range(8):
             q = f"{p}block_sparse_moe.experts.{e}."
             shapes.update({q + "w1.weight": (inter, h), q + "w3.weight": (inter, h), q + "w2.weight": (h, inter)})
@@ -129,6 +139,21 @@ def _deepseek_v3_shapes():
               "first_k_dense_replace": 3, "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
               "qk_rope_head_dim": 64, "v_head_dim": 128, "vocab_size": vocab}
     return shapes, config
+
+
+def test_llama_3_8b_count_and_the_embedding_share_the_flops_docstring_cites():
+    h, inter, kv, vocab = 4096, 14336, 1024, 128256
+    shapes = _gqa_decoder_shapes(h, kv, vocab, 32)
+    for i in range(32):
+        p = f"model.layers.{i}.mlp."
+        shapes.update({p + "gate_proj.weight": (inter, h), p + "up_proj.weight": (inter, h),
+                       p + "down_proj.weight": (h, inter)})
+    config = {"model_type": "llama", "hidden_size": h, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "intermediate_size": inter, "vocab_size": vocab, "tie_word_embeddings": False}
+    c = count_active_parameters(shapes, canonicalize(shapes, config), normalise_config(config))
+    assert c.total == c.active == 8_030_261_248  # Meta-Llama-3-8B
+    assert round(c.by_category["embedding"] / c.total, 3) == 0.065  # input rows: a lookup, no matmul FLOPs
+    assert round(2 * 32 * 8192 * h / (2 * c.total), 3) == 0.134  # attention scores at 8K context (Kaplan Table 1)
 
 
 def test_mixtral_8x7b_counts_match_the_published_46_7b_and_12_9b():
@@ -181,15 +206,36 @@ def test_unknown_accelerator_lists_the_known_ones():
         find_accelerator("RTX-9999")
 
 
+def _key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())  # how find_accelerator compares names
+
+
 def test_accelerator_table_is_sourced_and_sane():
     raw = json.loads(resources.files("modellineage.data").joinpath("accelerators.json").read_text())
     assert find_accelerator(raw["sentence_unit"])
     names = set()
     for acc in load_accelerators():
         assert acc.source.strip() and 50e12 < acc.peak_flops < 1e16, acc
-        keys = {acc.name.lower(), *(a.lower() for a in acc.aliases)}
+        keys = {_key(acc.name), *(_key(a) for a in acc.aliases)}
         assert not keys & names, f"alias used twice: {keys & names}"
         names |= keys
+    ambiguous = ambiguous_accelerator_names()
+    assert "H100-80GB" in ambiguous
+    for name, (candidates, hint) in ambiguous.items():
+        assert _key(name) not in names, f"{name} is both ambiguous and an alias"
+        assert len(candidates) >= 2 and all(find_accelerator(c) for c in candidates) and hint
+
+
+@pytest.mark.parametrize("name", ["H100-80GB", "h100 80gb", "H100 80GB"])
+def test_a_name_that_fits_two_cards_is_refused_with_both(name):
+    # The H100 SXM and PCIe cards both have 80 GB but differ by 31% in peak (989 vs 756 TFLOP/s dense BF16).
+    with pytest.raises(PlanError, match=r"ambiguous: it fits H100-SXM \(989 TFLOP/s.*H100-PCIe \(756 TFLOP/s.*700 W"):
+        find_accelerator(name)
+
+
+def test_l40s_uses_the_dense_datasheet_figure():
+    acc = find_accelerator("L40S")
+    assert acc.peak_flops == 362.05e12 and "362.05" in acc.source and "733 with sparsity" in acc.source
 
 
 # Published training runs recomputed with 6·N·D (model cards / papers): the sources of
@@ -217,3 +263,50 @@ def test_published_runs_land_inside_the_mfu_bounds(name, n, d, hours, gpu, expec
 
 def test_plain_numbers():
     assert plain_number(19.7e12) == "19.7T" and plain_number(12e9) == "12B" and plain_number(312896) == "313K"
+    assert plain_number(999.7e9) == "1T"  # not '1,000B'
+
+
+@pytest.mark.parametrize("x,text", [(41_482.3, "41,500"), (81.93, "81.9"), (14.0, "14"), (99.96, "100"),
+                                    (0.003168, "0.00317"), (8.77e-7, "0.000000877"), (1.4e24, f"{14 * 10**23:,}"),
+                                    (-41_482.3, "-41,500")])
+def test_plain_counts_never_use_an_exponent(x, text):
+    assert plain_count(x) == text
+
+
+@pytest.mark.parametrize("seconds,text", [(3.584e9, "114 years"), (14 * 86400, "14 days"), (36 * 3600, "36 hours"),
+                                          (130, "2.17 minutes"), (0.003157, "0.0032 seconds")])
+def test_plain_durations_pick_a_readable_unit(seconds, text):
+    assert plain_duration(seconds) == text
+
+
+def _moe(total: int, active: int) -> ParameterCount:
+    return ParameterCount(total=total, active=active, by_category={"routed_expert": total - active, "mlp": active},
+                          routed_expert_active=0, moe_layers=1, dense_layers=0, num_experts=8, experts_per_token=1,
+                          not_active_tensors=())
+
+
+def test_the_issue_example_reads_without_exponents_and_says_which_parameter_count():
+    """The issue's sentence: 19.7T tokens x 12B active parameters (a ~100B MoE) at 40% of an H100."""
+    compute = training_compute(_moe(100 * 10**9, 12 * 10**9), 19.7e12)
+    text = plain_summary(compute, find_accelerator("H100-SXM"), 0.40, 20.0)
+    assert text == ("19.7T tokens × 12B active parameters × 6 ≈ 1.4e24 FLOPs ≈ 41,500 H100-SXM-days: 114 years "
+                    "on one H100-SXM, or about a month on 1,400 of them at 40% utilisation. That is 1,640 training "
+                    "tokens per active parameter (the parameters each token actually uses, the N in 6 · N · D; 197 "
+                    "per total parameter), 82 times the ~20 tokens per parameter that give the best model for a "
+                    "fixed compute budget (informational).")
+    # 6 x 12e9 x 19.7e12 = 1.418e24 FLOPs; 0.4 x 989.4 TFLOP/s = 395.8 TFLOP/s;
+    # 1.418e24 / 395.8e12 / 86400 = 41,482 days
+    assert math.isclose(gpu_days(compute.flops, find_accelerator("H100"), 0.40), 41_482, rel_tol=1e-4)
+
+
+def test_a_dense_model_says_tokens_per_parameter_and_small_runs_read_in_seconds():
+    text = plain_summary(training_compute(_dense(312_896), 665_600), find_accelerator("H100-SXM"), 0.40, 20.0)
+    assert text.startswith("666K tokens × 313K active parameters × 6 ≈ 1.2e12 FLOPs ≈ 0.0032 seconds of one "
+                           "H100-SXM")
+    assert "That is 2.13 training tokens per parameter, 0.11 times the ~20" in text
+    assert "per active parameter" not in text
+
+
+def test_published_run_reads_in_plain_hours():
+    u = implied_utilisation(training_compute(_moe(671 * 10**9, 37 * 10**9), 14.8e12), 2_788_000, "H800")
+    assert plain_utilisation(u) == "The claimed 2,788,000 H800-SXM hours (318 years of one) imply 33% utilisation."

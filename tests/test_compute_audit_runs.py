@@ -38,11 +38,13 @@ def test_too_many_hours_and_unknown_accelerators_fail(tmp_path):
     assert proc.returncode == 1
     assert "< 5% allowed (thresholds.toml [compute].mfu_min)" in \
         record(evidence, "test_claimed_compute_is_plausible")["message"]
-    plan = _plan(tmp_path, 'training_tokens = 665600\ngpu_hours = 1\ngpu_type = "RTX-9999"\n')
-    proc, evidence = run_audit(tmp_path, "--audit", str(plan), "-m", "compute", name="unknown")
-    assert proc.returncode == 1
-    assert "'RTX-9999' is not in modellineage/data/accelerators.json" in \
-        record(evidence, "test_claimed_compute_is_plausible")["message"]
+    # an unknown or ambiguous accelerator is a usage error before any audit runs (plan validation: exit code 4)
+    for gpu, says in [("RTX-9999", "'RTX-9999' is not in modellineage/data/accelerators.json"),
+                      ("H100-80GB", "'H100-80GB' is ambiguous: it fits H100-SXM")]:
+        plan = _plan(tmp_path, f'training_tokens = 665600\ngpu_hours = 1\ngpu_type = "{gpu}"\n')
+        proc, _ = run_audit(tmp_path, "--audit", str(plan), "-m", "compute", name=f"bad-{gpu}")
+        assert proc.returncode == 4, proc.stdout + proc.stderr
+        assert says in proc.stdout + proc.stderr
 
 
 def test_consistent_claims_pass_and_state_the_sentence(tmp_path):
@@ -54,4 +56,9 @@ def test_consistent_claims_pass_and_state_the_sentence(tmp_path):
     rec = record(evidence, "test_claimed_compute_is_plausible")
     assert rec["outcome"] == "passed"
     assert abs(rec["measurements"]["utilisation"]["mfu"] - 0.40) < 0.005
-    assert rec["summary"].startswith("666K tokens × 313K active parameters ≈ 1.2e12 FLOPs")
+    summary = rec["summary"]
+    assert summary.startswith("666K tokens × 313K active parameters × 6 ≈ 1.2e12 FLOPs ≈ 0.0032 seconds of one "
+                              "H100-SXM at 40% utilisation.")
+    assert "That is 2.13 training tokens per parameter, 0.11 times the ~20 tokens per parameter" in summary
+    assert "The claimed 0.000000877 H100-SXM hours (0.0032 seconds of one) imply 40% utilisation." in summary
+    assert "e+" not in summary and "e-0" not in summary

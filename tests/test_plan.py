@@ -59,6 +59,12 @@ def test_plan_reads_targets_references_refinements_and_claims(tmp_path):
         (PLAN.replace('source = "/abs/base"\n', ""), "missing required key 'source'"),
         (PLAN + "\n[extra]\n", "unknown top-level key(s) ['extra']"),
         ("[target\n", "not a readable TOML file"),
+        (PLAN + "gpu_hour = 10\n", "unknown key(s) ['gpu_hour'] that no audit checks"),
+        (PLAN + 'training_tokens = "19.7T"\n', "[claims].training_tokens = '19.7T' must be a positive number"),
+        (PLAN + "active_parameters = -5\n", "[claims].active_parameters = -5 must be a positive number"),
+        (PLAN + "parameters_ = true\n", "unknown key(s) ['parameters_']"),
+        (PLAN + "gpu_hours = 10\n", "gpu_hours and gpu_type go together"),
+        (PLAN + 'gpu_hours = 10\ngpu_type = "RTX-9999"\n', "'RTX-9999' is not in modellineage/data/accelerators.json"),
     ],
 )
 def test_invalid_plans_name_the_file_and_the_key(tmp_path, text, fragment):
@@ -68,6 +74,12 @@ def test_invalid_plans_name_the_file_and_the_key(tmp_path, text, fragment):
         load_plan(path)
 
     assert str(path) in str(err.value) and fragment in str(err.value)
+
+
+def test_valid_claims_are_kept(tmp_path):
+    plan = load_plan(write(tmp_path, PLAN + 'training_tokens = 19.7e12\ngpu_hours = 1e6\ngpu_type = "H100-SXM"\n'))
+
+    assert plan.claims == {"parameters": 1000, "training_tokens": 19.7e12, "gpu_hours": 1e6, "gpu_type": "H100-SXM"}
 
 
 def test_missing_plan_file_is_named(tmp_path):
