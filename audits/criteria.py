@@ -260,6 +260,38 @@ def weights_derived(reference: str, categories, bound: Bound, alignment: str = "
                      not shown, message)
 
 
+def experts_independent(reference: str, summary, experts, bound: Bound) -> Judgement:
+    """Under `independent`: the routed experts' mean centred similarity stays below the from-scratch bound.
+
+    ``summary`` is the routed-expert category (each expert against its assigned reference expert, or
+    against the reference's dense MLP where that layer is dense: sparse upcycling); ``experts`` the
+    per-expert summaries (``WeightComparison.by_expert``), whose highest are named in the message.
+    """
+    value = summary.mean_centred
+    defined = value == value
+    failed = defined and value >= bound.value
+    dense = sum(g.group.endswith(".mlp") for g in experts)
+    kinds = ", ".join(x for x in (f"{dense} against {reference}'s dense MLP (upcycling check)" if dense else "",
+                                  f"{len(experts) - dense} against its experts after optimal assignment"
+                                  if len(experts) > dense else "") if x)
+    top = sorted((g for g in experts if g.mean_centred == g.mean_centred), key=lambda g: -g.mean_centred)[:6]
+    named = ", ".join(f"{g.group} {g.mean_centred:.3f}" for g in top) + (" ..." if len(experts) > len(top) else "")
+    if not defined:
+        message = f"no routed expert has a defined centred similarity against {reference!r} ({kinds})"
+    elif failed:
+        message = (f"routed experts look derived from {reference!r}: centred similarity of routed_expert = "
+                   f"{value:.3f}{_ci_text(summary)} ≥ {bound.value} ({bound.where}) over {len(experts)} experts "
+                   f"({kinds}); highest: {named}")
+    else:
+        message = (f"routed experts stay below the from-scratch bound against {reference!r}: centred similarity of "
+                   f"routed_expert = {value:.3f}{_ci_text(summary)} < {bound.value} ({bound.where}) over "
+                   f"{len(experts)} experts ({kinds}); highest: {named}")
+    if defined and _straddles(summary, bound.value):
+        message += "; its sampling interval straddles the bound: re-run without --sample"
+    return Judgement("routed experts not derived (centred similarity below the from-scratch bound)",
+                     value if defined else None, f"< {bound.value}", bound.where, failed, message)
+
+
 def no_signature_matches(reference: str, matches, total: int, max_hamming: Bound, min_jaccard: Bound) -> Judgement:
     """Under `independent`: no target tensor's signature matches any reference tensor within the fine-tune band."""
     where = f"{max_hamming.where}, {min_jaccard.where}"

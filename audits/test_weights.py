@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from modellineage import report, weight_plots
@@ -20,12 +21,17 @@ from modellineage.errors import LineageError
 from modellineage.signatures import compare_signatures, model_signatures
 from modellineage.similarity import WeightComparison, compare_weights, summarise
 
-from .criteria import (early_layer_indices, no_signature_matches, weights_derived, weights_independent)
+from .criteria import (early_layer_indices, experts_independent, no_signature_matches, weights_derived,
+                       weights_independent)
 from .plugin import SAMPLE_SEED
 
 pytestmark = pytest.mark.weights
 
 SIGNATURE_SEED = 0
+#: Seeds the rows the embedding statistics read under --sample (recorded in evidence.json seeds).
+EMBEDDING_SEED = 1
+#: Judged by test_moe_experts (the routed-expert claim), not by test_weight_similarity's independent verdict.
+EXPERT_CATEGORY = "routed_expert"
 
 
 @dataclass
@@ -88,11 +94,15 @@ def measure(target, reference, thresholds, audit_session, cache) -> _Measured:
         comparison = compare_weights(target, reference.model, fraction=audit_session.sample, seed=SAMPLE_SEED,
                                      layer_map=layer_map, expert_map=expert_map, row_alignments=rows)
         embeddings = {}
+        if audit_session.sample is not None:
+            audit_session.seeds["weights.embedding_stats"] = EMBEDDING_SEED
         for side, model in (("target", target), ("reference", reference.model)):
             for key in ("embed.weight", "lm_head.weight"):
                 ref = model.name_map.refs.get(key)
                 if ref is not None and model.store.info(ref.source).is_float:
-                    embeddings[f"{side}:{key}"] = embedding_stats(model.store, ref)
+                    embeddings[f"{side}:{key}"] = embedding_stats(
+                        model.store, ref, fraction=audit_session.sample,
+                        rng=np.random.default_rng([EMBEDDING_SEED, len(embeddings)]))
         measured = _Measured(comparison, layers,
                              compare_signatures(ts, rs, target_name=target.name, reference_name=reference.name,
                                                 seed=SIGNATURE_SEED),
@@ -124,9 +134,11 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
     layers = [g.layer for g in comp.by_layer]
     early_idx = early_layer_indices(layers, thresholds["weights", "early_layer_share"])
     early = None
-    if early_idx:
+    # the early-layer profile is the dense stack's: routed experts (judged by test_moe_experts) would outnumber it
+    early_pairs = [p for p in comp.pairs if p.layer in early_idx and p.category != EXPERT_CATEGORY]
+    if early_pairs:
         label = f"early layers ({', '.join(map(str, early_idx))})"
-        early = summarise([p for p in comp.pairs if p.layer in early_idx], lambda p: label)[0]
+        early = summarise(early_pairs, lambda p: label)[0]
     evidence.measured("early_layers", early)
 
     # norm-gain trap: raw high, centred low (bounds from thresholds.toml)
@@ -150,7 +162,8 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
     if m.alignment_text:
         callouts.append(f"Layer correspondence beats index alignment ({m.layers.aligned_score:.2f} vs "
                         f"{m.layers.index_score:.2f} summed similarity): {m.alignment_text}.")
-    evidence.html("".join(f"<p>{report.esc(c)}</p>" for c in callouts) + _tables(comp, categories, early))
+    evidence.html("".join(f"<p>{report.esc(c)}</p>" for c in callouts) + _tables(comp, categories, early)
+                  + _token_tables(comp, m.embeddings))
     profile = comp.by_layer_and_category()
     if profile:
         evidence.png(weight_plots.layer_profile(profile, title=f"Similarity to {reference.name} by layer "
@@ -169,13 +182,17 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
                   + (f"; {len(traps)} tensor(s) show the norm-gain trap (raw high, centred low)" if traps else "")
                   + (f"; {m.alignment_text}" if m.alignment_text else "") + "." if worst else
                   f"No centred similarity is defined against {reference.name}.")
-    if reference.expectation("weights") == "derived":
-        judgement = weights_derived(reference.name, categories, thresholds["weights", "derived_min_centred"],
-                                    m.alignment_text)
-    else:
-        judgement = weights_independent(reference.name, categories, early,
-                                        thresholds["weights", "independent_max_centred"],
-                                        thresholds["weights", "independent_max_embedding_centred"], m.alignment_text)
+    dense = sum(p.against_dense for p in comp.pairs)
+    how = "; ".join(x for x in (m.alignment_text, f"{dense} routed-expert tensors compared with the reference's "
+                                "dense MLP (upcycling check)" if dense else "") if x)
+    if reference.expectation("weights") == "derived":  # every category may show derivation, upcycled experts too
+        judgement = weights_derived(reference.name, categories, thresholds["weights", "derived_min_centred"], how)
+    else:  # routed experts are the claim of test_moe_experts
+        judged = [g for g in categories if g.group != EXPERT_CATEGORY]
+        how = "; ".join(x for x in (m.alignment_text, "routed experts: judged by test_moe_experts"
+                                    if len(judged) < len(categories) else "") if x)
+        judgement = weights_independent(reference.name, judged, early, thresholds["weights", "independent_max_centred"],
+                                        thresholds["weights", "independent_max_embedding_centred"], how)
     evidence.judged(judgement)
     assert not judgement.failed, judgement.message
 
@@ -208,32 +225,50 @@ def test_no_tensor_signature_matches(target, reference, thresholds, evidence, au
 
 def test_moe_experts(target, reference, thresholds, evidence, audit_session, weights_cache):
     m = measure(target, reference, thresholds, audit_session, weights_cache)
-    if not m.experts and not m.upcycling:
-        pytest.skip(f"no routed experts to match: neither {target.name} and {reference.name} both have routed "
-                    "experts in corresponding layers, nor does the target have experts where the reference is dense")
+    comp = m.comparison
+    cats = {g.group: g for g in comp.by_category}
+    experts = cats.get(EXPERT_CATEGORY)
+    if experts is None:
+        has = any(r.expert is not None for r in target.name_map.refs.values())
+        why = next((f"{s.key}: {s.reason}" for s in comp.skipped if ".experts." in s.key), None)
+        pytest.skip(f"no routed expert of {target.name} was compared with {reference.name}: "
+                    + (why if has and why else "the target has no routed experts"))
     evidence.measured("expert_matching", m.experts)
     evidence.measured("upcycling", m.upcycling)
-    bound = thresholds["weights", "derived_min_centred"]
-    upcycled = [u for u in m.upcycling if all(math.isfinite(s) and s >= bound.value for s in u.similarity)]
-    rows = [[e.layer, e.reference_layer, len(e.assignment), e.permuted, _fmt(e.as_dict()["mean_matched_similarity"]),
-             _fmt(e.identity_similarity)] for e in m.experts]
-    html = report.table(["layer", "reference layer", "experts", "re-ordered", "matched similarity (sampled)",
-                         "index similarity (sampled)"], rows, caption="Routed experts matched by optimal assignment")
+    per_expert = comp.by_expert()
+    evidence.measured("experts", per_expert)
+    derivation = thresholds["weights", "derived_min_centred"]
+    upcycled = [u for u in m.upcycling if all(math.isfinite(s) and s >= derivation.value for s in u.similarity)]
+    html = report.table(["routed expert ~ reference partner", "tensors", "raw cosine", "centred", "95% CI (centred)"],
+                        [[g.group, g.tensors, _fmt(g.mean_cosine), _fmt(g.mean_centred), _ci(g.centred_ci)]
+                         for g in per_expert[:64]],
+                        caption=f"Routed experts against {reference.name} (every row read or sampled as the run; "
+                                f"partner: its assigned expert, or the dense MLP where {reference.name}'s layer "
+                                f"is dense; first 64 of {len(per_expert)})")
+    if m.experts:
+        html += report.table(["layer", "reference layer", "experts", "re-ordered", "matched similarity (sampled)",
+                              "index similarity (sampled)"],
+                             [[e.layer, e.reference_layer, len(e.assignment), e.permuted,
+                               _fmt(e.as_dict()["mean_matched_similarity"]), _fmt(e.identity_similarity)]
+                              for e in m.experts], caption="Routed experts matched by optimal assignment (signatures)")
     if m.upcycling:
         html += report.table(["layer", "reference layer (dense)", "experts", "min similarity to the dense MLP",
                               "all experts match"],
                              [[u.layer, u.reference_layer, len(u.experts), _fmt(min(u.similarity)),
                                "yes" if u in upcycled else "no"] for u in m.upcycling],
-                             caption=f"Target experts against {reference.name}'s dense MLP (upcycling; match: "
-                                     f"≥ {bound.value}, {bound.where})")
+                             caption=f"Target experts against {reference.name}'s dense MLP (signatures; match: "
+                                     f"≥ {derivation.value}, {derivation.where})")
     evidence.html(html)
-    cats = {g.group: g for g in m.comparison.by_category}
-    parts = [f"{c} {cats[c].mean_centred:.3f}" for c in ("router", "routed_expert", "shared_expert") if c in cats]
+    parts = [f"{c} {cats[c].mean_centred:.3f}" for c in ("router", EXPERT_CATEGORY, "shared_expert") if c in cats]
     evidence.says(f"MoE against {reference.name}: {sum(e.permuted for e in m.experts)} expert slot(s) re-ordered by "
-                  f"assignment; {len(upcycled)} layer(s) where every expert matches the dense MLP (upcycling)"
-                  + (f"; centred similarity {', '.join(parts)}" if parts else "") + ".")
-    pytest.skip("recorded, not judged: routed and shared experts and the router are judged as categories of "
-                "test_weight_similarity (after this assignment); upcycling is shown here")
+                  f"assignment; {sum(p.against_dense for p in comp.pairs)} routed-expert tensors compared with the "
+                  f"dense MLP (upcycling check); centred similarity {', '.join(parts)}.")
+    if reference.expectation("weights") == "derived":
+        pytest.skip(f"recorded, not judged: under `derived` the routed experts are one of the categories that may "
+                    f"show derivation (test_weight_similarity); {EXPERT_CATEGORY} {experts.mean_centred:.3f}")
+    judgement = evidence.judged(experts_independent(reference.name, experts, per_expert,
+                                                    thresholds["weights", "independent_max_centred"]))
+    assert not judgement.failed, judgement.message
 
 
 def _tables(comp: WeightComparison, categories, early) -> str:
@@ -255,4 +290,28 @@ def _tables(comp: WeightComparison, categories, early) -> str:
     if comp.skipped:
         html += report.table(["tensor", "not compared because"], [[s.key, s.reason] for s in comp.skipped[:40]],
                              caption=f"Not compared ({len(comp.skipped)})")
+    return html
+
+
+def _token_tables(comp: WeightComparison, embeddings: dict) -> str:
+    """Token matrices: centred similarity against its rotation null; the design's embedding statistics."""
+    html = ""
+    token = [p for p in comp.pairs if p.rotation_null_sd is not None]
+    if token:
+        html += report.table(
+            ["tensor", "centred", "rotation-null s.d.", "centred / s.d."],
+            [[p.key, _fmt(p.similarity.centred_cosine), _fmt(p.rotation_null_sd),
+              "—" if p.rotation_z is None else f"{p.rotation_z:.1f}"] for p in token],
+            caption="Token matrices: the spread of the centred similarity that unrelated hidden bases give these two "
+                    "matrices (random rotation of one side's hidden basis; recorded, not judged). Independent models "
+                    "sharing a tokenizer and data share a token-frequency direction, so at small widths their "
+                    "element-wise similarity scatters by about this much around 0.")
+    if embeddings:
+        html += report.table(
+            ["model: tensor", "shape", "rows read", "mean", "variance", "row norm p5", "p50", "p95"],
+            [[name, "×".join(map(str, st.shape)), f"{st.rows_read:,} of {st.rows_total:,}", f"{st.mean:.3g}",
+              f"{st.variance:.3g}", f"{st.row_norm_quantiles['p5']:.3g}", f"{st.row_norm_quantiles['p50']:.3g}",
+              f"{st.row_norm_quantiles['p95']:.3g}"] for name, st in embeddings.items()],
+            caption="Embedding statistics (element mean and variance, row-norm quantiles"
+                    + (f"; seeded sample of {comp.fraction:.0%} of rows)" if comp.fraction else "; every row)"))
     return html

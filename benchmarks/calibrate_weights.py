@@ -1,100 +1,215 @@
 """Calibrate the weight-similarity bounds on model pairs of known lineage that we train ourselves.
 
-Trains ``--bases`` tiny Llamas from independent seeds on the same text and the same byte-level
-vocabulary (the hardest independent case: shared tokenizer, shared data), then fine-tunes each on a
-second text. Independent pairs are every two bases and every fine-tune against the other bases;
-derived pairs are each fine-tune against its base. For every pair it prints the per-category mean
-centred similarity (``modellineage.similarity.compare_weights``) and writes a JSON summary: the
-largest category mean among independent pairs and the smallest among derived pairs.
+The setting is the demo's (``fixtures/build_demo.py``): the demo's 1024-token byte-level BPE tokenizer
+(``fixtures/demo/base/tokenizer.json``, trained on *The Tempest*), its architecture (Llama, hidden 64,
+4 layers, untied lm_head) and its recipes. ``--bases`` models are trained from init seeds
+``0 .. bases-1`` with the base recipe (500 AdamW steps on *The Tempest*, warm-up and cosine decay) and
+the **same batch sequence** (data seed 100), as the demo's ``scratch`` shares ``base``'s: the hardest
+independent case (same tokenizer, same data, same order). Seeds 0 and 1 are the demo's ``base`` and
+``scratch`` recipes; the run reports whether it reproduced their bytes. Each base is then fine-tuned
+with the demo's fine-tune recipe (150 steps on *Areopagitica*), without freezing the embeddings (the
+demo freezes them, which would make the derived embedding trivially 1.0).
 
-    .venv/bin/python benchmarks/calibrate_weights.py --bases 4 --steps 300 --ft-steps 100 --out /tmp/calib_weights.json
+Pairs: independent = every two bases, every fine-tune against every other base, every two fine-tunes
+(the last two kinds re-use the lineage of a base pair: ``unique_lineages`` counts the base pairs);
+derived = each fine-tune against its base. For every pair: the per-category mean centred similarity
+(``modellineage.similarity.compare_weights``), and for the token matrices (embedding, lm_head) the
+element-wise centred cosine, its row-centred, column-centred and top-component-deflated variants (to
+test the per-token-offset explanation) and the rotation null (``PairSimilarity.rotation_null_sd``,
+``rotation_z``). Writes a JSON summary:
 
-CPU only, deterministic (seeds 0..bases-1, one thread).
+    .venv/bin/python benchmarks/calibrate_weights.py --bases 8 --out benchmarks/results/calibrate_weights.json
+
+CPU only, one thread, deterministic (the demo's settings).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import itertools
 import json
+import math
+import platform
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ROOT / "fixtures" / "texts"
+DEMO = ROOT / "fixtures" / "demo"
+TOKEN_KEYS = ("embed.weight", "lm_head.weight")
 
 
-def train(path: Path, *, seed: int, steps: int, text: str, init: Path | None = None, lr: float = 3e-3) -> Path:
+def _build_demo():
+    spec = importlib.util.spec_from_file_location("build_demo", ROOT / "fixtures" / "build_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train(bd, tok, ids, path: Path, *, recipe: dict, init: Path | None = None) -> tuple[Path, float]:
+    """One model with a demo recipe (``bd``: fixtures/build_demo.py); returns its folder and final loss."""
     import torch
-    import transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
     if init is None:
-        cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=172, num_hidden_layers=4,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                       bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False)
-        model = transformers.LlamaForCausalLM(cfg)
+        torch.manual_seed(recipe["init_seed"])
+        model = LlamaForCausalLM(LlamaConfig(**bd.ARCH))
     else:
-        model = transformers.LlamaForCausalLM.from_pretrained(str(init))
-    data = torch.tensor(list((TEXTS / text).read_bytes()))
-    gen = torch.Generator().manual_seed(seed + 1000)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, data.numel() - 65, (16,), generator=gen)
-        batch = torch.stack([data[s:s + 64] for s in starts])
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    model.save_pretrained(str(path), safe_serialization=True)
-    return path
+        model = LlamaForCausalLM.from_pretrained(str(init))
+    model.to(torch.float32)
+    losses = bd.train(model, ids[recipe["text"]], recipe)
+    bd.save_model(model, tok, path)  # as the demo saves (safetensors + the demo tokenizer)
+    return path, sum(losses[-10:]) / 10
 
 
-def categories(a: Path, b: Path) -> dict[str, float]:
+def _model(path: Path, name: str):
     from modellineage.model import Model
-    from modellineage.similarity import compare_weights
     from modellineage.sources import resolve_source
 
-    comp = compare_weights(Model("a", resolve_source(str(a))), Model("b", resolve_source(str(b))))
-    return {g.group: round(g.mean_centred, 4) for g in comp.by_category}
+    return Model(name, resolve_source(str(path)))
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / math.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def _deflate(a: np.ndarray) -> np.ndarray:
+    a = a - a.mean()
+    u, s, vt = np.linalg.svd(a, full_matrices=False)
+    return a - s[0] * np.outer(u[:, 0], vt[0])
+
+
+def measure(a: Path, b: Path) -> dict:
+    """Category means of one pair, and the token-matrix variants (tiny models: read whole here)."""
+    from modellineage.similarity import compare_weights
+
+    ta, tb = _model(a, "a"), _model(b, "b")
+    comp = compare_weights(ta, tb)
+    out = {"categories": {g.group: round(g.mean_centred, 4) for g in comp.by_category}, "token_matrices": {}}
+    for p in comp.pairs:
+        if p.key not in TOKEN_KEYS:
+            continue
+        x = ta.store.read_row_range(p.target_tensor, 0, p.rows_total)
+        y = tb.store.read_row_range(p.reference_tensor, 0, p.rows_total)
+        out["token_matrices"][p.key] = {
+            "centred": round(p.similarity.centred_cosine, 4),
+            "row_centred": round(_pearson(x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)), 4),
+            "column_centred": round(_pearson(x - x.mean(axis=0), y - y.mean(axis=0)), 4),
+            "top_component_removed": round(_pearson(_deflate(x), _deflate(y)), 4),
+            "rotation_null_sd": round(p.rotation_null_sd, 4),
+            "rotation_z": round(p.rotation_z, 3),
+        }
+    return out
+
+
+def _stats(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"n": int(v.size), "min": round(float(v.min()), 4), "max": round(float(v.max()), 4),
+            "mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)), 4) if v.size > 1 else None,
+            "max_abs": round(float(np.abs(v).max()), 4)}
+
+
+def summarise(independent: list[dict], derived: list[dict]) -> dict:
+    cats = sorted({c for r in independent + derived for c in r["categories"]})
+    base_pairs = [r for r in independent if r["kind"] == "base~base"]
+    summary = {
+        "independent_pairs": len(independent), "unique_lineages": len(base_pairs), "derived_pairs": len(derived),
+        "independent_max": {c: max(r["categories"][c] for r in independent) for c in cats},
+        "independent_max_base_pairs": {c: max(r["categories"][c] for r in base_pairs) for c in cats},
+        "derived_min": {c: min(r["categories"][c] for r in derived) for c in cats},
+        "token_matrices": {},
+    }
+    for key in TOKEN_KEYS:
+        block = {}
+        for fig in ("centred", "row_centred", "column_centred", "top_component_removed", "rotation_null_sd",
+                    "rotation_z"):
+            block[fig] = {"independent": _stats([r["token_matrices"][key][fig] for r in independent]),
+                          "independent_base_pairs": _stats([r["token_matrices"][key][fig] for r in base_pairs]),
+                          "derived": _stats([r["token_matrices"][key][fig] for r in derived])}
+        cent = [r["token_matrices"][key]["centred"] for r in independent]
+        block["independent_at_or_above"] = {str(b): sum(c >= b for c in cent) for b in (0.1, 0.2, 0.3)}
+        summary["token_matrices"][key] = block
+    return summary
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bases", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--ft-steps", type=int, default=100)
+    ap.add_argument("--bases", type=int, default=8)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    t0 = time.perf_counter()
+    bd = _build_demo()
+    bd.setup_determinism()
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(DEMO / "base" / "tokenizer.json"))
+    texts = {"A": (bd.TEXT_DIR / bd.TEXT_A).read_text(encoding="utf-8"),
+             "B": (bd.TEXT_DIR / bd.TEXT_B).read_text(encoding="utf-8")}
+    import torch
+
+    ids = {k: torch.tensor(tok.encode(v, add_special_tokens=False).ids, dtype=torch.long) for k, v in texts.items()}
     work = args.workdir or Path(tempfile.mkdtemp(prefix="calib-weights-"))
-    bases = [train(work / f"base{s}", seed=s, steps=args.steps, text="shakespeare_the_tempest.txt")
-             for s in range(args.bases)]
-    tunes = [train(work / f"ft{s}", seed=100 + s, steps=args.ft_steps, text="milton_areopagitica.txt", init=b, lr=1e-3)
-             for s, b in enumerate(bases)]
+    bases, tunes, losses = [], [], {}
+    for s in range(args.bases):
+        path, losses[f"base{s}"] = train(bd, tok, ids, work / f"base{s}", recipe=dict(bd.RECIPES["base"], init_seed=s))
+        bases.append(path)
+        print(f"base{s}: loss {losses[f'base{s}']:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    ft_recipe = dict(bd.RECIPES["finetune"], frozen=[])
+    for s, b in enumerate(bases):
+        path, losses[f"ft{s}"] = train(bd, tok, ids, work / f"ft{s}", recipe=ft_recipe, init=b)
+        tunes.append(path)
+    print(f"trained {2 * args.bases} models ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    def sha(p: Path) -> str:
+        return hashlib.sha256((p / "model.safetensors").read_bytes()).hexdigest()
+
+    reproduced = {name: sha(bases[s]) == sha(DEMO / name) for s, name in ((0, "base"), (1, "scratch"))
+                  if s < args.bases}
     independent, derived = [], []
     for i, j in itertools.combinations(range(args.bases), 2):
-        independent.append({"pair": f"base{i}~base{j}", "categories": categories(bases[i], bases[j])})
+        independent.append({"pair": f"base{i}~base{j}", "kind": "base~base", **measure(bases[i], bases[j])})
     for i, j in itertools.permutations(range(args.bases), 2):
-        independent.append({"pair": f"ft{i}~base{j}", "categories": categories(tunes[i], bases[j])})
+        independent.append({"pair": f"ft{i}~base{j}", "kind": "ft~other base", **measure(tunes[i], bases[j])})
+    for i, j in itertools.combinations(range(args.bases), 2):
+        independent.append({"pair": f"ft{i}~ft{j}", "kind": "ft~ft", **measure(tunes[i], tunes[j])})
     for i in range(args.bases):
-        derived.append({"pair": f"ft{i}~base{i}", "categories": categories(tunes[i], bases[i])})
+        derived.append({"pair": f"ft{i}~base{i}", "kind": "ft~own base", **measure(tunes[i], bases[i])})
     for row in independent + derived:
-        print(row["pair"], row["categories"])
-    cats = sorted({c for r in independent + derived for c in r["categories"]})
+        print(row["pair"], row["categories"],
+              {k: (v["centred"], v["rotation_z"]) for k, v in row["token_matrices"].items()})
+    import tokenizers
+    import transformers
+
     summary = {
-        "settings": vars(args) | {"workdir": str(work), "out": str(args.out)},
-        "independent_max": {c: max(r["categories"][c] for r in independent) for c in cats},
-        "derived_min": {c: min(r["categories"][c] for r in derived) for c in cats},
+        "settings": {"bases": args.bases, "tokenizer": "fixtures/demo/base/tokenizer.json (byte-level BPE, 1024)",
+                     "architecture": bd.ARCH, "base_recipe": bd.RECIPES["base"] | {"init_seed": "0..bases-1"},
+                     "finetune_recipe": ft_recipe, "batch": bd.BATCH, "seq_len": bd.SEQ_LEN,
+                     "threads": 1, "workdir": str(work)},
+        "reproduced_demo_models": reproduced,
+        "final_train_loss": {k: round(v, 4) for k, v in losses.items()},
+        **summarise(independent, derived),
         "pairs": {"independent": independent, "derived": derived},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "tokenizers": tokenizers.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "seconds": round(time.perf_counter() - t0, 1),
     }
+    print("reproduced demo models:", reproduced)
     print("independent, largest category mean:", summary["independent_max"])
     print("derived, smallest category mean:   ", summary["derived_min"])
+    for key in TOKEN_KEYS:
+        tm = summary["token_matrices"][key]
+        print(key, "independent centred", tm["centred"]["independent"], "z", tm["rotation_z"]["independent"],
+              "at/above", tm["independent_at_or_above"])
     if args.out:
-        args.out.write_text(json.dumps(summary, indent=2))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

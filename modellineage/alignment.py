@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .signatures import TensorSignature, correlation
+from .similarity import DENSE_ROLE_OF_EXPERT
 
 __all__ = [
     "LayerCorrespondence",
@@ -228,8 +229,7 @@ def match_experts(target: Mapping[str, TensorSignature], reference: Mapping[str,
     return tuple(out)
 
 
-_DENSE_TO_EXPERT = {"mlp_gate": "expert_gate", "mlp_up": "expert_up", "mlp_down": "expert_down",
-                    "mlp_gate_up": "expert_gate_up"}
+_DENSE_TO_EXPERT = {dense: expert for expert, dense in DENSE_ROLE_OF_EXPERT.items()}
 
 
 @dataclass(frozen=True)

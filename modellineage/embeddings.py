@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import LineageError
+from .sampling import choose_rows
 from .similarity import read_canonical_rows, row_plan
 
 __all__ = ["RowAlignment", "shared_token_rows", "vocabulary_of", "EmbeddingStats", "embedding_stats"]
@@ -88,7 +89,11 @@ def vocabulary_of(model):
 
 @dataclass(frozen=True)
 class EmbeddingStats:
-    """The design's embedding statistics of one matrix: shape, row-norm distribution, element variance."""
+    """The design's embedding statistics of one matrix: shape, row-norm distribution, element variance.
+
+    With sampling, the figures describe the seeded sample of rows read (``rows_read`` of
+    ``rows_total``), the same rows a sampled comparison reads.
+    """
 
     key: str
     tensor: str
@@ -96,30 +101,48 @@ class EmbeddingStats:
     mean: float
     variance: float
     row_norm_quantiles: dict
+    rows_read: int = 0
+    rows_total: int = 0
+    fraction: float | None = None
 
     def as_dict(self) -> dict:
         return {"key": self.key, "tensor": self.tensor, "shape": list(self.shape), "mean": self.mean,
-                "variance": self.variance, "row_norm_quantiles": self.row_norm_quantiles}
+                "variance": self.variance, "row_norm_quantiles": self.row_norm_quantiles,
+                "rows_read": self.rows_read, "rows_total": self.rows_total, "sample_fraction": self.fraction}
 
 
-def embedding_stats(store, ref, *, chunk_bytes: int = 32 << 20) -> EmbeddingStats:
-    """Stream an embedding (or lm_head) matrix once: element mean and variance, row-norm quantiles."""
+def embedding_stats(store, ref, *, fraction: float | None = None, rng: np.random.Generator | None = None,
+                    chunk_bytes: int = 32 << 20) -> EmbeddingStats:
+    """Stream an embedding (or lm_head) matrix once: element mean and variance, row-norm quantiles.
+
+    Args:
+        store, ref: where the matrix is and which canonical tensor it is.
+        fraction: share of rows to read (``None``: every row); needs ``rng``.
+        rng: seeded generator choosing the rows (:func:`modellineage.sampling.choose_rows`).
+        chunk_bytes: float64 bytes per block of rows.
+
+    Memory: one block plus one float per row read (the row norms, for the quantiles).
+    """
+    if fraction is not None and rng is None:
+        raise ValueError("sampling needs a seeded rng")
     plan = row_plan(ref, store.info(ref.source))
-    rows, cols = plan.shape
+    total, cols = plan.shape
+    picked = choose_rows(total, fraction, rng) if fraction is not None else np.arange(total, dtype=np.int64)
     step = max(1, chunk_bytes // max(1, cols * 8))
-    norms = np.empty(rows)
+    norms = np.empty(picked.size)
     n, mean, m2 = 0, 0.0, 0.0
-    for start in range(0, rows, step):
-        block = read_canonical_rows(store, plan, np.arange(start, min(rows, start + step)))
+    for start in range(0, picked.size, step):
+        block = read_canonical_rows(store, plan, picked[start:start + step])
         norms[start:start + block.shape[0]] = np.sqrt(np.einsum("ij,ij->i", block, block))
         k, bm = block.size, float(block.mean())
         bm2 = float(((block - bm) ** 2).sum())
         delta = bm - mean
-        total = n + k
-        mean += delta * k / total
-        m2 += bm2 + delta * delta * n * k / total
-        n = total
+        both = n + k
+        mean += delta * k / both
+        m2 += bm2 + delta * delta * n * k / both
+        n = both
     qs = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-    values = np.quantile(norms, qs) if rows else [math.nan] * len(qs)
+    values = np.quantile(norms, qs) if picked.size else [math.nan] * len(qs)
     return EmbeddingStats(ref.key, ref.source, tuple(ref.shape), mean, m2 / n if n else math.nan,
-                          {f"p{int(q * 100)}": float(v) for q, v in zip(qs, values)})
+                          {f"p{int(q * 100)}": float(v) for q, v in zip(qs, values)}, int(picked.size), int(total),
+                          fraction if picked.size < total else None)

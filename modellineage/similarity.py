@@ -10,7 +10,16 @@ the centred figure is the one to judge by):
 
 One pair is in memory at a time, and of it only one block of rows per side: each canonical tensor
 is read as rows of its source tensor (``TensorRef.selections`` become explicit row and column
-indices, so a fused ``qkv_proj`` or a stacked expert tensor is read only where the part lies).
+indices, so a fused ``qkv_proj`` or a stacked expert tensor is read only where the part lies). When
+one side is stored transposed and the other is not (GPT-2 ``Conv1D``), the transposed side's
+canonical rows are gathered as columns from a streamed pass over its stored rows (see ``_Side``).
+
+Token matrices (embedding, lm_head) also carry the *rotation null*: the spread of the centred
+cosine that two unrelated hidden bases would give these very two matrices. Independent models that
+share a tokenizer and data learn the same token-frequency structure along the token axis, so the
+element-wise correlation of their token matrices is a random cosine of hidden directions, with a
+spread of about ``1/sqrt(H)`` times the share of variance in that shared structure — large in a
+64-wide model, small at 4096 (see :func:`compare_pair`).
 
 Which target tensor is paired with which reference tensor is the caller's choice, given as maps:
 by default the same canonical key; a ``layer_map`` (from layer correspondence, see
@@ -24,6 +33,7 @@ both sides) and every figure carries a bootstrap 95 % interval (:mod:`modellinea
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,12 +48,10 @@ from .naming import TensorRef, role_category
 from .sampling import (
     BOOTSTRAP_METHOD,
     EXACT_METHOD,
+    BootstrapAccumulator,
     Interval,
-    RowStats,
     choose_rows,
     percentile_interval,
-    poisson_weights,
-    replicate_figures,
     row_stats,
 )
 from .tensors import TensorInfo, TensorStore
@@ -59,6 +67,8 @@ __all__ = [
     "compare_weights",
     "summarise",
     "remap_key",
+    "DENSE_ROLE_OF_EXPERT",
+    "ROTATION_SKETCH",
 ]
 
 FIGURES = ("cosine", "centred_cosine", "rel_l2")
@@ -143,6 +153,98 @@ def _chunks(positions: np.ndarray, cols: int, chunk_bytes: int) -> Iterable[np.n
         yield positions[start:start + step]
 
 
+class _Side:
+    """Reads canonical rows of one side of a pair.
+
+    ``by_columns``: the side is stored transposed while the other is not (GPT-2 ``Conv1D`` ``(in, out)``
+    against a linear ``(out, in)``): canonical row ``o`` is column ``o`` of the stored view, so a
+    block of canonical rows is gathered from one streamed pass over the stored rows, ``chunk_bytes``
+    at a time. Memory stays one block per side; the price is one pass over this side's tensor per
+    block of canonical rows (``rows x cols x 8 / chunk_bytes`` passes: GPT-2 XL's largest tensor,
+    6400 x 1600, takes 3 at the default 32 MiB).
+    """
+
+    def __init__(self, store: TensorStore, plan: RowPlan, info: TensorInfo, by_columns: bool, chunk_bytes: int):
+        self.store, self.plan, self.by_columns, self.chunk_bytes = store, plan, by_columns, chunk_bytes
+        self.row_bytes = info.cols * info.itemsize
+        self.bytes_read = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape of the canonical rows this side yields."""
+        r, c = self.plan.shape
+        return (c, r) if self.by_columns else (r, c)
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        if not self.by_columns:
+            self.bytes_read += int(positions.size) * self.row_bytes
+            return read_canonical_rows(self.store, self.plan, positions, check_finite=False)
+        stored_rows = self.plan.shape[0]
+        out = np.empty((positions.size, stored_rows))
+        step = max(1, self.chunk_bytes // max(1, self.plan.source_cols * 8))
+        for start in range(0, stored_rows, step):
+            idx = np.arange(start, min(stored_rows, start + step), dtype=np.int64)
+            block = read_canonical_rows(self.store, self.plan, idx, check_finite=False)
+            out[:, start:start + idx.size] = block[:, positions].T
+        self.bytes_read += stored_rows * self.row_bytes
+        return out
+
+
+#: Columns of the Gaussian sketch of the rotation null above ``2 x`` this width (exact below).
+ROTATION_SKETCH = 128
+
+
+class _RotationNull:
+    """``||A_c^T B_c||_F^2`` of two ``(rows, H)`` matrices (globally centred), accumulated over row blocks.
+
+    Exact (an ``H x H`` cross product) up to ``H = 2 x ROTATION_SKETCH``; above, estimated through a
+    fixed Gaussian sketch ``G`` (``H x k``, ``E[G G^T] = k I``): ``||A_c^T B_c G||_F^2 / k``, relative
+    error about ``sqrt(2 / k)`` on the square (≈ 6 % on the standard deviation), memory ``H x k``.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        if width <= 2 * ROTATION_SKETCH:
+            self.g = None
+            self.k = width
+        else:
+            self.g = np.random.default_rng([0x524F54, width]).standard_normal((width, ROTATION_SKETCH))
+            self.k = ROTATION_SKETCH
+        self.p = np.zeros((width, self.k))
+        self.colsum_a = np.zeros(width)
+        self.bg_sum = np.zeros(self.k)
+        self.rows = 0
+        self.pivot: tuple[float, float] | None = None
+
+    def update(self, a: np.ndarray, b: np.ndarray) -> None:
+        if a.size == 0:
+            return
+        if self.pivot is None:  # shift by the first block's means: the centring below stays cancellation-free
+            self.pivot = (float(a.mean()), float(b.mean()))
+        a = a - self.pivot[0]
+        b = b - self.pivot[1]
+        bg = b if self.g is None else b @ self.g
+        self.p += a.T @ bg
+        self.colsum_a += a.sum(axis=0)
+        self.bg_sum += bg.sum(axis=0)
+        self.rows += a.shape[0]
+
+    def sd(self, sim: Similarity) -> float:
+        """The centred cosine's standard deviation under a random rotation of one side's columns."""
+        if self.pivot is None or not math.isfinite(sim.centred_cosine):
+            return math.nan
+        ma, mb = sim.mean_a - self.pivot[0], sim.mean_b - self.pivot[1]
+        ones = np.ones(self.width)
+        gsum = ones if self.g is None else self.g.sum(axis=0)
+        m = (self.p - mb * np.outer(self.colsum_a, gsum) - ma * np.outer(ones, self.bg_sum)
+             + self.rows * ma * mb * np.outer(ones, gsum))
+        fro2 = float(np.einsum("ij,ij->", m, m)) / (1 if self.g is None else self.k)
+        m2_a, m2_b = sim.std_a ** 2 * sim.n, sim.std_b ** 2 * sim.n
+        if m2_a <= 0 or m2_b <= 0:
+            return math.nan
+        return math.sqrt(fro2 / self.width) / math.sqrt(m2_a * m2_b)
+
+
 # ----------------------------------------------------------------------------------------- records
 @dataclass(frozen=True)
 class PairSimilarity:
@@ -168,7 +270,11 @@ class PairSimilarity:
     bytes_read: int
     """Bytes read from disk for this pair, both sides."""
     row_alignment: str = "identity"
-    """``identity`` (row i with row i) or a description of the explicit row pairs used."""
+    """``identity`` (row i with row i) or a description of the explicit row (or column) pairs used."""
+    rotation_null_sd: float | None = None
+    """Token matrices (embedding, lm_head) only: the standard deviation of the centred cosine under a
+    random rotation of one side's hidden basis, ``||A_c^T B_c||_F / (sqrt(H) ||A_c|| ||B_c||)`` —
+    the spread two *unrelated* hidden bases give these two matrices (see :func:`compare_pair`)."""
     replicates: Mapping[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
     """Bootstrap replicates of each figure (sampled pairs only; not written to the evidence)."""
 
@@ -179,6 +285,18 @@ class PairSimilarity:
     @property
     def exact(self) -> bool:
         return self.rows_read == self.rows_total
+
+    @property
+    def against_dense(self) -> bool:
+        """A routed expert compared with the reference's dense MLP (the upcycling check)."""
+        return self.expert is not None and self.reference_expert is None
+
+    @property
+    def rotation_z(self) -> float | None:
+        """Centred cosine in units of :attr:`rotation_null_sd` (None where no null was computed)."""
+        sd = self.rotation_null_sd
+        c = self.similarity.centred_cosine
+        return c / sd if sd is not None and math.isfinite(c) and math.isfinite(sd) and sd > 0 else None
 
     def as_dict(self) -> dict:
         s = self.similarity
@@ -194,7 +312,16 @@ class PairSimilarity:
             "mean_target": s.mean_a, "mean_reference": s.mean_b, "std_target": s.std_a, "std_reference": s.std_b,
             "elements": s.n, "rows_read": self.rows_read, "rows_total": self.rows_total,
             "bytes_read": self.bytes_read, "row_alignment": self.row_alignment,
+            "rotation_null_sd": self.rotation_null_sd, "rotation_z": self.rotation_z,
+            "against_dense": self.against_dense,
         }
+
+
+def _index_pairs(pairs, where: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    t, r = (np.asarray(x, dtype=np.int64).reshape(-1) for x in pairs)
+    if t.size != r.size or t.size == 0:
+        raise IncompatibleShapes(f"{what} alignment needs equal, non-zero pair counts: {where}: {t.size} vs {r.size}")
+    return t, r
 
 
 def compare_pair(
@@ -206,7 +333,9 @@ def compare_pair(
     fraction: float | None = None,
     rng: np.random.Generator | None = None,
     row_pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    col_pairs: tuple[np.ndarray, np.ndarray] | None = None,
     row_alignment: str = "identity",
+    rotation_null: bool = False,
     chunk_bytes: int = _DEFAULT_CHUNK,
 ) -> PairSimilarity:
     """Compare one target canonical tensor with one reference canonical tensor.
@@ -217,8 +346,15 @@ def compare_pair(
         fraction: share of rows to read (``None``: all); needs ``rng``.
         rng: seeded generator choosing sampled rows and bootstrap weights.
         row_pairs: explicit row alignment ``(target_rows, reference_rows)`` of the canonical 2-D
-            views (e.g. embedding rows of shared tokens); ``None`` pairs row i with row i.
-        row_alignment: a description of ``row_pairs`` for the evidence.
+            views (embedding rows of shared tokens, router rows of assigned experts); ``None``
+            pairs row i with row i.
+        col_pairs: explicit column alignment (a 1-D router bias of assigned experts).
+        row_alignment: a description of ``row_pairs`` / ``col_pairs`` for the evidence.
+        rotation_null: also compute :attr:`PairSimilarity.rotation_null_sd` (2-D token matrices:
+            their rows are tokens, a basis both models share, their columns a hidden basis that
+            independent models do not share; a frequency structure shared along the token axis
+            then gives unrelated models an element-wise correlation of ``cos(u, u')`` for random
+            hidden directions ``u, u'``, whose spread ``~ 1/sqrt(H)`` this figure measures).
         chunk_bytes: float64 bytes per block of rows per side.
 
     Returns:
@@ -233,39 +369,50 @@ def compare_pair(
     tinfo, rinfo = target.info(tref.source), reference.info(rref.source)
     tplan, rplan = row_plan(tref, tinfo), row_plan(rref, rinfo)
     where = f"target {tref.key} ({tref.source} in {tinfo.file}) vs reference {rref.key} ({rref.source} in {rinfo.file})"
+    mixed = tplan.transpose != rplan.transpose  # one side stored transposed: read it by columns
+    tside = _Side(target, tplan, tinfo, mixed and tplan.transpose, chunk_bytes)
+    rside = _Side(reference, rplan, rinfo, mixed and rplan.transpose, chunk_bytes)
+    t_cols = r_cols = None
+    if col_pairs is not None:
+        t_cols, r_cols = _index_pairs(col_pairs, where, "column")
+        if tside.shape[0] != rside.shape[0] or t_cols.max() >= tside.shape[1] or r_cols.max() >= rside.shape[1]:
+            raise IncompatibleShapes(f"column alignment out of range: {where}: {tside.shape} vs {rside.shape}")
     if row_pairs is None:
-        if tuple(tref.shape) != tuple(rref.shape):
+        if tuple(tref.shape) != tuple(rref.shape) and col_pairs is None:
             raise IncompatibleShapes(f"shapes differ: {where}: {tuple(tref.shape)} vs {tuple(rref.shape)}")
-        t_rows = r_rows = np.arange(tplan.shape[0], dtype=np.int64)
+        if tside.shape[0] != rside.shape[0]:
+            raise IncompatibleShapes(f"shapes differ after transposition: {where}: {tside.shape} vs {rside.shape}")
+        t_rows = r_rows = np.arange(tside.shape[0], dtype=np.int64)
     else:
-        t_rows, r_rows = (np.asarray(x, dtype=np.int64).reshape(-1) for x in row_pairs)
-        if t_rows.size != r_rows.size or tplan.shape[1] != rplan.shape[1] or tref.transpose or rref.transpose:
-            raise IncompatibleShapes(f"row alignment needs equal widths and equal pair counts: {where}: "
-                                     f"{tplan.shape} vs {rplan.shape}, {t_rows.size} vs {r_rows.size} rows")
-        if t_rows.size == 0:
-            raise IncompatibleShapes(f"row alignment pairs no rows: {where}")
-    if tplan.transpose != rplan.transpose and row_pairs is None:
-        return _compare_whole(target, tref, tplan, reference, rref, rplan, where)
+        t_rows, r_rows = _index_pairs(row_pairs, where, "row")
+        if tplan.shape[1] != rplan.shape[1] or tref.transpose or rref.transpose:
+            raise IncompatibleShapes(f"row alignment needs equal widths and untransposed tensors: {where}: "
+                                     f"{tplan.shape} vs {rplan.shape}")
+        if t_rows.max() >= tplan.shape[0] or r_rows.max() >= rplan.shape[0]:
+            raise IncompatibleShapes(f"row alignment out of range: {where}: {tplan.shape} vs {rplan.shape}")
     total = int(t_rows.size)
     picked = choose_rows(total, fraction, rng) if fraction is not None else np.arange(total, dtype=np.int64)
-    cols = tplan.shape[1]
+    cols = tside.shape[1] if t_cols is None else int(t_cols.size)
     # PairAccumulator refuses NaN/Inf itself; its labels name the files
     acc = PairAccumulator(label_a=f"target tensor {tref.source!r} in {tinfo.file}",
                           label_b=f"reference tensor {rref.source!r} in {rinfo.file}")
     sampled = picked.size < total
-    parts: list[RowStats] = []
-    for chunk in _chunks(picked, cols, chunk_bytes):
-        a = read_canonical_rows(target, tplan, t_rows[chunk], check_finite=False)
-        b = read_canonical_rows(reference, rplan, r_rows[chunk], check_finite=False)
+    boot = BootstrapAccumulator(rng) if sampled else None
+    null = _RotationNull(cols) if rotation_null and len(tref.shape) == 2 else None
+    for chunk in _chunks(picked, max(cols, tside.shape[1], rside.shape[1]), chunk_bytes):
+        a = tside.read(t_rows[chunk])
+        b = rside.read(r_rows[chunk])
+        if t_cols is not None:
+            a, b = a[:, t_cols], b[:, r_cols]
         acc.update(a, b)
-        if sampled:
-            parts.append(row_stats(a, b))
+        if boot is not None:
+            boot.update(row_stats(a, b))
+        if null is not None:
+            null.update(a, b)
     sim = acc.result()
-    bytes_read = picked.size * (tinfo.cols * tinfo.itemsize + rinfo.cols * rinfo.itemsize)
     replicates = None
-    if sampled:
-        stats = RowStats.concat(parts)
-        replicates = replicate_figures(stats, poisson_weights(picked.size, rng))
+    if boot is not None:
+        replicates = boot.figures()
         cis = {f: percentile_interval(replicates[f], getattr(sim, f), method=BOOTSTRAP_METHOD) for f in FIGURES}
     else:
         cis = {f: Interval(getattr(sim, f), getattr(sim, f), True, EXACT_METHOD) for f in FIGURES}
@@ -273,30 +420,10 @@ def compare_pair(
         key=tref.key, reference_key=rref.key, role=tref.role, layer=tref.layer, reference_layer=rref.layer,
         expert=tref.expert, reference_expert=rref.expert, shape=tuple(tref.shape), target_tensor=tref.source,
         reference_tensor=rref.source, similarity=sim, cosine_ci=cis["cosine"], centred_ci=cis["centred_cosine"],
-        rel_l2_ci=cis["rel_l2"], rows_read=int(picked.size), rows_total=total, bytes_read=int(bytes_read),
-        row_alignment=row_alignment, replicates=replicates,
+        rel_l2_ci=cis["rel_l2"], rows_read=int(picked.size), rows_total=total,
+        bytes_read=tside.bytes_read + rside.bytes_read, row_alignment=row_alignment,
+        rotation_null_sd=None if null is None else null.sd(sim), replicates=replicates,
     )
-
-
-def _compare_whole(target, tref, tplan, reference, rref, rplan, where) -> PairSimilarity:
-    """Pairs whose sides are stored transposed differently (GPT-2 Conv1D vs linear): read both whole."""
-    all_t = np.arange(tplan.shape[0], dtype=np.int64)
-    all_r = np.arange(rplan.shape[0], dtype=np.int64)
-    a = read_canonical_rows(target, tplan, all_t)
-    b = read_canonical_rows(reference, rplan, all_r)
-    a = a.T if tplan.transpose else a
-    b = b.T if rplan.transpose else b
-    if a.shape != b.shape:
-        raise IncompatibleShapes(f"shapes differ after transposition: {where}: {a.shape} vs {b.shape}")
-    acc = PairAccumulator(label_a=f"target:{tref.source}", label_b=f"reference:{rref.source}")
-    acc.update(a, b)
-    sim = acc.result()
-    cis = {f: Interval(getattr(sim, f), getattr(sim, f), True, EXACT_METHOD) for f in FIGURES}
-    tinfo, rinfo = target.info(tref.source), reference.info(rref.source)
-    return PairSimilarity(tref.key, rref.key, tref.role, tref.layer, rref.layer, tref.expert, rref.expert,
-                          tuple(tref.shape), tref.source, rref.source, sim, cis["cosine"], cis["centred_cosine"],
-                          cis["rel_l2"], tplan.shape[0], tplan.shape[0],
-                          int(tplan.shape[0] * (tinfo.cols * tinfo.itemsize + rinfo.cols * rinfo.itemsize)))
 
 
 # ----------------------------------------------------------------------------------------- summaries
@@ -336,19 +463,22 @@ def _nanmean(values) -> float:
 
 
 def _mean_interval(pairs: list[PairSimilarity], figure: str, point: float) -> Interval:
-    if all(p.replicates is None for p in pairs):
+    """Interval of the unweighted mean of ``figure`` over the pairs with a defined value.
+
+    Replicate ``k`` of the mean averages replicate ``k`` of every sampled pair with the exact value
+    of every pair read whole; exact when no pair with a defined value was sampled (also when the
+    only sampled pairs have an undefined figure, e.g. a constant tensor).
+    """
+    defined = [p for p in pairs if math.isfinite(getattr(p.similarity, figure))]
+    widths = {len(p.replicates[figure]) for p in defined if p.replicates is not None}
+    if not widths:
         return Interval(point, point, True, EXACT_METHOD)
-    reps = []
-    for p in pairs:
-        value = getattr(p.similarity, figure)
-        if not math.isfinite(value):
-            continue
-        reps.append(p.replicates[figure] if p.replicates is not None else None)
-    width = max(len(r) for r in reps if r is not None)
-    stacked = np.stack([np.full(width, getattr(p.similarity, figure)) if r is None else r
-                        for p, r in zip([p for p in pairs if math.isfinite(getattr(p.similarity, figure))], reps)])
-    with np.errstate(invalid="ignore"):
-        means = np.nanmean(stacked, axis=0) if stacked.size else np.array([])
+    width = max(widths)
+    stacked = np.stack([np.full(width, getattr(p.similarity, figure)) if p.replicates is None
+                        else p.replicates[figure] for p in defined])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate undefined in every tensor: NaN, dropped
+        means = np.nanmean(stacked, axis=0)
     return percentile_interval(means, point, method=BOOTSTRAP_METHOD)
 
 
@@ -386,26 +516,100 @@ def summarise(pairs: Iterable[PairSimilarity], by: Callable[[PairSimilarity], ob
 
 
 # ----------------------------------------------------------------------------------------- models
-def remap_key(ref: TensorRef, layer_map: Mapping[int, int] | None, expert_map: Mapping[tuple[int, int], int] | None
-              ) -> str | None:
-    """The reference key paired with a target canonical tensor, or None when its layer has no partner."""
-    layer, expert = ref.layer, ref.expert
-    if layer is not None and layer_map is not None:
-        if layer not in layer_map:
-            return None
-        new_layer = layer_map[layer]
-    else:
+#: Routed-expert roles and the dense MLP role an upcycled expert starts from.
+DENSE_ROLE_OF_EXPERT = {"expert_gate": "mlp_gate", "expert_up": "mlp_up", "expert_down": "mlp_down",
+                        "expert_gate_up": "mlp_gate_up"}
+#: Shared-expert roles and the dense MLP role they are compared with where the reference has no shared expert.
+DENSE_ROLE_OF_SHARED = {"shared_gate": "mlp_gate", "shared_up": "mlp_up", "shared_down": "mlp_down"}
+_ROUTER_ROLES = {"router": "rows", "router_bias": "columns"}
+#: Categories whose rows are tokens (a basis independent models share): they carry the rotation null.
+_TOKEN_CATEGORIES = frozenset({"embedding", "lm_head"})
+
+
+def _key(layer: int | None, expert: int | None, role: str, kind: str) -> str:
+    parts = [] if layer is None else [f"layers.{layer}"]
+    if expert is not None:
+        parts.append(f"experts.{expert}")
+    return ".".join(parts + [role, kind])
+
+
+@dataclass(frozen=True)
+class _Partner:
+    """Which reference tensor a target tensor is compared with, and how (or why it is not)."""
+
+    key: str | None
+    reason: str = ""
+    row_pairs: tuple[np.ndarray, np.ndarray] | None = None
+    col_pairs: tuple[np.ndarray, np.ndarray] | None = None
+    description: str = "identity"
+
+
+class _Pairing:
+    """The pairing rules of :func:`compare_weights` (see there)."""
+
+    def __init__(self, reference_refs: Mapping[str, TensorRef] | None, layer_map, expert_map) -> None:
+        self.refs = reference_refs or {}
+        self.layer_map = layer_map
+        # None (reference unknown): every layer counts as having experts (no dense fallback)
+        self.expert_layers = None if reference_refs is None else \
+            {r.layer for r in reference_refs.values() if r.expert is not None}
+        self.assigned: dict[int, dict[int, int]] = defaultdict(dict)
+        for (layer, expert), r in (expert_map or {}).items():
+            self.assigned[layer][expert] = r
+
+    def partner(self, ref: TensorRef) -> _Partner:
+        layer, expert = ref.layer, ref.expert
         new_layer = layer
-    new_expert = expert
-    if expert is not None and expert_map is not None:
-        new_expert = expert_map.get((layer, expert), expert)
-    parts = []
-    if new_layer is not None:
-        parts.append(f"layers.{new_layer}")
-    if new_expert is not None:
-        parts.append(f"experts.{new_expert}")
-    parts += [ref.role, ref.kind]
-    return ".".join(parts)
+        if layer is not None and self.layer_map is not None:
+            if layer not in self.layer_map:
+                return _Partner(None, f"layer {layer} has no corresponding reference layer")
+            new_layer = self.layer_map[layer]
+        assigned = self.assigned.get(layer) if layer is not None else None
+        if expert is not None and self.expert_layers is not None and new_layer not in self.expert_layers:
+            dense = DENSE_ROLE_OF_EXPERT.get(ref.role)
+            key = None if dense is None else _key(new_layer, None, dense, ref.kind)
+            if key is None or key not in self.refs:
+                return _Partner(None, f"reference layer {new_layer} has no routed experts and no dense "
+                                      f"{dense or ref.role} to compare expert {expert} with")
+            return _Partner(key)  # PairSimilarity.against_dense tells these pairs apart
+        if expert is not None and assigned:
+            if expert not in assigned:
+                return _Partner(None, f"expert {expert} of layer {layer} is not assigned to a reference expert "
+                                      f"(the optimal assignment pairs {len(assigned)} of the target's experts)")
+            return _Partner(_key(new_layer, assigned[expert], ref.role, ref.kind))
+        key = _key(new_layer, expert, ref.role, ref.kind)
+        dense = DENSE_ROLE_OF_SHARED.get(ref.role)
+        if dense is not None and key not in self.refs and _key(new_layer, None, dense, ref.kind) in self.refs:
+            return _Partner(_key(new_layer, None, dense, ref.kind),
+                            description="shared expert against the reference's dense MLP (upcycling check)")
+        how = _ROUTER_ROLES.get(ref.role)
+        if how is None or not assigned or key not in self.refs:
+            return _Partner(key)
+        t = np.array(sorted(assigned), dtype=np.int64)
+        r = np.array([assigned[e] for e in t.tolist()], dtype=np.int64)
+        rref = self.refs[key]
+        if np.array_equal(t, r) and tuple(rref.shape) == tuple(ref.shape):
+            return _Partner(key)
+        axis = 0 if how == "rows" else len(ref.shape) - 1
+        if not ref.shape or t.max() >= ref.shape[axis] or not rref.shape or r.max() >= rref.shape[axis]:
+            return _Partner(None, f"{ref.role} {tuple(ref.shape)} / reference {tuple(rref.shape)} has no "
+                                  f"{how} for every assigned expert of layer {layer}")
+        pairs = (t, r)
+        text = (f"{how} of {t.size} assigned experts reordered by the expert assignment "
+                f"({int(np.count_nonzero(t != r))} moved)")
+        return _Partner(key, row_pairs=pairs if how == "rows" else None,
+                        col_pairs=pairs if how == "columns" else None, description=text)
+
+
+def remap_key(ref: TensorRef, layer_map: Mapping[int, int] | None, expert_map: Mapping[tuple[int, int], int] | None,
+              reference_refs: Mapping[str, TensorRef] | None = None) -> str | None:
+    """The reference key paired with a target canonical tensor, or None when it has no partner.
+
+    No partner: its layer is not in ``layer_map``, or it is a routed expert of a layer with an
+    assignment that leaves it out (unequal expert counts). With ``reference_refs``, a routed expert
+    whose reference layer has no experts pairs with that layer's dense MLP tensor of the same role.
+    """
+    return _Pairing(reference_refs, layer_map, expert_map).partner(ref).key
 
 
 @dataclass(frozen=True)
@@ -450,6 +654,18 @@ class WeightComparison:
     @property
     def by_layer(self) -> tuple[GroupSummary, ...]:
         return tuple(sorted(summarise(self.pairs, lambda p: p.layer), key=lambda g: g.layer))
+
+    def by_expert(self) -> tuple[GroupSummary, ...]:
+        """One summary per compared routed expert (over its roles), labelled with its partner:
+        ``layers.0.experts.3 ~ layers.0.experts.1`` or ``layers.0.experts.3 ~ layers.0.mlp`` (the
+        reference's dense MLP, the upcycling check)."""
+        def partner(p: PairSimilarity) -> str | None:
+            if p.category != "routed_expert":
+                return None
+            other = "mlp" if p.against_dense else f"experts.{p.reference_expert}"
+            return f"layers.{p.layer}.experts.{p.expert} ~ layers.{p.reference_layer}.{other}"
+
+        return summarise(self.pairs, partner)
 
     def by_layer_and_category(self) -> dict[str, tuple[GroupSummary, ...]]:
         """Per category, its per-layer summaries (the layer profile)."""
@@ -498,9 +714,19 @@ def compare_weights(
         seed: seeds row choice and bootstrap (one generator, tensors in canonical order).
         layer_map: target layer -> reference layer; layers not in it are not compared.
             ``None``: the same index.
-        expert_map: (target layer, target expert) -> reference expert; missing entries keep the index.
+        expert_map: (target layer, target expert) -> reference expert (optimal assignment). In a
+            layer with an assignment, an expert left out of it (unequal expert counts) is skipped
+            and recorded, and the router's rows (a router bias's columns) are paired by the same
+            assignment. Layers without an assignment keep the expert index.
         row_alignments: canonical key (``embed.weight``, ``lm_head.weight``) -> ``(target rows,
             reference rows, description)``: explicit row pairs for tensors whose rows are tokens.
+
+    A routed expert whose reference layer has no routed experts is compared with that layer's dense
+    MLP tensor of the same role (``expert_up`` with ``mlp_up``, ...): sparse upcycling starts every
+    expert from the dense MLP, so the pair's similarity is the upcycling evidence
+    (:attr:`PairSimilarity.against_dense`); a shared expert the reference lacks is compared with the
+    dense MLP the same way (``row_alignment`` says so). Embedding and lm_head pairs also carry
+    :attr:`PairSimilarity.rotation_null_sd`.
         keys: restrict to these target keys (default: all).
         chunk_bytes: float64 bytes per block of rows per side.
 
@@ -517,15 +743,17 @@ def compare_weights(
     pairs: list[PairSimilarity] = []
     skipped: list[SkippedPair] = []
     used: set[str] = set()
+    pairing = _Pairing(r_refs, layer_map, expert_map)
     for key, tref in t_refs.items():
         if wanted is not None and key not in wanted:
             continue
         if not target.store.info(tref.source).is_float:
             skipped.append(SkippedPair(key, f"dtype {target.store.info(tref.source).dtype} is not decoded"))
             continue
-        rkey = remap_key(tref, layer_map, expert_map)
+        partner = pairing.partner(tref)
+        rkey = partner.key
         if rkey is None:
-            skipped.append(SkippedPair(key, f"layer {tref.layer} has no corresponding reference layer"))
+            skipped.append(SkippedPair(key, partner.reason))
             continue
         rref = r_refs.get(rkey)
         if rref is None:
@@ -535,14 +763,18 @@ def compare_weights(
             skipped.append(SkippedPair(key, f"reference dtype {reference.store.info(rref.source).dtype} is not decoded"))
             continue
         align = (row_alignments or {}).get(key)
-        if align is None and tuple(tref.shape) != tuple(rref.shape):
+        if align is not None:
+            row_pairs, col_pairs, how = (align[0], align[1]), None, align[2]
+        else:
+            row_pairs, col_pairs, how = partner.row_pairs, partner.col_pairs, partner.description
+        if row_pairs is None and col_pairs is None and tuple(tref.shape) != tuple(rref.shape):
             skipped.append(SkippedPair(key, f"shape {tuple(tref.shape)} vs reference {rkey} {tuple(rref.shape)}"))
             continue
         try:
             pairs.append(compare_pair(
-                target.store, tref, reference.store, rref, fraction=fraction, rng=rng,
-                row_pairs=None if align is None else (align[0], align[1]),
-                row_alignment="identity" if align is None else align[2], chunk_bytes=chunk_bytes))
+                target.store, tref, reference.store, rref, fraction=fraction, rng=rng, row_pairs=row_pairs,
+                col_pairs=col_pairs, row_alignment=how, chunk_bytes=chunk_bytes,
+                rotation_null=role_category(tref.role) in _TOKEN_CATEGORIES))
         except IncompatibleShapes as exc:
             skipped.append(SkippedPair(key, str(exc)))
             continue

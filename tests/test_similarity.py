@@ -14,10 +14,11 @@ from modellineage.embeddings import embedding_stats, shared_token_rows, vocabula
 from modellineage.errors import IncompatibleShapes, NonFiniteWeights
 from modellineage.metrics import similarity
 from modellineage.model import Model
-from modellineage.naming import canonicalize
-from modellineage.sampling import choose_rows
+from modellineage.naming import TensorRef, canonicalize
+from modellineage.sampling import BOOTSTRAP_REPLICATES, BootstrapAccumulator, choose_rows, row_stats
 from modellineage.signatures import compare_signatures, model_signatures
-from modellineage.similarity import compare_weights, read_canonical_rows, row_plan
+from modellineage.similarity import (ROTATION_SKETCH, compare_pair, compare_weights, read_canonical_rows, remap_key,
+                                     row_plan, summarise)
 from modellineage.sources import resolve_source
 from modellineage.tensors import TensorStore
 
@@ -238,14 +239,37 @@ def test_upcycled_moe_shows_every_expert_matching_the_dense_mlp(demo, built):
     assert all(max(u.similarity) < BOUND_SCRATCH for u in scratch_ups)
 
 
-def test_permuted_experts_are_matched_by_assignment(built, tmp_path):
-    src = model(built["upcycled"])
-    # make the experts distinct first (an upcycled model's experts are all alike), then permute them
+def test_upcycled_experts_are_compared_with_the_dense_mlp_in_full(demo, tmp_path):
+    """Experts = base's dense MLP + 10 % noise, everything else from the independent scratch model."""
+    moe = model(wb.upcycled(tmp_path / "up", noise=0.1, others_from=wb.DEMO / "scratch"))
+    comp = compare_weights(moe, demo["base"])
+    experts = [p for p in comp.pairs if p.category == "routed_expert"]
+    assert len(experts) == 4 * 4 * 3 and all(p.against_dense for p in experts)
+    assert {p.reference_key for p in experts if p.key == "layers.2.experts.3.expert_down.weight"} == \
+        {"layers.2.mlp_down.weight"}
+    cats = {g.group: g.mean_centred for g in comp.by_category}
+    assert cats["routed_expert"] == pytest.approx(1 / math.sqrt(1.01), abs=0.002)  # noise of 10 % of the std
+    assert cats["attention"] < BOUND_SCRATCH  # the rest really is independent
+    assert [s.key for s in comp.skipped] == [f"layers.{i}.router.weight" for i in range(4)]  # base has no router
+    per_expert = {g.group: g.mean_centred for g in comp.by_expert()}
+    assert len(per_expert) == 16 and "layers.0.experts.1 ~ layers.0.mlp" in per_expert
+    # against an independent dense model the same experts are unrelated
+    other = {g.group: g.mean_centred for g in compare_weights(moe, demo["scratch"]).by_category}
+    assert abs(other["routed_expert"]) < 0.1
+
+
+def _distinct_moe(built, tmp_path):
+    """The upcycled demo MoE with distinct random experts (an upcycled model's experts are all alike)."""
     t = wb.load(built["upcycled"])
     rng = np.random.default_rng(5)
     distinct = {k: (rng.standard_normal(v.shape).astype(np.float32) * 0.02 if ".experts." in k else v)
                 for k, v in t.items()}
-    ref_path = wb.write_model(tmp_path / "ref", distinct, wb.config(built["upcycled"]))
+    return wb.write_model(tmp_path / "ref", distinct, wb.config(built["upcycled"]))
+
+
+def test_permuted_experts_are_matched_by_assignment(built, tmp_path):
+    src = model(built["upcycled"])
+    ref_path = _distinct_moe(built, tmp_path)
     perm = [2, 0, 3, 1]
     tgt_path = wb.permuted_experts(ref_path, tmp_path / "perm", perm)
     ts, rs = model_signatures(model(tgt_path)), model_signatures(model(ref_path))
@@ -259,6 +283,41 @@ def test_permuted_experts_are_matched_by_assignment(built, tmp_path):
     plain = {g.group: g.mean_centred for g in compare_weights(model(tgt_path), model(ref_path), keys=keys).by_category}
     assert plain["routed_expert"] < BOUND_SCRATCH
     assert src.name_map.refs["layers.0.router.weight"].shape == (4, 64)
+
+
+def test_router_rows_follow_the_expert_assignment(built, tmp_path):
+    """Experts and router rows permuted consistently: the router, paired by the assignment, is a copy too."""
+    ref_path = _distinct_moe(built, tmp_path)
+    tgt_path = wb.permuted_experts(ref_path, tmp_path / "perm", [2, 0, 3, 1])
+    target, reference = model(tgt_path), model(ref_path)
+    expert_map = {(m.layer, t): r for m in match_experts(model_signatures(target), model_signatures(reference))
+                  for t, r in m.assignment}
+    routers = [f"layers.{i}.router.weight" for i in range(4)]
+    comp = compare_weights(target, reference, expert_map=expert_map, keys=routers)
+    assert all(p.similarity.centred_cosine > 0.99 for p in comp.pairs), [p.similarity.centred_cosine for p in comp.pairs]
+    assert all("reordered by the expert assignment (4 moved)" in p.row_alignment for p in comp.pairs)
+    index = compare_weights(target, reference, keys=routers)  # row i with row i: a different expert's router
+    assert all(abs(p.similarity.centred_cosine) < BOUND_SCRATCH for p in index.pairs)
+
+
+def test_unassigned_experts_are_skipped_not_paired_twice(built, tmp_path):
+    """Target 4 experts, reference 3 (= target experts 2, 0, 3): target expert 1 has no partner."""
+    tgt_path = _distinct_moe(built, tmp_path)
+    ref_path = wb.permuted_experts(tgt_path, tmp_path / "three", [2, 0, 3])
+    target, reference = model(tgt_path), model(ref_path)
+    matches = match_experts(model_signatures(target), model_signatures(reference))
+    assert [dict(m.assignment) for m in matches] == [{2: 0, 0: 1, 3: 2}] * 4
+    expert_map = {(m.layer, t): r for m in matches for t, r in m.assignment}
+    comp = compare_weights(target, reference, expert_map=expert_map)
+    experts = [p for p in comp.pairs if p.category == "routed_expert"]
+    assert len(experts) == 4 * 3 * 3 and all(p.expert != 1 for p in experts)
+    partners = [(p.layer, p.reference_expert, p.role) for p in experts]
+    assert len(partners) == len(set(partners))  # no reference expert compared twice
+    assert all(p.similarity.centred_cosine > 0.99 for p in experts)
+    left = [s for s in comp.skipped if ".experts.1." in s.key]
+    assert len(left) == 4 * 3 and all("not assigned to a reference expert" in s.reason for s in left)
+    routers = [p for p in comp.pairs if p.category == "router"]  # (4, 64) vs (3, 64): the 3 assigned rows
+    assert len(routers) == 4 and all(p.rows_total == 3 and p.similarity.centred_cosine > 0.99 for p in routers)
 
 
 # ----------------------------------------------------------------------------------------- signatures
@@ -326,3 +385,165 @@ def test_embedding_statistics(demo):
     assert stats.shape == (1024, 64)
     assert math.isclose(stats.variance, float(full.var()), rel_tol=1e-10)
     assert math.isclose(stats.row_norm_quantiles["p50"], float(np.median(np.linalg.norm(full, axis=1))), rel_tol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- streaming edge cases
+def _store(tmp_path, name: str, arrays: dict) -> TensorStore:
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, str(tmp_path / name))
+    return TensorStore([tmp_path / name])
+
+
+def test_group_interval_when_the_only_sampled_tensor_has_no_centred_value(tmp_path):
+    """Regression: a sampled constant tensor (centred undefined) next to a tensor read whole crashed the summary."""
+    rng = np.random.default_rng(0)
+    arrays = {"const": np.ones((64, 8)), "vec": rng.standard_normal(8)}
+    a = _store(tmp_path, "a.safetensors", arrays)
+    b = _store(tmp_path, "b.safetensors", {"const": np.ones((64, 8)) * 2, "vec": rng.standard_normal(8)})
+    refs = [TensorRef("layers.0.mlp_up.weight", "const", (64, 8), "mlp_up", "weight", 0),
+            TensorRef("layers.0.mlp_down.weight", "vec", (8,), "mlp_down", "weight", 0)]
+    gen = np.random.default_rng(1)
+    pairs = [compare_pair(a, r, b, r, fraction=0.5, rng=gen) for r in refs]
+    assert pairs[0].replicates is not None and math.isnan(pairs[0].similarity.centred_cosine)
+    assert pairs[1].replicates is None  # one row: read whole
+    (group,) = summarise(pairs, lambda p: "mlp")
+    assert group.undefined == 1 and group.centred_ci.exact
+    assert group.mean_centred == pairs[1].similarity.centred_cosine == group.centred_ci.low
+
+
+def test_bootstrap_memory_does_not_grow_with_sampled_rows():
+    """400 replicates over 60,000 sampled rows fed in blocks (as compare_pair does): a (400, n) weight
+    matrix alone would be 192 MB; the accumulator keeps one (400, 1024) block and (400, 13) sums."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((60_000, 4))
+    b = a + 0.1 * rng.standard_normal(a.shape)
+    blocks = [row_stats(a[i:i + 5000], b[i:i + 5000]) for i in range(0, 60_000, 5000)]
+    boot = BootstrapAccumulator(np.random.default_rng(1))
+    tracemalloc.start()
+    for block in blocks:
+        boot.update(block)
+    figures = boot.figures()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20, peak
+    assert boot.rows == 60_000 and figures["centred_cosine"].shape == (BOOTSTRAP_REPLICATES,)
+    point = similarity(a, b).centred_cosine  # the replicates scatter narrowly around the plain figure
+    assert np.all(np.abs(figures["centred_cosine"] - point) < 0.005)
+
+
+@pytest.mark.parametrize("fraction", [None, 0.3])
+def test_transposed_side_is_streamed_by_columns(tmp_path, fraction):
+    """GPT-2 Conv1D (stored (in, out), fused q|k|v) against linear copies: same figures as numpy, in small blocks."""
+    from .tiny_models import tiny
+
+    t = tiny("gpt2")
+    conv = _store(tmp_path, "conv.safetensors", t.saved)
+    nm = canonicalize({k: v.shape for k, v in t.saved.items()}, t.config)
+    transposed = [r for r in nm.refs.values() if r.transpose]
+    assert any(r.selections for r in transposed)  # the fused c_attn parts are among them
+    rng = np.random.default_rng(0)
+    linear = {r.key: r.apply(t.saved[r.source].astype(np.float64)) + 0.01 * rng.standard_normal(r.shape)
+              for r in transposed}
+    lin = _store(tmp_path, "lin.safetensors", linear)
+    for ref in transposed:
+        lref = TensorRef(ref.key, ref.key, ref.shape, ref.role, ref.kind, ref.layer)
+        pair = compare_pair(conv, ref, lin, lref, fraction=fraction, rng=np.random.default_rng(3), chunk_bytes=2048)
+        rows = choose_rows(ref.shape[0], fraction, np.random.default_rng(3)) if fraction else np.arange(ref.shape[0])
+        want = similarity(ref.apply(t.saved[ref.source].astype(np.float64))[rows], lin.read_rows(ref.key, rows))
+        assert math.isclose(pair.similarity.centred_cosine, want.centred_cosine, rel_tol=1e-10), ref.key
+        assert math.isclose(pair.similarity.rel_l2, want.rel_l2, rel_tol=1e-10), ref.key
+        assert pair.rows_read == rows.size and pair.exact == (fraction is None)
+        if fraction:
+            assert pair.centred_ci.contains(pair.similarity.centred_cosine) and not pair.centred_ci.exact
+
+
+# ----------------------------------------------------------------------------------------- rotation null
+def _rotation_sd(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float(np.linalg.norm(a.T @ b) / (math.sqrt(a.shape[1]) * np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_rotation_null_of_the_demo_token_matrices(demo):
+    comp = compare_weights(demo["scratch"], demo["base"], keys=["embed.weight", "lm_head.weight"], chunk_bytes=8192)
+    for p in comp.pairs:
+        a = demo["scratch"].store.read_row_range(p.target_tensor, 0, 1024)
+        b = demo["base"].store.read_row_range(p.reference_tensor, 0, 1024)
+        assert p.rotation_null_sd == pytest.approx(_rotation_sd(a, b), rel=1e-9)
+    lm = next(p for p in comp.pairs if p.key == "lm_head.weight")
+    # independent, yet 0.12: a shared token-frequency direction seen through random hidden bases (sd ≈ 0.10)
+    assert lm.similarity.centred_cosine > 0.1 and 0.08 < lm.rotation_null_sd < 0.12 and abs(lm.rotation_z) < 2
+    derived = compare_weights(demo["finetune"], demo["base"], keys=["lm_head.weight"]).pairs[0]
+    assert derived.rotation_z > 8  # a copy sits sqrt(H) = 8 or more null deviations out
+    assert all(p.rotation_null_sd is None for p in compare_weights(demo["scratch"], demo["base"],
+                                                                   keys=["layers.0.attn_q.weight"]).pairs)
+
+
+def test_rotation_null_is_the_spread_of_unrelated_hidden_bases(tmp_path):
+    """Property: matrices sharing a token-frequency direction but with independent hidden bases. Their
+    centred cosine is not small (H = 32), but in units of the rotation null it scatters with s.d. ≈ 1."""
+    rng = np.random.default_rng(0)
+    tokens, width = 400, 32
+    freq = np.log(rng.zipf(1.3, tokens).clip(max=10**6)).astype(np.float64)
+    ref = TensorRef("lm_head.weight", "w", (tokens, width), "lm_head", "weight")
+    zs, raw = [], []
+    for k in range(60):
+        sides = []
+        for side in range(2):
+            u = rng.standard_normal(width)
+            sides.append(np.outer(freq - freq.mean(), u) + 0.5 * rng.standard_normal((tokens, width)))
+        a, b = (_store(tmp_path, f"{k}{s}.safetensors", {"w": w}) for s, w in enumerate(sides))
+        pair = compare_pair(a, ref, b, ref, rotation_null=True, chunk_bytes=4096)
+        zs.append(pair.rotation_z)
+        raw.append(pair.similarity.centred_cosine)
+    assert np.std(raw) > 0.1  # a fixed bound of 0.1 would accuse a third of these unrelated pairs
+    assert abs(np.mean(zs)) < 0.4 and 0.7 < np.std(zs) < 1.3, (np.mean(zs), np.std(zs))
+
+
+def test_rotation_null_sketch_is_close_to_exact(tmp_path):
+    """Above 2 x ROTATION_SKETCH columns the cross product is sketched: within 20 % of the exact value."""
+    rng = np.random.default_rng(2)
+    tokens, width = 600, 2 * ROTATION_SKETCH + 44
+    f = rng.standard_normal(tokens)
+    a = np.outer(f, rng.standard_normal(width)) + rng.standard_normal((tokens, width))
+    b = np.outer(f, rng.standard_normal(width)) + rng.standard_normal((tokens, width))
+    ref = TensorRef("embed.weight", "w", (tokens, width), "embed", "weight")
+    pair = compare_pair(_store(tmp_path, "a.safetensors", {"w": a}), ref, _store(tmp_path, "b.safetensors", {"w": b}),
+                        ref, rotation_null=True, chunk_bytes=100_000)
+    exact = _rotation_sd(a.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64))
+    assert pair.rotation_null_sd == pytest.approx(exact, rel=0.2)
+
+
+def test_sampled_embedding_statistics_read_only_the_sample(demo):
+    ref = demo["base"].name_map.refs["lm_head.weight"]
+    stats = embedding_stats(demo["base"].store, ref, fraction=0.1, rng=np.random.default_rng(4), chunk_bytes=4096)
+    rows = choose_rows(1024, 0.1, np.random.default_rng(4))
+    part = demo["base"].store.read_rows(ref.source, rows)
+    assert stats.rows_read == rows.size == math.ceil(0.1 * 1024) and stats.rows_total == 1024
+    assert stats.fraction == 0.1 and stats.as_dict()["rows_read"] == rows.size
+    assert math.isclose(stats.variance, float(part.var()), rel_tol=1e-10)
+    assert math.isclose(stats.row_norm_quantiles["p50"], float(np.median(np.linalg.norm(part, axis=1))), rel_tol=1e-12)
+
+
+def test_shared_expert_without_a_reference_counterpart_is_compared_with_the_dense_mlp(tmp_path):
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((48, 16))
+    t_store = _store(tmp_path, "t.safetensors", {"s": dense + 0.1 * rng.standard_normal(dense.shape),
+                                                 "e": rng.standard_normal((48, 16))})
+    r_store = _store(tmp_path, "r.safetensors", {"d": dense})
+    t_refs = {"layers.0.shared_up.weight": TensorRef("layers.0.shared_up.weight", "s", (48, 16), "shared_up",
+                                                     "weight", 0),
+              "layers.0.experts.0.expert_up.weight": TensorRef("layers.0.experts.0.expert_up.weight", "e", (48, 16),
+                                                               "expert_up", "weight", 0, 0)}
+    r_refs = {"layers.0.mlp_up.weight": TensorRef("layers.0.mlp_up.weight", "d", (48, 16), "mlp_up", "weight", 0)}
+    target = SimpleNamespace(name="t", store=t_store, name_map=SimpleNamespace(refs=t_refs))
+    reference = SimpleNamespace(name="r", store=r_store, name_map=SimpleNamespace(refs=r_refs))
+    comp = compare_weights(target, reference)
+    shared, expert = comp.pairs
+    assert shared.reference_key == expert.reference_key == "layers.0.mlp_up.weight"
+    assert "shared expert against the reference's dense MLP" in shared.row_alignment and not shared.against_dense
+    assert shared.similarity.centred_cosine > 0.99 and expert.against_dense and abs(expert.similarity.centred_cosine) < 0.3
+    assert remap_key(t_refs["layers.0.experts.0.expert_up.weight"], None, None, r_refs) == "layers.0.mlp_up.weight"
+    assert remap_key(t_refs["layers.0.experts.0.expert_up.weight"], None, {(0, 1): 0}, None) is None  # not assigned

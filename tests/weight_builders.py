@@ -60,16 +60,21 @@ def relayered(path: Path, order: list[int], *, noise: float = 0.02, seed: int = 
     return write_model(path, out, cfg)
 
 
-def upcycled(path: Path, *, experts: int = 4, noise: float = 0.05, seed: int = 0) -> Path:
-    """A Mixtral-style MoE whose experts are the demo base's dense MLP plus noise (sparse upcycling)."""
+def upcycled(path: Path, *, experts: int = 4, noise: float = 0.05, seed: int = 0, others_from: Path | None = None) -> Path:
+    """A Mixtral-style MoE whose experts are the demo base's dense MLP plus noise (sparse upcycling).
+
+    ``others_from``: take every non-MLP tensor (attention, norms, embeddings, lm_head) from this model
+    instead of base (e.g. the independent demo ``scratch``: only the experts then carry base's weights).
+    """
     rng = np.random.default_rng(seed)
     base = load(DEMO / "base")
+    others = base if others_from is None else load(others_from)
     cfg = config(DEMO / "base")
     out = {}
     for k, v in base.items():
         m = _LAYER.match(k)
         if not m or not m.group(2).startswith("mlp."):
-            out[k] = v.copy()
+            out[k] = others[k].copy()
             continue
         layer, proj = int(m.group(1)), m.group(2).split(".")[1]
         w = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}[proj]
@@ -83,19 +88,27 @@ def upcycled(path: Path, *, experts: int = 4, noise: float = 0.05, seed: int = 0
     return write_model(path, out, mcfg)
 
 
-def permuted_experts(source: Path, path: Path, perm: list[int], *, noise: float = 0.02, seed: int = 1) -> Path:
-    """A copy of a Mixtral-style model with expert slots permuted (expert e of the copy = expert perm[e])."""
+def permuted_experts(source: Path, path: Path, perm: list[int], *, noise: float = 0.02, seed: int = 1,
+                     others_from: Path | None = None) -> Path:
+    """A copy of a Mixtral-style model with expert slots permuted (expert e of the copy = expert perm[e]; a
+    shorter ``perm`` keeps fewer experts) and the router's rows permuted with them (the same function);
+    ``others_from``: every tensor that is neither an expert nor a router from this (dense, same-shaped) model."""
     rng = np.random.default_rng(seed)
     t = load(source)
+    others = None if others_from is None else load(others_from)
     out = {}
     for k, v in t.items():
         m = re.match(r"^(model\.layers\.\d+\.block_sparse_moe\.experts\.)(\d+)(\..*)$", k)
         if m:
+            if int(m.group(2)) >= len(perm):  # fewer experts than the source: slots beyond perm are dropped
+                continue
             src = f"{m.group(1)}{perm[int(m.group(2))]}{m.group(3)}"
             out[k] = noisy(t[src], rng, noise)
+        elif k.endswith("block_sparse_moe.gate.weight"):
+            out[k] = noisy(v[perm], rng, noise)
         else:
-            out[k] = noisy(v, rng, noise)
-    return write_model(path, out, config(source))
+            out[k] = noisy(v if others is None else others[k], rng, noise)
+    return write_model(path, out, dict(config(source), num_local_experts=len(perm)))
 
 
 def vocab_shifted(path: Path, shift: int = 7) -> Path:
