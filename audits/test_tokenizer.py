@@ -4,16 +4,19 @@ Retraining a tokenizer is expensive and breaks the pretrained embeddings, so fin
 pretraining keep the base tokenizer, possibly with added tokens. One test per measure family:
 overlap (judged both ways by the design's bands), id alignment, extension and merge order (judged under
 `independent`), special tokens and encoding agreement on the probe corpus (recorded for the report).
+Each measure is computed once per (target, reference) pair for the session (``tokenizer_cache``).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from modellineage import report
+from modellineage.errors import LineageError
 from modellineage.tokenizer import (load_probes, measure_encoding, measure_extension, measure_id_alignment,
                                     measure_merges, measure_overlap, measure_special_tokens)
 
@@ -29,11 +32,35 @@ def _probes():
     return load_probes(PROBES)
 
 
+@pytest.fixture(scope="session")
+def tokenizer_cache() -> dict:
+    """Tokenizer measurements by (reference name, measure); the session has one target."""
+    return {}
+
+
+def _measured(cache: dict, reference, measure: str, compute: Callable):
+    """``compute()`` once per (reference, measure) for the session; a LineageError is kept and raised again."""
+    key = (reference.name, measure)
+    if key not in cache:
+        try:
+            cache[key] = compute()
+        except LineageError as exc:
+            cache[key] = exc
+    found = cache[key]
+    if isinstance(found, BaseException):
+        raise found
+    return found
+
+
 def _vocabularies(target, reference, evidence):
     t, r = target.vocabulary, reference.model.vocabulary
     evidence.measured("target_vocabulary", t)
     evidence.measured("reference_vocabulary", r)
     return t, r
+
+
+def _alignment(t, r, reference, cache):
+    return _measured(cache, reference, "id_alignment", lambda: measure_id_alignment(t, r))
 
 
 def _files(t, r, reference: str) -> str:
@@ -43,10 +70,11 @@ def _files(t, r, reference: str) -> str:
                         caption="Tokenizer files read")
 
 
-def test_vocabulary_overlap(target, reference, thresholds, evidence):
+def test_vocabulary_overlap(target, reference, thresholds, evidence, tokenizer_cache):
     t, r = _vocabularies(target, reference, evidence)
-    overlap = evidence.measured("overlap", measure_overlap(t, r))
-    alignment = evidence.measured("id_alignment", measure_id_alignment(t, r))
+    overlap = evidence.measured("overlap", _measured(tokenizer_cache, reference, "overlap",
+                                                     lambda: measure_overlap(t, r)))
+    alignment = evidence.measured("id_alignment", _alignment(t, r, reference, tokenizer_cache))
     band = overlap_band(overlap.jaccard, thresholds)
     evidence.says(f"Tokenizer: {overlap.jaccard:.1%} Jaccard overlap with {reference.name}'s vocabulary "
                   f"({overlap.share_of_reference:.1%} of it in the target), band '{band}'.")
@@ -67,9 +95,9 @@ def test_vocabulary_overlap(target, reference, thresholds, evidence):
     assert not judgement.failed, judgement.message
 
 
-def test_id_alignment(target, reference, thresholds, evidence):
+def test_id_alignment(target, reference, thresholds, evidence, tokenizer_cache):
     t, r = _vocabularies(target, reference, evidence)
-    alignment = evidence.measured("id_alignment", measure_id_alignment(t, r))
+    alignment = evidence.measured("id_alignment", _alignment(t, r, reference, tokenizer_cache))
     evidence.html(report.table(
         ["shared tokens", "same id", "same id (share of reference)", "distinct offsets", "dominant offset",
          "at dominant offset (share of reference)"],
@@ -95,10 +123,11 @@ def test_id_alignment(target, reference, thresholds, evidence):
     assert not judgement.failed, judgement.message
 
 
-def test_vocabulary_extension(target, reference, thresholds, evidence):
+def test_vocabulary_extension(target, reference, thresholds, evidence, tokenizer_cache):
     t, r = _vocabularies(target, reference, evidence)
-    alignment = measure_id_alignment(t, r)
-    extension = evidence.measured("extension", measure_extension(t, r, alignment=alignment))
+    alignment = _alignment(t, r, reference, tokenizer_cache)
+    extension = evidence.measured("extension", _measured(tokenizer_cache, reference, "extension",
+                                                         lambda: measure_extension(t, r, alignment=alignment)))
     evidence.html(report.table(
         [f"{reference.name} in target", f"target in {reference.name}", "added (K)", "removed", "containment",
          "dominant offset", "at that offset"],
@@ -118,9 +147,9 @@ def test_vocabulary_extension(target, reference, thresholds, evidence):
     assert not judgement.failed, judgement.message
 
 
-def test_merge_rules(target, reference, thresholds, evidence):
+def test_merge_rules(target, reference, thresholds, evidence, tokenizer_cache):
     t, r = _vocabularies(target, reference, evidence)
-    merges = evidence.measured("merges", measure_merges(t, r))
+    merges = evidence.measured("merges", _measured(tokenizer_cache, reference, "merges", lambda: measure_merges(t, r)))
     fmt = (lambda v: "—" if v is None else f"{v:.4f}")
     evidence.html(report.table(
         ["target rules", f"{reference.name} rules", "shared", f"share of {reference.name}", "Spearman ρ",
@@ -138,10 +167,11 @@ def test_merge_rules(target, reference, thresholds, evidence):
     assert not judgement.failed, judgement.message
 
 
-def test_special_tokens_recorded(target, reference, evidence):
+def test_special_tokens_recorded(target, reference, evidence, tokenizer_cache):
     """Informational: special tokens side by side (common strings like <s> are no evidence on their own)."""
     t, r = _vocabularies(target, reference, evidence)
-    special = evidence.measured("special_tokens", measure_special_tokens(t, r))
+    special = evidence.measured("special_tokens", _measured(tokenizer_cache, reference, "special_tokens",
+                                                            lambda: measure_special_tokens(t, r)))
     evidence.html(report.table(["role", "target", reference.name, "same"],
                                [[role, a, b, "yes" if same else "no"] for role, a, b, same in special.roles],
                                caption="Special tokens")
@@ -151,10 +181,11 @@ def test_special_tokens_recorded(target, reference, evidence):
                                  caption=f"{special.shared_special} special token string(s) on both sides"))
 
 
-def test_encoding_agreement_recorded(target, reference, evidence):
+def test_encoding_agreement_recorded(target, reference, evidence, tokenizer_cache):
     """Informational: the probe corpus (fixtures/probes) cut by both tokenizers."""
     t, r = _vocabularies(target, reference, evidence)
-    enc = evidence.measured("encoding", measure_encoding(t, r, _probes()))
+    enc = evidence.measured("encoding", _measured(tokenizer_cache, reference, "encoding",
+                                                  lambda: measure_encoding(t, r, _probes(), corpus=PROBES)))
     evidence.html(report.table(["category", "probes", "identical pieces", "mean boundary F1"],
                                [[c, n, k, f"{f:.3f}"] for c, n, k, f in enc.by_category]
                                + [["all", enc.probes, enc.identical, f"{enc.mean_boundary_f1:.3f}"]],

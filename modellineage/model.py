@@ -112,7 +112,7 @@ class Model:
 
         if not self.source.tokenizer_files:
             raise UnsupportedFormat(f"{self.source.root}: no tokenizer files (tokenizer.json, tokenizer.model, "
-                                    "*.tiktoken, vocab.json + merges.txt, vocab.txt)")
+                                    "*.model.v3, *.tiktoken, tekken*.json, vocab.json + merges.txt, vocab.txt, *.gguf)")
         return load_from_files(self.source.tokenizer_files, where=self.source.root)
 
     def tensor_digests(self) -> tuple[TensorDigest, ...]:

@@ -7,6 +7,7 @@ opened.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from dataclasses import dataclass, field
@@ -27,10 +28,16 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
 )
 TOKENIZER_SUFFIXES = (".tiktoken",)
+# Tokenizer files known by name pattern: Mistral's tekken JSON and versioned SentencePiece models
+# (tokenizer.model.v3, mistral_instruct_tokenizer_241114.model.v7m1).
+TOKENIZER_PATTERNS = ("tekken*.json", "*.model.v[0-9]*")
+# Tokenizer files that hold no vocabulary of their own.
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
+GGUF_SUFFIX = ".gguf"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_FILE = "model.safetensors.index.json"
-# What --allow-download fetches: never pickles.
-DOWNLOAD_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt")
+# What --allow-download fetches: never pickles (and no GGUF files, which hold whole models).
+DOWNLOAD_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.model.v*", "*.tiktoken", "*.txt")
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
@@ -90,7 +97,8 @@ def resolve_source(spec: str, *, base_dir: Path | None = None, allow_download: b
     """Find the files of a model.
 
     Args:
-        spec: a directory, a ``.safetensors`` file, or a Hugging Face repo id (``org/name[@revision]``).
+        spec: a directory, a ``.safetensors`` file, a ``.gguf`` file (read for its tokenizer only), or a
+            Hugging Face repo id (``org/name[@revision]``).
         base_dir: relative paths are resolved against it (the audit plan's folder); default: cwd.
         allow_download: fetch a repo id that is not in the local cache (safetensors, json, tokenizer files only).
 
@@ -111,14 +119,45 @@ def resolve_source(spec: str, *, base_dir: Path | None = None, allow_download: b
     raise SourceNotFound(f"{path}: no such file or directory (model source {spec!r})")
 
 
+def is_tokenizer_file(name: str) -> bool:
+    """A file name the tokenizer reader (modellineage.vocab) may need (GGUF files are decided per directory)."""
+    return (name in TOKENIZER_FILES or Path(name).suffix in TOKENIZER_SUFFIXES
+            or any(fnmatch.fnmatchcase(name, pattern) for pattern in TOKENIZER_PATTERNS))
+
+
 def _from_path(spec: str, path: Path) -> ModelSource:
     if path.is_file():
         if path.suffix == ".safetensors":
             return ModelSource(spec=spec, root=path, kind="file", weight_files=(path,))
         if path.suffix in PICKLE_SUFFIXES:
             return ModelSource(spec=spec, root=path, kind="file", pickle_files=(path,))
-        raise UnsupportedFormat(f"{path}: not a model source (expected a directory or a .safetensors file)")
+        if path.suffix == GGUF_SUFFIX:
+            return ModelSource(spec=spec, root=path, kind="file", tokenizer_files=(path,),
+                               notes=("a GGUF file: its tokenizer vocabulary is read, its tensors are not "
+                                      "(the weight audits read safetensors)",))
+        raise UnsupportedFormat(f"{path}: not a model source (expected a directory, a .safetensors file or a "
+                                f".gguf file)")
     return _from_directory(spec, path, kind="directory")
+
+
+def _tokenizer_files(entries: list[Path], notes: list[str]) -> tuple[Path, ...]:
+    """The directory's tokenizer files; a GGUF file only when nothing else holds a vocabulary.
+
+    A GGUF file holds a whole model (gigabytes, hashed for the evidence when listed), so it is listed
+    only as the tokenizer of last resort, and then only the first by name (the first shard of a split
+    GGUF carries the vocabulary; other quantisations of the same model repeat it).
+    """
+    found = [p for p in entries if is_tokenizer_file(p.name)]
+    ggufs = [p for p in entries if p.suffix == GGUF_SUFFIX]
+    if ggufs and not any(p.name not in TOKENIZER_SIDE_FILES for p in found):
+        found.append(ggufs[0])
+        if len(ggufs) > 1:
+            notes.append(f"tokenizer read from {ggufs[0].name}; other GGUF files not read: "
+                         + ", ".join(p.name for p in ggufs[1:]))
+    elif ggufs:
+        notes.append("GGUF files not read (the directory has other tokenizer files): "
+                     + ", ".join(p.name for p in ggufs))
+    return tuple(sorted(found))
 
 
 def _from_directory(spec: str, root: Path, *, kind: str, revision: str | None = None) -> ModelSource:
@@ -133,7 +172,7 @@ def _from_directory(spec: str, root: Path, *, kind: str, revision: str | None = 
     else:
         index = None
         weights = tuple(p for p in entries if p.suffix == ".safetensors")
-    tokenizers = tuple(p for p in entries if p.name in TOKENIZER_FILES or p.suffix in TOKENIZER_SUFFIXES)
+    tokenizers = _tokenizer_files(entries, notes)
     pickles = tuple(p for p in entries if p.suffix in PICKLE_SUFFIXES)
     if weights and pickles:
         notes.append("pickle checkpoints present beside safetensors were not opened: "

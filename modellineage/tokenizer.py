@@ -15,13 +15,14 @@ piece sequences and token-boundary F1 on a probe corpus, see ``load_probes``).
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from .errors import CorruptCheckpoint, UnsupportedFormat
-from .vocab import Vocabulary
+from .vocab import Vocabulary, first_ids
 
 EXAMPLES = 12          # tokens listed per example table
 HISTOGRAM_BINS = 12    # id offsets listed (the most frequent)
@@ -85,9 +86,8 @@ def measure_overlap(target: Vocabulary, reference: Vocabulary, *, examples: int 
     t_raw, r_raw = target.id_of_raw(), reference.id_of_raw()
     raw_shared = len(t_raw.keys() & r_raw.keys())
     rs_ref, rs_tgt, rjac = _ratios(raw_shared, len(r_raw), len(t_raw))
-    by_ref = sorted(r_ids.items(), key=lambda kv: kv[1])
     first_shared, only_ref = [], []
-    for tok, rid in by_ref:
+    for tok, rid in r_ids.items():  # in id order (see Vocabulary.id_of_bytes)
         if tok in t_ids:
             if len(first_shared) < examples:
                 first_shared.append((show(tok), rid, t_ids[tok]))
@@ -96,7 +96,7 @@ def measure_overlap(target: Vocabulary, reference: Vocabulary, *, examples: int 
         if len(first_shared) >= examples and len(only_ref) >= examples:
             break
     only_tgt = []
-    for tok, tid in sorted(t_ids.items(), key=lambda kv: kv[1]):
+    for tok, tid in t_ids.items():
         if tok not in r_ids:
             only_tgt.append((show(tok), tid))
             if len(only_tgt) >= examples:
@@ -136,24 +136,25 @@ def measure_id_alignment(target: Vocabulary, reference: Vocabulary, *, bins: int
                          max_runs: int = 12) -> IdAlignment:
     """Same-id agreement and the histogram of id offsets (target id - reference id) among shared tokens."""
     t_ids, r_ids = target.id_of_bytes(), reference.id_of_bytes()
-    pairs = sorted((rid, t_ids[tok]) for tok, rid in r_ids.items() if tok in t_ids)
-    offsets = Counter(tid - rid for rid, tid in pairs)
-    hist = sorted(offsets.items(), key=lambda kv: (-kv[1], kv[0]))
+    # Shared tokens in reference id order (id_of_bytes is in id order).
+    rid = np.fromiter((i for tok, i in r_ids.items() if tok in t_ids), dtype=np.int64)
+    tid = np.fromiter((t_ids[tok] for tok in r_ids if tok in t_ids), dtype=np.int64, count=len(rid))
+    off = tid - rid
+    values, counts = np.unique(off, return_counts=True)
+    order = np.lexsort((values, -counts))               # most frequent first, ties: smaller offset
+    hist = list(zip(values[order].tolist(), counts[order].tolist()))
     dominant, count = hist[0] if hist else (None, 0)
-    runs: list[list[int]] = []
-    for rid, tid in pairs:  # maximal runs of shared tokens (in reference order) with one offset
-        off = tid - rid
-        if runs and runs[-1][2] == off:
-            runs[-1][1] = rid
-            runs[-1][3] += 1
-        else:
-            runs.append([rid, rid, off, 1])
-    big = sorted(runs, key=lambda r: (-r[3], r[0]))[:max_runs]
+    # Maximal runs of shared tokens (in reference order) at one offset: (first rid, last rid, offset, count).
+    starts = np.flatnonzero(np.r_[True, off[1:] != off[:-1]]) if len(off) else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], len(off)] - 1
+    sizes = ends - starts + 1
+    big = np.lexsort((rid[starts], -sizes))[:max_runs]   # the longest runs, ties: lower reference id
+    big = big[np.argsort(rid[starts][big], kind="stable")]
+    runs = tuple((int(rid[starts[i]]), int(rid[ends[i]]), int(off[starts[i]]), int(sizes[i])) for i in big)
     n_ref = len(r_ids)
-    same = offsets.get(0, 0)
-    return IdAlignment(n_ref, len(pairs), same, same / n_ref if n_ref else 0.0, len(offsets), dominant, count,
-                       count / n_ref if n_ref else 0.0, tuple(hist[:bins]),
-                       tuple(tuple(r) for r in sorted(big)), _sides(target, reference))
+    same = int(counts[values == 0].sum())
+    return IdAlignment(n_ref, len(rid), same, same / n_ref if n_ref else 0.0, len(values), dominant, count,
+                       count / n_ref if n_ref else 0.0, tuple(hist[:bins]), runs, _sides(target, reference))
 
 
 # ----------------------------------------------------------------------------------------- merges
@@ -198,12 +199,7 @@ def measure_merges(target: Vocabulary, reference: Vocabulary, *, examples: int =
         if v.merges is None:
             raise UnsupportedFormat(f"{v.path}: a {v.model_type} vocabulary has no merge rules to compare")
     t_m, r_m = target.merges, reference.merges
-    t_rank: dict = {}
-    for i, m in enumerate(t_m):
-        t_rank.setdefault(m, i)
-    r_rank: dict = {}
-    for i, m in enumerate(r_m):
-        r_rank.setdefault(m, i)
+    t_rank, r_rank = first_ids(t_m, range(len(t_m))), first_ids(r_m, range(len(r_m)))
     shared = [m for m in r_rank if m in t_rank]
     s_ref, s_tgt, _ = _ratios(len(shared), len(r_rank), len(t_rank))
     spearman = kendall = None
@@ -262,8 +258,8 @@ def measure_special_tokens(target: Vocabulary, reference: Vocabulary, *, example
                   for role in ("bos", "eos", "pad", "unk"))
 
     def specials(v: Vocabulary) -> set[str]:
-        ids = set(v.special_ids)
-        return {r for i, r in zip(v.ids, v.raw) if i in ids}
+        at = np.searchsorted(np.asarray(v.ids), sorted(v.special_ids))  # ids are sorted
+        return {v.raw[k] for k, i in zip(at.tolist(), sorted(v.special_ids)) if k < len(v.ids) and v.ids[k] == i}
 
     t_s, r_s = specials(target), specials(reference)
     return SpecialTokens(roles, len(t_s), len(r_s), len(t_s & r_s), tuple(target.added_tokens[:examples]),
@@ -347,8 +343,11 @@ class Probe:
 def load_probes(directory: Path | str) -> tuple[Probe, ...]:
     """Probe texts from ``<category>.txt`` files; texts within a file are separated by lines ``%%``.
 
-    Text between separators is kept verbatim (tabs, runs of spaces, blank lines), except the one newline
-    that ends each text before its separator line.
+    Text between separators is kept verbatim (tabs, runs of spaces, blank lines, ``\\r``: the bytes are
+    decoded without newline translation), except the one ``\\n`` that ends each text before its separator
+    line and the file's final ``\\n``. Separator lines end with ``\\n``; a file whose separator lines end
+    with ``\\r\\n`` (saved with Windows line endings) is refused, naming the file, since its texts would
+    silently run together.
     """
     directory = Path(directory)
     files = sorted(directory.glob("*.txt"))
@@ -357,13 +356,18 @@ def load_probes(directory: Path | str) -> tuple[Probe, ...]:
     probes = []
     for path in files:
         try:
-            content = path.read_text(encoding="utf-8")
+            content = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise CorruptCheckpoint(f"{path}: cannot read probe texts ({exc})") from None
+        if f"\n{PROBE_SEPARATOR}\r\n" in content or content.startswith(f"{PROBE_SEPARATOR}\r\n"):
+            raise CorruptCheckpoint(f"{path}: separator lines '{PROBE_SEPARATOR}' end with \\r\\n; save the file "
+                                    "with \\n line endings (a \\r inside a text is kept verbatim)")
         chunks = content.split("\n" + PROBE_SEPARATOR + "\n")
         chunks[-1] = chunks[-1].removesuffix("\n")
-        for i, text in enumerate(c for c in chunks if c.strip() or c):
+        for i, text in enumerate(c for c in chunks if c):
             probes.append(Probe(path.stem, i, text))
+    if not probes:
+        raise UnsupportedFormat(f"{directory}: the probe files ({', '.join(p.name for p in files)}) hold no texts")
     return tuple(probes)
 
 
@@ -421,13 +425,16 @@ def boundary_f1(a: Sequence[bytes], b: Sequence[bytes]) -> float:
 
 
 def measure_encoding(target: Vocabulary, reference: Vocabulary, probes: Sequence[Probe], *,
-                     examples: int = 5) -> EncodingAgreement:
+                     examples: int = 5, corpus: Path | str | None = None) -> EncodingAgreement:
     """Share of probe texts cut into the identical piece sequence, and mean token-boundary F1.
 
-    Raises UnsupportedFormat naming the file when a vocabulary cannot encode (e.g. GGUF).
+    ``corpus`` is the directory the probes were read from (``load_probes``); it is recorded in the
+    result and named in errors. Raises UnsupportedFormat naming the file when a vocabulary cannot
+    encode (e.g. GGUF), and naming the corpus when there are no probes.
     """
     if not probes:
-        raise UnsupportedFormat("no probe texts to encode")
+        where = f"{corpus}: " if corpus is not None else ""
+        raise UnsupportedFormat(f"{where}no probe texts to encode (read them with load_probes(<directory>))")
     identical, f1s, mismatch, diffs = 0, [], 0, []
     per_cat: dict[str, list] = {}
     n_t = n_r = 0
@@ -450,8 +457,11 @@ def measure_encoding(target: Vocabulary, reference: Vocabulary, probes: Sequence
                           " | ".join(show(p) for p in b[:16]) + (" ..." if len(b) > 16 else "")))
     n = len(probes)
     by_cat = tuple((c, v[0], v[1], v[2] / v[0]) for c, v in sorted(per_cat.items()))
+    files = _sides(target, reference)
+    if corpus is not None:
+        files["probe_corpus"] = str(corpus)
     return EncodingAgreement(n, identical, identical / n, sum(f1s) / n, by_cat, mismatch, tuple(diffs), n_t, n_r,
-                             _sides(target, reference))
+                             files)
 
 
 # ----------------------------------------------------------------------------------------- everything

@@ -6,7 +6,8 @@ Formats and the library that reads each (no hand parsing where a library exists)
 files                            format                                                 read with
 ===============================  =====================================================  =========================
 ``tokenizer.json``               fast tokenizer: BPE, Unigram, WordPiece                ``tokenizers``
-``tokenizer.model`` (protobuf)   SentencePiece (BPE or Unigram)                         ``sentencepiece``
+``tokenizer.model`` (protobuf),  SentencePiece (BPE or Unigram)                         ``sentencepiece``
+``*.model.v3`` (Mistral)
 ``tokenizer.model`` (text),      tiktoken rank file (cl100k, Qwen, Llama-3's original   ``tiktoken.load``
 ``*.tiktoken``                   ``tokenizer.model``) — told apart from SentencePiece
                                  by content, not by name
@@ -16,28 +17,40 @@ files                            format                                         
 ``tekken*.json``                 Mistral's tekken (tiktoken ranks in JSON)              ``json`` + ``tiktoken``
 ===============================  =====================================================  =========================
 
+A directory is read through its most complete file (``_PRIORITY``: a tokenizer.json wins over the
+vocab.json + merges.txt that GPT-2, Qwen2 and RoBERTa repos ship beside it); its Hugging Face side files
+(tokenizer_config.json, special_tokens_map.json, added_tokens.json) add special-token roles and added
+tokens (``_with_side_files``). ``Vocabulary.files`` lists every file read, ``notes`` where roles came from.
+
 Normalisation: every token becomes the byte sequence it stands for, so SentencePiece ``▁the``,
 byte-level BPE ``Ġthe``, tiktoken ``b" the"`` and WordPiece word-initial ``the`` all become ``b" the"``,
 and byte-fallback pieces ``<0x41>`` become ``b"A"``. WordPiece continuation pieces ``##ing`` become
-``b"ing"`` (word-initial WordPiece pieces are taken to follow a space, the closest byte-level analogue).
+``b"ing"`` (word-initial WordPiece pieces are taken to follow a space, the closest byte-level analogue;
+a word-initial piece after punctuation, as in ``"(the"``, has no space in the text, so this vocabulary
+normalisation is approximate for WordPiece). Encoding is exact: a WordPiece encoder returns the text
+each token covers (``text_pieces``), so token boundaries sit at the text's own byte offsets.
 Special and added tokens keep their literal UTF-8 text. The raw strings are kept too (tiktoken and
 tekken tokens, which have no string form, are rendered in the GPT-2 byte-to-unicode alphabet, the form
 their Hugging Face conversions use).
 
 Merges are the file's own merge list where it has one (tokenizer.json BPE, merges.txt, GGUF gpt2);
 for rank-ordered vocabularies (tiktoken, SentencePiece BPE, GGUF llama) they are derived from the ranks:
-each multi-unit token's merge is the pair its own BPE run (restricted to lower ranks) ends with.
-Unigram and WordPiece vocabularies have no merges.
+each multi-unit token's merge is the pair its own BPE run (restricted to lower ranks) ends with
+(``derive_merges``: vectorised with numpy, exact). Unigram and WordPiece vocabularies have no merges.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import operator
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+import numpy as np
 
 from .errors import CorruptCheckpoint, UnsupportedFormat
 
@@ -46,9 +59,10 @@ from .errors import CorruptCheckpoint, UnsupportedFormat
 CL100K_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
                   r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 SPECIAL_ROLES = ("bos", "eos", "pad", "unk")
-# Priority when a directory holds several tokenizer files: the most complete description first.
+# Priority when a directory holds several tokenizer files: the most complete description first (glob
+# patterns; Mistral ships tekken.json and tokenizer.model.v3 / .v7 / .v7m1 beside or instead of the others).
 _PRIORITY = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "*.tiktoken",
-             "vocab.json", "vocab.txt", "*.gguf")
+             "tekken*.json", "*.model.v[0-9]*", "vocab.json", "vocab.txt", "*.gguf")
 _SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
 
 
@@ -75,7 +89,7 @@ class Vocabulary:
     files: tuple[Path, ...] = ()    # every file read (the main one first)
     notes: tuple[str, ...] = ()
     encoder: Callable[[str], list[bytes]] | None = field(default=None, compare=False, repr=False)
-    # Merges are read or derived on first use (deriving 250k ranks takes ~1.5 s); see ``merges``.
+    # Merges are read or derived on first use (deriving 250k ranks takes ~0.5 s); see ``merges``.
     merges_loader: Callable[[], tuple] | None = field(default=None, compare=False, repr=False)
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -104,21 +118,15 @@ class Vocabulary:
         return self.encoder(text)
 
     def id_of_bytes(self) -> dict[bytes, int]:
-        """Normalised bytes -> lowest id carrying them (computed once)."""
+        """Normalised bytes -> lowest id carrying them, in id order (computed once)."""
         if "id_of_bytes" not in self._cache:
-            found: dict[bytes, int] = {}
-            for i, b in zip(self.ids, self.normalised):
-                found.setdefault(b, i)
-            self._cache["id_of_bytes"] = found
+            self._cache["id_of_bytes"] = first_ids(self.normalised, self.ids)
         return self._cache["id_of_bytes"]
 
     def id_of_raw(self) -> dict[str, int]:
-        """Raw token string -> lowest id carrying it (computed once)."""
+        """Raw token string -> lowest id carrying it, in id order (computed once)."""
         if "id_of_raw" not in self._cache:
-            found: dict[str, int] = {}
-            for i, r in zip(self.ids, self.raw):
-                found.setdefault(r, i)
-            self._cache["id_of_raw"] = found
+            self._cache["id_of_raw"] = first_ids(self.raw, self.ids)
         return self._cache["id_of_raw"]
 
     def as_dict(self) -> dict:
@@ -134,6 +142,17 @@ class Vocabulary:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+def first_ids(keys: Sequence, ids: Sequence[int]) -> dict:
+    """key -> the id beside its first occurrence, in order of first occurrence (e.g. token -> lowest id)."""
+    found = dict(zip(keys, ids))
+    if len(found) == len(ids):  # no key repeats (the usual case): built in C
+        return found
+    found = {}
+    for key, i in zip(keys, ids):
+        found.setdefault(key, i)
+    return found
+
+
 @lru_cache(maxsize=1)
 def byte_level_maps() -> tuple[dict[int, str], dict[str, int]]:
     """GPT-2's byte <-> printable unicode alphabet (byte-level BPE's string form of bytes)."""
@@ -185,6 +204,26 @@ def wordpiece_to_bytes(piece: str, prefix: str = "##") -> bytes:
     return b" " + piece.encode("utf-8")
 
 
+def text_pieces(text: str, offsets: Iterable[tuple[int, int]]) -> list[bytes]:
+    """The text each token covers (character offsets), with the whitespace before it, as UTF-8.
+
+    For WordPiece, whose token strings carry no spaces: 'Hello, world' -> [b'Hello', b',', b' world'],
+    the byte-level layout (a space belongs to the piece after it, punctuation joins no space), so token
+    boundaries sit at the same byte offsets as a byte-level tokenizer's. Whitespace after the last
+    token is not a piece (WordPiece emits none); tokens sharing one character (a character the
+    normaliser expanded) are one piece.
+    """
+    out: list[bytes] = []
+    end = 0
+    for start, stop in offsets:
+        start = max(start, end)
+        if stop <= start:
+            continue
+        out.append(text[end:stop].encode("utf-8"))
+        end = stop
+    return out
+
+
 def _fail(path: Path, what: str, exc: BaseException | None = None) -> CorruptCheckpoint:
     detail = f" ({type(exc).__name__}: {str(exc).strip()[:200]})" if exc is not None else ""
     return CorruptCheckpoint(f"{path}: {what}{detail}")
@@ -193,6 +232,8 @@ def _fail(path: Path, what: str, exc: BaseException | None = None) -> CorruptChe
 def _checked(path: Path, ids: Sequence[int], raw: Sequence[str], normalised: Sequence[bytes]) -> tuple:
     if not ids:
         raise _fail(path, "the vocabulary is empty")
+    if all(map(operator.lt, ids[:-1], ids[1:])):  # already in id order (the usual case)
+        return tuple(ids), tuple(raw), tuple(normalised)
     order = sorted(range(len(ids)), key=ids.__getitem__)
     return (tuple(ids[i] for i in order), tuple(raw[i] for i in order), tuple(normalised[i] for i in order))
 
@@ -206,27 +247,215 @@ def derive_merges(units_by_rank: Sequence, mergeable: Iterable[bool] | None = No
     using only lower ranks (single units are the alphabet, always available). This reproduces the merge
     lists shipped in tokenizer.json files exactly (checked on DeepSeek's: 127,741 of 127,741). Returns
     the merges in rank order and how many tokens no lower-rank pair sequence produces (irregular; skipped).
+
+    The BPE runs are vectorised: every token of one length band advances one merge per numpy step
+    (leftmost lowest-ranked pair first, as tiktoken's and the tokenizers library's BPE do). Pieces are
+    looked up by a hash of their units, and every merge taken is checked unit by unit against the token
+    the hash named, so a hash collision can only send that token to the plain Python BPE, never change
+    a result. Tokens longer than ``_VECTOR_MAX_UNITS`` units run in plain Python too.
     """
-    rank: dict = {}
-    for r, tok in enumerate(units_by_rank):
-        rank.setdefault(tok, r)
-    flags = list(mergeable) if mergeable is not None else None
-    merges: list[tuple] = []
-    irregular = 0
-    for r, tok in enumerate(units_by_rank):
-        n = len(tok)
-        if n < 2 or (flags is not None and not flags[r]) or rank[tok] != r:
-            continue
-        pair = (tok[:1], tok[1:]) if n == 2 else _bpe_last_pair(tok, rank, r)
-        if pair is None:
-            irregular += 1
-        else:
-            merges.append(pair)
-    return merges, irregular
+    units = list(units_by_rank)
+    flags = None if mergeable is None else np.fromiter(mergeable, dtype=bool, count=len(units))
+    split = _bpe_split_points(units, flags)
+    fallback = np.flatnonzero(split == _FALLBACK) if split is not None else None
+    if split is None or len(fallback):
+        rank: dict = {}
+        for r, tok in enumerate(units):
+            rank.setdefault(tok, r)
+        if split is None:  # two distinct tokens share a hash: every token runs through the plain BPE
+            split = np.array([0 if len(tok) < 2 or (flags is not None and not flags[r]) or rank[tok] != r
+                              else _FALLBACK for r, tok in enumerate(units)], dtype=np.int64)
+            fallback = np.flatnonzero(split == _FALLBACK)
+        for r in fallback.tolist():
+            tok = units[r]
+            pair = (tok[:1], tok[1:]) if len(tok) == 2 else _bpe_last_pair(tok, rank, r)
+            split[r] = _IRREGULAR if pair is None else len(pair[0])
+    cut = split.tolist()
+    merges = [(tok[:k], tok[k:]) for tok, k in zip(units, cut) if k > 0]
+    return merges, cut.count(_IRREGULAR)
+
+
+_IRREGULAR, _FALLBACK = -1, -2          # split-point codes (a real split point is >= 1)
+_VECTOR_MAX_UNITS = 256                 # longer tokens (rare: whitespace and punctuation runs) run in Python
+_LENGTH_BANDS = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 20, 24, 32, 48, 64, 96, 128, 192, _VECTOR_MAX_UNITS)
+_HASH_BASE = 0x100000001B3              # odd, so invertible modulo 2**64
+_HASH_LENGTH = 0x9E3779B97F4A7C15       # mixes a piece's length into its key
+_HASH_SLOT = 0xD6E8FEB86659FD93         # odd multiplier: key -> table slot (top bits), a bijection
+_NONE = np.iinfo(np.int64).max          # rank of a piece that is no token
+
+
+class _Pieces:
+    """Every token's units in one array, and rank lookup of any piece of a token.
+
+    Pieces are keyed by a polynomial hash of their units (modulo 2**64, so independent of where the
+    piece sits) mixed with their length, and looked up in an open-addressing table (linear probing).
+    A key names at most one token: ``collision`` says when two distinct tokens share one. Two-byte
+    pieces, the most looked up, come from a dense table instead (exact, no hash).
+    """
+
+    def __init__(self, units: list):
+        if isinstance(units[0], bytes):
+            self.buf = np.frombuffer(b"".join(units), dtype=np.uint8)
+        else:  # SentencePiece pieces: one code point per unit
+            self.buf = np.frombuffer("".join(units).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        self.lengths = np.fromiter(map(len, units), dtype=np.int64, count=len(units))
+        self.offsets = np.zeros(len(units) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        n = len(self.buf)
+        with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+            inverse = np.uint64(pow(_HASH_BASE, -1, 1 << 64))
+            self.powers = np.ones(n + 1, dtype=np.uint64)
+            self.powers[1:] = np.cumprod(np.full(n, _HASH_BASE, dtype=np.uint64))
+            inverse_powers = np.ones(max(n, 1), dtype=np.uint64)
+            inverse_powers[1:] = np.cumprod(np.full(max(n - 1, 0), inverse, dtype=np.uint64))
+            self.prefix = np.zeros(n + 1, dtype=np.uint64)
+            np.cumsum((self.buf.astype(np.uint64) + np.uint64(1)) * inverse_powers[:n], out=self.prefix[1:])
+            keys = self.keys(self.offsets[:-1], self.offsets[1:])
+            mixed = keys * np.uint64(_HASH_SLOT)
+        # Sorting by the mixed key sorts by slot and puts equal keys side by side.
+        order = np.argsort(mixed, kind="stable")
+        mixed = mixed[order]
+        same = np.flatnonzero(mixed[1:] == mixed[:-1])
+        self.first = np.ones(len(units), dtype=bool)   # each distinct token at its lowest rank
+        self.collision = False
+        for i in same.tolist():  # equal keys: a repeated token (kept once), or a hash collision
+            a, b = int(order[i]), int(order[i + 1])
+            if units[a] == units[b]:
+                self.first[max(a, b)] = False
+            else:
+                self.collision = True
+        keep = self.first[order]
+        order, mixed = order[keep], mixed[keep]
+        self.bits = max(int(4 * len(order)).bit_length(), 4)           # load factor <= 1/4
+        slot = (mixed >> np.uint64(64 - self.bits)).astype(np.int64)
+        at = np.arange(len(slot))
+        position = np.maximum.accumulate(slot - at) + at if len(slot) else slot  # linear probing, in slot order
+        size = (1 << self.bits) + len(slot) + 1                        # room to run past the last slot
+        self.table_keys = np.zeros(size, dtype=np.uint64)
+        self.table_ranks = np.full(size, -1, dtype=np.int64)           # -1: empty
+        self.table_keys[position] = keys[order]
+        self.table_ranks[position] = order
+        self.pairs = None
+        if self.buf.dtype == np.uint8:
+            two = np.flatnonzero(self.first & (self.lengths == 2))[::-1]  # lowest rank written last
+            self.pairs = np.full(1 << 16, _NONE, dtype=np.int64)
+            start = self.offsets[two]
+            self.pairs[(self.buf[start].astype(np.int64) << 8) | self.buf[start + 1]] = two
+
+    def keys(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Hash of buf[start:end] (independent of where it sits), mixed with its length."""
+        with np.errstate(over="ignore"):
+            h = (self.prefix[end] - self.prefix[start]) * self.powers[np.maximum(end - 1, 0)]
+            return h ^ ((end - start).astype(np.uint64) * np.uint64(_HASH_LENGTH))
+
+    def rank(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """The rank the key of each piece names, or _NONE; to be checked with ``same`` before use."""
+        k = self.keys(start, end)
+        with np.errstate(over="ignore"):
+            slot = ((k * np.uint64(_HASH_SLOT)) >> np.uint64(64 - self.bits)).astype(np.int64)
+        out = np.full(len(k), _NONE, dtype=np.int64)
+        probe = np.arange(len(k))
+        while len(probe):
+            at = slot[probe]
+            found = self.table_ranks[at]
+            hit = (found >= 0) & (self.table_keys[at] == k[probe])
+            out[probe[hit]] = found[hit]
+            probe = probe[(found >= 0) & ~hit]  # occupied by another key: try the next slot
+            slot[probe] += 1
+        return out
+
+    def pair_rank(self, start: np.ndarray) -> np.ndarray:
+        """Rank of each two-unit piece buf[start:start+2] (exact for bytes; hashed for code points)."""
+        if self.pairs is None:
+            return self.rank(start, start + 2)
+        return self.pairs[(self.buf[start].astype(np.int64) << 8) | self.buf[start + 1]]
+
+    def same(self, start: np.ndarray, end: np.ndarray, ranks: np.ndarray, width: int) -> np.ndarray:
+        """buf[start:end] equals token ``ranks`` unit for unit (pieces at most ``width`` long)."""
+        length = end - start
+        ok = self.lengths[ranks] == length
+        check = np.flatnonzero(ok & (length > 2)) if self.pairs is not None else np.flatnonzero(ok)
+        if len(check):  # two-byte pieces were looked up exactly
+            length, start, origin = length[check], start[check], self.offsets[ranks[check]]
+            j = np.arange(width)
+            inside = j[None, :] < length[:, None]
+            a = np.where(inside, start[:, None] + j[None, :], 0)
+            b = np.where(inside, origin[:, None] + j[None, :], 0)
+            ok[check] = ~np.any((self.buf[a] != self.buf[b]) & inside, axis=1)
+        return ok
+
+
+def _bpe_split_points(units: list, flags: np.ndarray | None) -> np.ndarray | None:
+    """Per rank: where its merge splits it (k >= 1), 0 (no merge), _IRREGULAR, or _FALLBACK (run in Python).
+
+    ``flags`` marks the tokens whose merge is wanted (None: all). None when two distinct tokens share a
+    hash key (the caller then runs the plain BPE for every token).
+    """
+    split = np.zeros(len(units), dtype=np.int64)
+    if not units:
+        return split
+    pieces = _Pieces(units)
+    if pieces.collision:
+        return None
+    lengths, offsets = pieces.lengths, pieces.offsets
+    todo = pieces.first & (lengths >= 2)
+    if flags is not None:
+        todo &= flags
+    split[todo & (lengths == 2)] = 1
+    split[todo & (lengths > _VECTOR_MAX_UNITS)] = _FALLBACK
+    low = 3
+    for width in _LENGTH_BANDS:
+        rows = np.flatnonzero(todo & (lengths >= low) & (lengths <= width))
+        low = width + 1
+        if len(rows):
+            split[rows] = _bpe_band(pieces, rows, offsets[rows], lengths[rows], width)
+    return split
+
+
+def _bpe_band(pieces: _Pieces, ranks: np.ndarray, base: np.ndarray, n: np.ndarray, width: int) -> np.ndarray:
+    """Restricted BPE of tokens of at most ``width`` units, all at once.
+
+    Boundaries 0..n between units form a linked list (nxt/prv) of the ones still standing; ``pair[:, k-1]``
+    is the rank of the piece spanning boundary k (from the boundary before it to the one after it).
+    """
+    rows = len(ranks)
+    col = np.arange(width + 1)
+    nxt = np.broadcast_to(col + 1, (rows, width + 1)).copy()
+    prv = np.broadcast_to(col - 1, (rows, width + 1)).copy()
+    pair = np.full((rows, width - 1), _NONE, dtype=np.int64)
+    r_i, k_i = np.nonzero(np.arange(1, width)[None, :] < n[:, None])
+    pair[r_i, k_i] = pieces.pair_rank(base[r_i] + k_i)
+    parts = n.copy()
+    out = np.zeros(rows, dtype=np.int64)
+    active = np.arange(rows)
+    while len(active):
+        at = np.argmin(pair[active], axis=1)        # leftmost lowest-ranked pair
+        best = pair[active, at]
+        stuck = best >= ranks[active]               # only ranks below the token's own may merge
+        out[active[stuck]] = _IRREGULAR
+        go, k, best = active[~stuck], at[~stuck] + 1, best[~stuck]
+        s, e = prv[go, k], nxt[go, k]
+        exact = pieces.same(base[go] + s, base[go] + e, best, width)
+        if not exact.all():                         # a hash collision: that token runs in Python
+            out[go[~exact]] = _FALLBACK
+            go, k, s, e = go[exact], k[exact], s[exact], e[exact]
+        nxt[go, s], prv[go, e] = e, s               # boundary k falls: pieces s..k and k..e merge
+        pair[go, k - 1] = _NONE
+        parts[go] -= 1
+        left = s > 0
+        g = go[left]
+        pair[g, s[left] - 1] = pieces.rank(base[g] + prv[g, s[left]], base[g] + e[left])
+        right = e < n[go]
+        g = go[right]
+        pair[g, e[right] - 1] = pieces.rank(base[g] + s[right], base[g] + nxt[g, e[right]])
+        finished = parts[go] == 2
+        out[go[finished]] = nxt[go[finished], 0]    # the one boundary left is the merge's split point
+        active = go[~finished]
+    return out
 
 
 def _bpe_last_pair(tok, rank: dict, limit: int):
-    """Run BPE over ``tok`` with ranks below ``limit``; the two parts left, or None."""
+    """Run BPE over ``tok`` with ranks below ``limit``; the two parts left, or None (plain Python)."""
     get = rank.get
     parts = [tok[i:i + 1] for i in range(len(tok))]
     ranks = []
@@ -262,7 +491,10 @@ def load_vocabulary(path: Path | str) -> Vocabulary:
         return load_from_files(sorted(p for p in path.iterdir() if p.is_file()), where=path)
     if not path.is_file():
         raise UnsupportedFormat(f"{path}: no such tokenizer file")
-    return load_from_files([path], where=path.parent, explicit=path)
+    files = [path]
+    if path.name == "vocab.json" and (path.parent / "merges.txt").is_file():  # the pair is one tokenizer
+        files.append(path.parent / "merges.txt")
+    return load_from_files(files, where=path.parent, explicit=path)
 
 
 def load_from_files(files: Sequence[Path], *, where: Path | None = None, explicit: Path | None = None) -> Vocabulary:
@@ -275,27 +507,28 @@ def load_from_files(files: Sequence[Path], *, where: Path | None = None, explici
                                 f"(looked for {', '.join(_PRIORITY)}; found {', '.join(sorted(by_name)) or 'none'})")
     side = {n: by_name[n] for n in _SIDE_FILES if n in by_name and by_name[n] != main}
     name = main.name
+    implied: dict[str, str] = {}
     if name.endswith(".gguf"):
         vocab = _load_gguf(main)
     elif name.endswith(".tiktoken"):
         vocab = _load_tiktoken(main)
-    elif name == "vocab.json" or (name.endswith(".json") and "merges.txt" in side):
+    elif name == "vocab.json":  # beside a tokenizer.json it is only read when the tokenizer.json is not
         if "merges.txt" not in side:
             raise UnsupportedFormat(f"{main}: a GPT-2 style vocab.json needs merges.txt beside it")
         vocab = _load_vocab_merges(main, side["merges.txt"])
     elif name.endswith(".json"):
-        vocab = _load_json_tokenizer(main)
+        vocab, implied = _load_json_tokenizer(main)
     elif name == "vocab.txt" or name.endswith(".txt"):
         vocab = _load_wordpiece_txt(main)
     else:  # tokenizer.model, spiece.model, *.model.v3, ...: SentencePiece protobuf or a tiktoken file
         vocab = _load_tiktoken(main) if _looks_like_tiktoken(main) else _load_sentencepiece(main)
-    return _with_side_files(vocab, side)
+    return _with_side_files(vocab, side, implied)
 
 
 def _pick_main(files: Sequence[Path]) -> Path | None:
     for pattern in _PRIORITY:
         for p in sorted(files):
-            if (p.name == pattern) or (pattern.startswith("*") and p.name.endswith(pattern[1:])):
+            if fnmatch.fnmatchcase(p.name, pattern):
                 return p
     return None
 
@@ -323,7 +556,7 @@ def _load_tiktoken(path: Path) -> Vocabulary:
 
 
 def _from_ranks(path: Path, ranks: dict[bytes, int], fmt: str, pattern: str, *, specials: dict[str, int] | None = None,
-                notes: tuple[str, ...] = (), id_offset: int = 0) -> Vocabulary:
+                notes: tuple[str, ...] = (), id_offset: int = 0, roles: tuple = ()) -> Vocabulary:
     by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
     tokens = [t for t, _ in by_rank]
     ids = [r + id_offset for _, r in by_rank]
@@ -345,8 +578,8 @@ def _from_ranks(path: Path, ranks: dict[bytes, int], fmt: str, pattern: str, *, 
         return derive_merges(tokens)[0]
 
     return Vocabulary(path=path, format=fmt, model_type="BPE", ids=ids_t, raw=raw_t, normalised=norm_t,
-                      special_ids=frozenset(special_ids), merges_loader=merges, merges_origin="derived from ranks",
-                      files=(path,), notes=notes, encoder=encoder)
+                      special_ids=frozenset(special_ids), special_tokens=roles, merges_loader=merges,
+                      merges_origin="derived from ranks", files=(path,), notes=notes, encoder=encoder)
 
 
 def _tiktoken_encoder(path: Path, ranks: dict[bytes, int], pattern: str) -> Callable[[str], list[bytes]] | None:
@@ -382,10 +615,15 @@ def _load_tekken(path: Path, data: dict) -> Vocabulary:
         specials = {f"<SPECIAL_{i}>": i for i in range(n_special)}
     note = (f"tekken: {n_special} control ids first, then the first {kept} of {len(data['vocab'])} ranks "
             f"(default_vocab_size {vocab_size})",)
-    return _from_ranks(path, ranks, "tekken", pattern, specials=specials, notes=note, id_offset=n_special)
+    # mistral_common finds bos/eos/unk/pad of a tekken file by these control-token names (SpecialTokens).
+    roles = tuple((role, text) for role, text in (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>"), ("unk", "<unk>"))
+                  if text in specials)
+    return _from_ranks(path, ranks, "tekken", pattern, specials=specials, notes=note, id_offset=n_special,
+                       roles=roles)
 
 
-def _load_json_tokenizer(path: Path) -> Vocabulary:
+def _load_json_tokenizer(path: Path) -> tuple[Vocabulary, dict[str, str]]:
+    """A tokenizer.json (or tekken JSON), and the bos/eos its post-processor implies (see _template_roles)."""
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text)
@@ -394,7 +632,7 @@ def _load_json_tokenizer(path: Path) -> Vocabulary:
     if not isinstance(data, dict):
         raise _fail(path, f"expected a JSON object, found {type(data).__name__}")
     if "config" in data and "vocab" in data and isinstance(data["vocab"], list):
-        return _load_tekken(path, data)
+        return _load_tekken(path, data), {}
     if "model" not in data:
         raise UnsupportedFormat(f"{path}: JSON without a 'model' (not a tokenizer.json)")
     from tokenizers import Tokenizer
@@ -423,14 +661,78 @@ def _load_json_tokenizer(path: Path) -> Vocabulary:
     if mtype == "BPE":
         rules = model.get("merges") or []
         loader, origin = (lambda: _json_merges(path, rules, style)), "file"
-    notes = (f"tokens read as {style}",)
+    notes = [f"tokens read as {style}"]
 
-    def encoder(s: str) -> list[bytes]:
-        return [_normalise(t, style, prefix) for t in tok.encode(s, add_special_tokens=False).tokens]
+    if style == "wordpiece":
+        notes.append("pieces are the text each token covers")
 
-    return Vocabulary(path=path, format="tokenizer.json", model_type=mtype, ids=ids_t, raw=raw_t, normalised=norm_t,
-                      special_ids=special_ids, added_tokens=added_t, merges_loader=loader, merges_origin=origin,
-                      files=(path,), notes=notes, encoder=encoder)
+        def encoder(s: str) -> list[bytes]:
+            return text_pieces(s, tok.encode(s, add_special_tokens=False).offsets)
+    else:
+        def encoder(s: str) -> list[bytes]:
+            return [_normalise(t, style, prefix) for t in tok.encode(s, add_special_tokens=False).tokens]
+
+    vocab = Vocabulary(path=path, format="tokenizer.json", model_type=mtype, ids=ids_t, raw=raw_t,
+                       normalised=norm_t, special_ids=special_ids, special_tokens=_json_roles(data, model, mtype),
+                       added_tokens=added_t, merges_loader=loader, merges_origin=origin, files=(path,),
+                       notes=tuple(notes), encoder=encoder)
+    return vocab, _template_roles(data.get("post_processor"))
+
+
+def _json_roles(data: dict, model: dict, mtype: str) -> tuple[tuple[str, str], ...]:
+    """Roles a tokenizer.json states itself: the model's unk token and the padding's pad token."""
+    roles = []
+    unk = model.get("unk_token")
+    if mtype == "Unigram" and isinstance(model.get("unk_id"), int) and isinstance(model.get("vocab"), list):
+        i = model["unk_id"]
+        unk = model["vocab"][i][0] if 0 <= i < len(model["vocab"]) else None
+    if isinstance(unk, str):
+        roles.append(("unk", unk))
+    padding = data.get("padding")
+    if isinstance(padding, dict) and isinstance(padding.get("pad_token"), str):
+        roles.append(("pad", padding["pad_token"]))
+    return tuple(roles)
+
+
+def _template_roles(processor) -> dict[str, str]:
+    """bos/eos a post-processor adds around a single sequence (the token before and after it).
+
+    TemplateProcessing ``[<s>, $A, </s>]``, RobertaProcessing / BertProcessing ``cls``/``sep``, or the
+    first of a Sequence of processors that says. Weaker than a configuration file's explicit roles.
+    """
+    if not isinstance(processor, dict):
+        return {}
+    kind = processor.get("type")
+    if kind == "Sequence":
+        for inner in processor.get("processors") or []:
+            found = _template_roles(inner)
+            if found:
+                return found
+        return {}
+    if kind in ("RobertaProcessing", "BertProcessing"):
+        out = {}
+        for role, key in (("bos", "cls"), ("eos", "sep")):
+            value = processor.get(key)
+            if isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
+                out[role] = value[0]
+        return out
+    if kind != "TemplateProcessing":
+        return {}
+    items = processor.get("single") or []
+    at = next((i for i, item in enumerate(items) if isinstance(item, dict) and "Sequence" in item), None)
+    if at is None:
+        return {}
+
+    def special(item) -> str | None:
+        token = item.get("SpecialToken") if isinstance(item, dict) else None
+        return token.get("id") if isinstance(token, dict) and isinstance(token.get("id"), str) else None
+
+    out = {}
+    if at > 0 and special(items[at - 1]):
+        out["bos"] = special(items[at - 1])
+    if at + 1 < len(items) and special(items[at + 1]):
+        out["eos"] = special(items[at + 1])
+    return out
 
 
 def _infer_model_type(model: dict) -> str:
@@ -539,11 +841,12 @@ def _load_wordpiece_txt(path: Path) -> Vocabulary:
                   if t in tokens)
 
     def encoder(s: str) -> list[bytes]:
-        return [wordpiece_to_bytes(t) for t in tok.encode(s, add_special_tokens=False).tokens]
+        return text_pieces(s, tok.encode(s, add_special_tokens=False).offsets)
 
     return Vocabulary(path=path, format="vocab.txt", model_type="WordPiece", ids=ids_t, raw=raw_t, normalised=norm_t,
                       special_ids=frozenset(special), special_tokens=roles, files=(path,),
-                      notes=("encoding uses BERT pre-tokenisation without lower-casing",), encoder=encoder)
+                      notes=("encoding uses BERT pre-tokenisation without lower-casing; pieces are the text "
+                             "each token covers",), encoder=encoder)
 
 
 def _load_sentencepiece(path: Path) -> Vocabulary:
@@ -571,8 +874,11 @@ def _load_sentencepiece(path: Path) -> Vocabulary:
             for p, t in zip(pieces, types)]
     ids_t, raw_t, norm_t = _checked(path, list(range(n)), pieces, norm)
     special_ids = frozenset(i for i, t in enumerate(types) if t in (kinds.CONTROL, kinds.UNKNOWN))
+    # Added: user-defined pieces and control pieces other than the model's own unk/bos/eos/pad (wherever
+    # its trainer put them; -1 = none).
+    own = {sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()}
     added = tuple((i, pieces[i], types[i] == kinds.CONTROL) for i, t in enumerate(types)
-                  if t == kinds.USER_DEFINED or (t == kinds.CONTROL and i > 2))
+                  if t == kinds.USER_DEFINED or (t == kinds.CONTROL and i not in own))
     roles = tuple((role, sp.id_to_piece(i) if 0 <= i < n else None)
                   for role, i in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("pad", sp.pad_id()),
                                   ("unk", sp.unk_id())))
@@ -640,13 +946,24 @@ def _load_gguf(path: Path) -> Vocabulary:
                       files=(path,), notes=(f"tokenizer.ggml.model = {model}; GGUF carries no encoder here",))
 
 
-def _with_side_files(vocab: Vocabulary, side: dict[str, Path]) -> Vocabulary:
-    """Fill bos/eos/pad/unk from tokenizer_config.json / special_tokens_map.json when the main file lacks them."""
+def _with_side_files(vocab: Vocabulary, side: dict[str, Path], implied: dict[str, str] | None = None) -> Vocabulary:
+    """Fill special tokens and added tokens from the Hugging Face side files beside the main file.
+
+    Roles (bos/eos/pad/unk), first found wins: what the main file states itself (SentencePiece/GGUF ids, a
+    tokenizer.json's unk and padding, tekken's control names), then special_tokens_map.json, then
+    tokenizer_config.json, then what a tokenizer.json's post-processor implies (``implied``); None when
+    none of them says. Added tokens: tokenizer_config.json ``added_tokens_decoder`` and added_tokens.json
+    entries at ids the main file lacks join the vocabulary (literal UTF-8, special when the file says so
+    or the token is named a special token); an entry at an id the main file holds with the same text can
+    only mark it special; one at an id holding another token is noted and ignored.
+    """
     from dataclasses import replace
 
-    found = dict(vocab.special_tokens)
+    found = {role: raw for role, raw in vocab.special_tokens if raw is not None}
+    origin = {role: vocab.path.name for role in found}
     read = list(vocab.files)
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+    config: dict[str, dict] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json", "added_tokens.json"):
         p = side.get(name)
         if p is None:
             continue
@@ -657,15 +974,90 @@ def _with_side_files(vocab: Vocabulary, side: dict[str, Path]) -> Vocabulary:
         if not isinstance(data, dict):
             raise _fail(p, "expected a JSON object")
         read.append(p)
+        config[name] = data
+    named: set[str] = set()  # every string a config file calls a special token
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        data = config.get(name, {})
         for role in SPECIAL_ROLES:
-            value = data.get(f"{role}_token")
-            if isinstance(value, dict):
-                value = value.get("content")
-            if isinstance(value, str) and found.get(role) is None:
-                found[role] = value
+            value = _token_text(data.get(f"{role}_token"))
+            if value is not None:
+                named.add(value)
+                if role not in found:
+                    found[role], origin[role] = value, name
+        extra = data.get("additional_special_tokens")
+        named.update(t for t in map(_token_text, extra if isinstance(extra, list) else []) if t is not None)
+    for role, value in (implied or {}).items():
+        if role not in found:
+            found[role], origin[role] = value, f"{vocab.path.name} post-processor"
+    notes = list(vocab.notes)
+    if origin:
+        notes.append("special tokens from " + "; ".join(f"{r}: {origin[r]}" for r in SPECIAL_ROLES if r in origin))
     roles = tuple((r, found.get(r)) for r in SPECIAL_ROLES)
-    return replace(vocab, special_tokens=roles, files=tuple(dict.fromkeys(read)))
+    entries = _side_added_tokens(config, side)
+    if not entries:
+        return replace(vocab, special_tokens=roles, files=tuple(dict.fromkeys(read)), notes=tuple(notes))
+    raw_of = dict(zip(vocab.ids, vocab.raw))
+    ids, raw, norm = list(vocab.ids), list(vocab.raw), list(vocab.normalised)
+    special_ids, added, clashes, marked, adders = set(vocab.special_ids), list(vocab.added_tokens), [], 0, set()
+    for i, (text, special, where) in sorted(entries.items()):
+        special = special if special is not None else text in named
+        if i in raw_of:
+            if raw_of[i] != text:
+                clashes.append(f"{where} puts {text!r} at id {i}, which {vocab.path.name} holds as {raw_of[i]!r}")
+            elif special and i not in special_ids:
+                special_ids.add(i)
+                marked += 1
+            continue
+        ids.append(i)
+        raw.append(text)
+        norm.append(text.encode("utf-8"))
+        added.append((i, text, special))
+        adders.add(where)
+        if special:
+            special_ids.add(i)
+    new = len(ids) - len(vocab.ids)
+    if new:
+        notes.append(f"{new} added token(s) from {', '.join(sorted(adders))} beyond {vocab.path.name}'s vocabulary")
+    if marked:
+        notes.append(f"{marked} token(s) marked special by the side files")
+    notes.extend(clashes[:3])
+    if len(clashes) > 3:
+        notes.append(f"... and {len(clashes) - 3} more such clashes (ignored)")
+    ids_t, raw_t, norm_t = _checked(vocab.path, ids, raw, norm)
+    return replace(vocab, ids=ids_t, raw=raw_t, normalised=norm_t, special_ids=frozenset(special_ids),
+                   added_tokens=tuple(sorted(added)), special_tokens=roles, files=tuple(dict.fromkeys(read)),
+                   notes=tuple(notes), _cache={})
 
 
-__all__ = ["Vocabulary", "load_vocabulary", "load_from_files", "derive_merges", "byte_level_to_bytes",
-           "bytes_to_byte_level", "metaspace_to_bytes", "wordpiece_to_bytes"]
+def _token_text(value) -> str | None:
+    """A special-token entry of a config file: a string, or an AddedToken dict with 'content'."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _side_added_tokens(config: dict[str, dict], side: dict[str, Path]) -> dict[int, tuple[str, bool | None, str]]:
+    """id -> (text, special or None when the file does not say, file name) from the side files."""
+    out: dict[int, tuple[str, bool | None, str]] = {}
+    decoder = config.get("tokenizer_config.json", {}).get("added_tokens_decoder")
+    if decoder is not None:
+        if not isinstance(decoder, dict):
+            raise _fail(side["tokenizer_config.json"], "added_tokens_decoder is not an object")
+        for key, entry in decoder.items():
+            text = _token_text(entry)
+            try:
+                i = int(key)
+            except ValueError:
+                i = None
+            if i is None or text is None:
+                raise _fail(side["tokenizer_config.json"], f"added_tokens_decoder entry {key!r} is not id -> token")
+            out[i] = (text, bool(entry.get("special")) if isinstance(entry, dict) else None, "tokenizer_config.json")
+    for text, i in config.get("added_tokens.json", {}).items():
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise _fail(side["added_tokens.json"], f"token {text!r} has no valid id ({i!r})")
+        out.setdefault(i, (text, None, "added_tokens.json"))
+    return out
+
+
+__all__ = ["Vocabulary", "load_vocabulary", "load_from_files", "derive_merges", "first_ids", "text_pieces",
+           "byte_level_to_bytes", "bytes_to_byte_level", "metaspace_to_bytes", "wordpiece_to_bytes"]

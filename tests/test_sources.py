@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,65 @@ def test_cached_files_are_recorded_under_their_own_names(tmp_path, monkeypatch):
     names = sorted(Path(d.path).name for d, error in model.file_digests())
     assert names == ["config.json", "model.safetensors"]
     assert [d.name for d in model.tensor_digests()] == ["w"]
+
+
+# ----------------------------------------------------------------------------------------- tokenizer files
+@pytest.mark.parametrize("name, real_name, fmt", [
+    ("tekken.json", "tekken", "tekken"),
+    ("tokenizer.model.v3", "mistral-v3", "sentencepiece"),
+    ("mistral_instruct_tokenizer_241114.model.v7", "mistral-v7", "sentencepiece"),
+])
+def test_a_directory_holding_only_a_mistral_tokenizer_is_a_tokenizer_only_source(tmp_path, name, real_name, fmt):
+    from modellineage.model import Model
+
+    from .tokenizer_files import real
+
+    shutil.copy(real(real_name), tmp_path / name)
+    src = resolve_source(str(tmp_path))
+    assert [p.name for p in src.tokenizer_files] == [name] and not src.has_weights
+    vocab = Model("m", src).vocabulary
+    assert vocab.format == fmt and vocab.path == tmp_path / name
+
+
+def test_gguf_is_a_tokenizer_only_where_nothing_else_holds_a_vocabulary(tmp_path):
+    from modellineage.model import Model
+
+    from .tokenizer_files import trained_json, write_gguf
+
+    text = trained_json("shakespeare_the_tempest.txt")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    write_gguf(alone / "m-Q8_0.gguf", text)
+    write_gguf(alone / "m-Q4_K_M.gguf", text)
+    (alone / "tokenizer_config.json").write_text("{}")
+    src = resolve_source(str(alone))
+    assert [p.name for p in src.tokenizer_files] == ["m-Q4_K_M.gguf", "tokenizer_config.json"]
+    assert "other GGUF files not read: m-Q8_0.gguf" in src.notes[0]
+    assert Model("m", src).vocabulary.format == "gguf"
+    beside = tmp_path / "beside"  # a repo shipping a GGUF beside its tokenizer.json: the GGUF is not hashed
+    beside.mkdir()
+    (beside / "tokenizer.json").write_text(text)
+    write_gguf(beside / "m.gguf", text)
+    src = resolve_source(str(beside))
+    assert [p.name for p in src.tokenizer_files] == ["tokenizer.json"] and "m.gguf" in src.notes[0]
+
+
+def test_a_single_gguf_file_is_a_tokenizer_only_source(tmp_path):
+    from modellineage.model import Model
+
+    from .tokenizer_files import trained_json, write_gguf
+
+    path = write_gguf(tmp_path / "model.gguf", trained_json("shakespeare_the_tempest.txt"))
+    src = resolve_source(str(path))
+    assert src.kind == "file" and src.tokenizer_files == (path,) and not src.has_weights
+    with pytest.raises(UnsupportedFormat, match="no \\*.safetensors weights"):
+        src.require_weights()
+    assert Model("m", src).vocabulary.size == 1000
+    assert "its tensors are not" in src.notes[0]
+
+
+def test_a_file_of_another_kind_is_no_source(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(UnsupportedFormat, match=f"{path}: not a model source"):
+        resolve_source(str(path))

@@ -14,6 +14,7 @@ import pytest
 from audits.criteria import load_thresholds
 from audits.tokenizer_criteria import (EXTENSION, INDEPENDENT, REUSED, extension_detected, id_alignment,
                                        merge_prefix, not_an_extension, overlap_band, vocabulary_overlap)
+from modellineage.errors import CorruptCheckpoint, UnsupportedFormat
 from modellineage.evidence import to_jsonable
 from modellineage.tokenizer import (Probe, boundary_f1, compare_tokenizers, load_probes, measure_encoding,
                                     measure_extension, measure_id_alignment, measure_merges, measure_overlap,
@@ -123,9 +124,18 @@ def test_a_large_extension_below_90_percent_still_reads_as_derived_through_its_i
     assert extension_detected(measure_extension(target, ref), measure_id_alignment(target, ref), THRESHOLDS)
 
 
-def test_identical_tokenizers_agree_on_every_probe(trained):
-    enc = measure_encoding(trained["tempest+50"], trained["tempest"], PROBES)
-    assert enc.identical == enc.probes == len(PROBES) and enc.mean_boundary_f1 == 1.0
+def test_encoding_agreement_tells_a_kept_tokenizer_from_an_independent_one(trained):
+    """Extensions (K tokens appended; Mistral's 768 control tokens inserted) cut every probe as before;
+    independent tokenizers, trained or real, do not."""
+    for target, reference in ((trained["tempest+50"], trained["tempest"]),
+                              (real_vocab("mistral-v3"), real_vocab("mistral-v1"))):
+        kept = measure_encoding(target, reference, PROBES)
+        assert kept.identical == kept.probes == len(PROBES) and kept.mean_boundary_f1 == 1.0
+        assert kept.stream_mismatch == 0 and not kept.differences
+    for target, reference in ((trained["milton"], trained["tempest"]), (real_vocab("qwen"), real_vocab("deepseek"))):
+        own = measure_encoding(target, reference, PROBES)
+        assert own.identical < own.probes and own.mean_boundary_f1 < 1.0 and own.differences
+        assert {c for c, n, k, f in own.by_category if k < n}  # some category cut differently
 
 
 # ----------------------------------------------------------------------------------------- small exact cases
@@ -134,6 +144,23 @@ def test_boundary_f1_exact_cases():
     assert boundary_f1([b"abcd"], [b"abcd"]) == 1.0
     assert boundary_f1([b"ab", b"cd"], [b"a", b"bcd"]) == 0.0
     assert boundary_f1([b"a", b"b", b"cd"], [b"ab", b"cd"]) == pytest.approx(2 * 1 / 3)
+
+
+def test_wordpiece_pieces_sit_where_byte_level_pieces_sit(tmp_path):
+    """WordPiece strings carry no spaces; its pieces are the text each token covers, a space going with
+    the word after it and none before punctuation, so boundaries line up with byte-level BPE's."""
+    from modellineage.vocab import text_pieces
+
+    assert text_pieces("ab, cd  e", [(0, 2), (2, 3), (4, 6), (8, 9)]) == [b"ab", b",", b" cd", b"  e"]
+    assert text_pieces("\ufb01x", [(0, 1), (0, 1), (1, 2)]) == ["\ufb01".encode(), b"x"]  # one char, two tokens
+    wordpiece = load_vocabulary(write_trained(tmp_path / "wp", "milton_areopagitica.txt", 600, "wordpiece"))
+    bytelevel = load_vocabulary(write_trained(tmp_path / "bpe", "milton_areopagitica.txt", 600))
+    text = "Lords and Commons of England, consider what Nation it is!"
+    pieces = wordpiece.encode(text)
+    assert b"".join(pieces) == text.encode() and b" England" in b"".join(pieces)
+    assert b"," in pieces and b" ," not in pieces
+    enc = measure_encoding(wordpiece, bytelevel, [Probe("t", 0, text)])
+    assert enc.stream_mismatch == 0 and enc.mean_boundary_f1 > 0.5
 
 
 def test_sentencepiece_dummy_prefix_does_not_count_as_a_difference():
@@ -148,6 +175,30 @@ def test_probe_corpus_covers_the_languages_and_keeps_whitespace():
     texts = {p.text for p in PROBES}
     assert "line one\n\nline three after a blank line\n" in texts and "trailing spaces   " in texts
     assert "\ttab at the start\tand\t\tbetween" in texts
+    assert "mixed \t \n \r\n whitespace" in texts  # the CRLF survives reading (fixtures/probes/README.md)
+
+
+def test_probe_texts_keep_carriage_returns_verbatim(tmp_path):
+    (tmp_path / "crlf.txt").write_bytes(b"windows\r\nline\n%%\nold mac\rline\r\n%%\nlast\r\n")
+    assert [p.text for p in load_probes(tmp_path)] == ["windows\r\nline", "old mac\rline\r", "last\r"]
+
+
+def test_probe_files_with_crlf_separator_lines_are_refused_naming_the_file(tmp_path):
+    path = tmp_path / "english.txt"
+    path.write_bytes(b"one\r\n%%\r\ntwo\r\n")
+    with pytest.raises(CorruptCheckpoint, match=f"{path}: separator lines"):
+        load_probes(tmp_path)
+
+
+def test_a_probe_corpus_without_texts_names_the_directory(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(UnsupportedFormat, match=f"{tmp_path}: the probe files \\(empty.txt\\) hold no texts"):
+        load_probes(tmp_path)
+    v1 = real_vocab("mistral-v1")
+    with pytest.raises(UnsupportedFormat, match=f"{tmp_path}: no probe texts to encode"):
+        measure_encoding(v1, v1, (), corpus=tmp_path)
+    corpus = ROOT / "fixtures" / "probes"
+    assert measure_encoding(v1, v1, PROBES, corpus=corpus).as_dict()["probe_corpus"] == str(corpus)
 
 
 def test_comparison_is_deterministic_and_json_ready(trained):
@@ -158,8 +209,6 @@ def test_comparison_is_deterministic_and_json_ready(trained):
 
 def test_merges_need_a_merge_model(tmp_path, trained):
     unigram = load_vocabulary(write_trained(tmp_path, "shakespeare_the_tempest.txt", 800, "unigram"))
-    from modellineage.errors import UnsupportedFormat
-
     with pytest.raises(UnsupportedFormat, match="tokenizer.json: a Unigram vocabulary has no merge rules"):
         measure_merges(unigram, trained["tempest"])
     comparison = compare_tokenizers(unigram, trained["tempest"])

@@ -17,7 +17,8 @@ from modellineage.sources import resolve_source
 from modellineage.vocab import (byte_level_to_bytes, bytes_to_byte_level, derive_merges, load_from_files,
                                 load_vocabulary, metaspace_to_bytes, wordpiece_to_bytes)
 
-from .tokenizer_files import ROOT, real, real_vocab, trained_json, write_gpt2_pair, write_trained
+from .tokenizer_files import (ROOT, real, real_vocab, trained_json, trained_sentencepiece, write_gguf, write_gpt2_pair,
+                              write_hf_directory, write_trained)
 
 DEMO = ROOT / "fixtures" / "demo"
 
@@ -84,6 +85,82 @@ def test_tokenizer_json_merges_are_read_and_derived_merges_reproduce_them():
     assert derived == list(ds.merges)  # the rank-derivation used for tiktoken/SentencePiece is exact
 
 
+def _merges_by_plain_bpe(units, mergeable=None):
+    """An independent oracle: BPE over each token with only lower ranks, written as plainly as possible."""
+    rank = {}
+    for r, tok in enumerate(units):
+        rank.setdefault(tok, r)
+    merges, irregular = [], 0
+    for r, tok in enumerate(units):
+        if len(tok) < 2 or rank[tok] != r or (mergeable is not None and not mergeable[r]):
+            continue
+        parts = [tok[i:i + 1] for i in range(len(tok))]
+        while len(parts) > 2:
+            ranks = [min(rank.get(a + b, r), r) for a, b in zip(parts, parts[1:])]
+            if min(ranks) >= r:
+                break
+            i = ranks.index(min(ranks))
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append((parts[0], parts[1]))
+        else:
+            irregular += 1
+    return merges, irregular
+
+
+@st.composite
+def bpe_like_vocabularies(draw):
+    """A two- or three-letter alphabet, then tokens that each join two earlier ones (as BPE training adds
+    them), some ranks swapped: ties between equal pairs, repeated tokens, tokens no lower-rank merges make."""
+    units = [bytes([c]) for c in draw(st.sampled_from([b"ab", b"abc"]))]
+    for _ in range(draw(st.integers(0, 50))):
+        a, b = draw(st.integers(0, len(units) - 1)), draw(st.integers(0, len(units) - 1))
+        units.append(units[a] + units[b])
+    for a, b in draw(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 200)), max_size=4)):
+        a, b = a % len(units), b % len(units)
+        units[a], units[b] = units[b], units[a]
+    return units
+
+
+@given(bpe_like_vocabularies(), st.data())
+def test_vectorised_derivation_equals_plain_bpe_on_any_rank_order(units, data):
+    flags = data.draw(st.none() | st.lists(st.booleans(), min_size=len(units), max_size=len(units)))
+    assert derive_merges(units, flags) == _merges_by_plain_bpe(units, flags)
+    text = [u.decode() for u in units]  # the same over characters (SentencePiece pieces)
+    assert derive_merges(text, flags) == _merges_by_plain_bpe(text, flags)
+
+
+@given(bpe_like_vocabularies())
+def test_hash_collisions_never_change_a_derived_merge(units):
+    """With base 1 the piece hash is a sum of units, so anagrams collide (between tokens, and between a
+    token and a piece that is none): such tokens must go to the plain BPE, with the same result."""
+    from modellineage import vocab
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vocab, "_HASH_BASE", 1)
+        assert derive_merges(units) == _merges_by_plain_bpe(units)
+
+
+def test_vectorised_derivation_equals_plain_bpe_on_real_vocabularies():
+    qwen = real_vocab("qwen")
+    ranks = [b for i, b in zip(qwen.ids, qwen.normalised) if i < 40000]
+    assert derive_merges(ranks) == _merges_by_plain_bpe(ranks)
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()  # the v1 pieces in score order, as _load_sentencepiece orders them
+    proto.ParseFromString(real("mistral-v1").read_bytes())
+    normal = sorted((i for i, p in enumerate(proto.pieces) if p.type == p.NORMAL),
+                    key=lambda i: (-proto.pieces[i].score, i))
+    pieces = [proto.pieces[i].piece for i in normal]
+    assert derive_merges(pieces) == _merges_by_plain_bpe(pieces)
+
+
+def test_tokens_beyond_the_vectorised_length_run_in_plain_python():
+    units = [b"a" * (1 << k) for k in range(10)]  # a, aa, aaaa, ..., 512 a's: each the double of the last
+    merges, irregular = derive_merges(units)
+    assert merges == [(u[:len(u) // 2], u[len(u) // 2:]) for u in units[1:]] and irregular == 0
+
+
 def test_derive_merges_follows_bpe_not_the_first_valid_split():
     # 'abcd': bc (rank 4) merges first, then bcd (rank 7) — so the merge of abcd is a + bcd, although ab + cd
     # is also a split into known tokens (with lower ranks, 5 and 6).
@@ -93,6 +170,22 @@ def test_derive_merges_follows_bpe_not_the_first_valid_split():
 
 
 # ----------------------------------------------------------------------------------------- other formats
+def test_tokenizer_json_wins_over_vocab_json_and_merges_txt_beside_it(tmp_path):
+    """GPT-2, Qwen2/2.5/3 and RoBERTa repos ship tokenizer.json AND vocab.json + merges.txt."""
+    directory = write_hf_directory(tmp_path / "hf", "shakespeare_the_tempest.txt")
+    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    source = resolve_source(str(directory))
+    assert {p.name for p in source.tokenizer_files} == {"tokenizer.json", "vocab.json", "merges.txt",
+                                                        "tokenizer_config.json"}
+    vocab = Model("hf", source).vocabulary  # the path the audits take
+    assert vocab.format == "tokenizer.json" and vocab.path == directory / "tokenizer.json"
+    assert [p.name for p in vocab.files] == ["tokenizer.json", "tokenizer_config.json"]
+    assert dict(vocab.special_tokens)["eos"] == "</s>"
+    pair = load_vocabulary(directory / "vocab.json")  # the pair alone still reads (merges.txt found beside it)
+    assert pair.format == "vocab.json+merges.txt" and pair.files == (directory / "vocab.json", directory / "merges.txt")
+    assert set(pair.normalised) == set(vocab.normalised) and pair.merges == vocab.merges
+
+
 def test_gpt2_vocab_and_merges_equal_the_tokenizer_json_they_came_from(tmp_path):
     text = trained_json("shakespeare_the_tempest.txt")
     write_gpt2_pair(tmp_path / "gpt2", text)
@@ -116,6 +209,8 @@ def test_wordpiece_vocab_txt_and_tokenizer_json(tmp_path):
     write_trained(tmp_path / "wp", "milton_areopagitica.txt", 600, "wordpiece")
     js = load_vocabulary(tmp_path / "wp")
     assert js.model_type == "WordPiece" and set(js.normalised) == set(txt.normalised)
+    text = "Give me the liberty to know, to utter, and to argue freely"
+    assert txt.encode(text) == js.encode(text) and b"".join(txt.encode(text)) == text.encode()
 
 
 def test_unigram_tokenizer_json_reads_metaspace_pieces(tmp_path):
@@ -125,22 +220,7 @@ def test_unigram_tokenizer_json_reads_metaspace_pieces(tmp_path):
 
 
 def test_gguf_vocabulary(tmp_path):
-    import gguf
-
-    hf = json.loads(trained_json("shakespeare_the_tempest.txt"))
-    tokens = sorted(hf["model"]["vocab"], key=hf["model"]["vocab"].get)
-    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if t in ("<s>", "</s>") else 1 for t in tokens])
-    writer.add_token_merges(hf["model"]["merges"] if isinstance(hf["model"]["merges"][0], str)
-                            else [" ".join(m) for m in hf["model"]["merges"]])
-    writer.add_bos_token_id(tokens.index("<s>"))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    vocab = load_vocabulary(tmp_path / "m.gguf")
+    vocab = load_vocabulary(write_gguf(tmp_path / "m.gguf", trained_json("shakespeare_the_tempest.txt")))
     ref = load_vocabulary(write_trained(tmp_path / "hf", "shakespeare_the_tempest.txt"))
     assert vocab.format == "gguf" and vocab.size == ref.size and vocab.normalised == ref.normalised
     assert vocab.merges == ref.merges and dict(vocab.special_tokens)["bos"] == "<s>"
@@ -229,5 +309,69 @@ def test_as_dict_is_deterministic_and_names_the_file():
     assert a["file"].endswith("tokenizer.json") and a["merges"] == 765
 
 
-def test_path_is_kept_as_given():
-    assert isinstance(load_vocabulary(DEMO / "base").path, Path)
+def test_the_record_names_the_file_read_inside_the_directory_as_given(monkeypatch):
+    """A directory given relative to the working directory is recorded relative, down to the file read."""
+    monkeypatch.chdir(ROOT)
+    vocab = load_vocabulary("fixtures/demo/base")
+    assert vocab.path == Path("fixtures/demo/base/tokenizer.json")
+    assert vocab.files == (Path("fixtures/demo/base/tokenizer.json"), Path("fixtures/demo/base/tokenizer_config.json"))
+    assert vocab.as_dict()["file"] == "fixtures/demo/base/tokenizer.json"
+
+
+# ----------------------------------------------------------------------------------------- special and added tokens
+def test_tokenizer_json_roles_come_from_its_model_post_processor_and_side_files(tmp_path):
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_str(trained_json("shakespeare_the_tempest.txt"))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    alone = load_vocabulary(tmp_path)
+    # Byte-level BPE has no unk and this file no padding: honestly unknown, not guessed.
+    assert dict(alone.special_tokens) == {"bos": "<s>", "eos": "</s>", "pad": None, "unk": None}
+    assert "bos: tokenizer.json post-processor" in alone.notes[-1]
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"pad_token": {"content": "</s>"}}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|begin|>", "pad_token": "<s>"}))
+    sided = load_vocabulary(tmp_path)
+    # A config file's explicit role beats the post-processor's; special_tokens_map.json beats tokenizer_config.json.
+    assert dict(sided.special_tokens) == {"bos": "<|begin|>", "eos": "</s>", "pad": "</s>", "unk": None}
+    assert [p.name for p in sided.files] == ["tokenizer.json", "special_tokens_map.json", "tokenizer_config.json"]
+
+
+def test_side_files_add_the_tokens_a_sentencepiece_model_lacks(tmp_path):
+    shutil.copy(real("mistral-v1"), tmp_path / "tokenizer.model")
+    (tmp_path / "added_tokens.json").write_text(json.dumps({"<pad>": 32000, "<sep>": 32001, "<bogus>": 5}))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<pad>"}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"added_tokens_decoder": {"1": {"content": "<s>", "special": True},
+                                  "32002": {"content": "<tool>", "special": True}}}))
+    vocab = Model("m", resolve_source(str(tmp_path))).vocabulary
+    assert vocab.size == 32003 and vocab.raw[-3:] == ("<pad>", "<sep>", "<tool>")
+    assert vocab.added_tokens == ((32000, "<pad>", True), (32001, "<sep>", False), (32002, "<tool>", True))
+    assert {32000, 32002} <= vocab.special_ids and 32001 not in vocab.special_ids
+    assert dict(vocab.special_tokens) == {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
+    assert vocab.id_of_bytes()[b"<sep>"] == 32001  # literal text, like any added token
+    assert any("'<bogus>' at id 5" in n for n in vocab.notes)  # a clash is noted, the model's token kept
+    assert vocab.raw[5] == "<0x02>"
+
+
+@pytest.mark.parametrize("name, content, defect", [
+    ("tokenizer_config.json", "{", "not valid JSON"),
+    ("added_tokens.json", json.dumps({"<pad>": "x"}), "no valid id"),
+    ("tokenizer_config.json", json.dumps({"added_tokens_decoder": {"x": {"content": "a"}}}), "not id -> token"),
+])
+def test_a_broken_side_file_names_the_file(tmp_path, name, content, defect):
+    write_trained(tmp_path, "shakespeare_the_tempest.txt")
+    (tmp_path / name).write_text(content)
+    with pytest.raises(CorruptCheckpoint, match=f"{tmp_path / name}: .*{defect}"):
+        load_vocabulary(tmp_path)
+
+
+def test_sentencepiece_added_tokens_use_the_models_own_special_ids(tmp_path):
+    """Trained with unk/bos/eos at ids 2-4, a control symbol at 0 and a user-defined one at 1."""
+    model = trained_sentencepiece("shakespeare_the_tempest.txt", control_symbols=("<ctl>",),
+                                  user_defined_symbols=("<usr>",), unk_id=2, bos_id=3, eos_id=4, pad_id=-1)
+    (tmp_path / "spiece.model").write_bytes(model)
+    vocab = load_vocabulary(tmp_path)
+    assert vocab.raw[:5] == ("<ctl>", "<usr>", "<unk>", "<s>", "</s>")
+    assert vocab.added_tokens == ((0, "<ctl>", True), (1, "<usr>", False))
+    assert dict(vocab.special_tokens) == {"bos": "<s>", "eos": "</s>", "pad": None, "unk": "<unk>"}

@@ -104,3 +104,49 @@ def write_gpt2_pair(directory: Path, tokenizer_json: str) -> tuple[Path, Path]:
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     return directory / "vocab.json", directory / "merges.txt"
+
+
+def write_hf_directory(directory: Path, text: str, vocab_size: int = 1000) -> Path:
+    """A standard Hugging Face tokenizer directory as GPT-2 / Qwen2 / RoBERTa ship it: tokenizer.json and,
+    beside it, the same BPE as vocab.json + merges.txt (written by the `tokenizers` model's own save)."""
+    from tokenizers import Tokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.from_str(trained_json(text, vocab_size))
+    tok.save(str(directory / "tokenizer.json"))
+    tok.model.save(str(directory))  # vocab.json, merges.txt
+    return directory
+
+
+@functools.lru_cache(maxsize=None)
+def trained_sentencepiece(text: str, vocab_size: int = 400, **options) -> bytes:
+    """A SentencePiece BPE model trained with the `sentencepiece` library on one fixture text (protobuf bytes)."""
+    import io
+
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}  # tuples: lru_cache keys
+    spm.SentencePieceTrainer.train(sentence_iterator=iter((TEXTS / text).read_text(encoding="utf-8").splitlines()),
+                                   model_writer=out, vocab_size=vocab_size, model_type="bpe", minloglevel=2,
+                                   **options)
+    return out.getvalue()
+
+
+def write_gguf(path: Path, tokenizer_json: str) -> Path:
+    """A GGUF file (written with the `gguf` library) carrying a byte-level BPE tokenizer.json's vocabulary."""
+    import gguf
+
+    hf = json.loads(tokenizer_json)
+    tokens = sorted(hf["model"]["vocab"], key=hf["model"]["vocab"].get)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in ("<s>", "</s>") else 1 for t in tokens])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in hf["model"]["merges"]])
+    writer.add_bos_token_id(tokens.index("<s>"))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
