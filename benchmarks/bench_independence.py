@@ -79,7 +79,8 @@ def _save(tensors: dict[str, np.ndarray], out: Path, layers: int) -> None:
     from safetensors.numpy import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.astype(np.float16) for k, v in tensors.items()}, str(out / "model.safetensors"))
+    # ascontiguousarray: `x[:, perm]` may come back in Fortran order, and save_file writes the buffer as it lies
+    save_file({k: np.ascontiguousarray(v, dtype=np.float16) for k, v in tensors.items()}, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(_config(layers)))
 
 

@@ -42,7 +42,10 @@ the reference frame (a Johnson–Lindenstrauss sketch: cosines are preserved to 
 ``1/sqrt(max_features)``). Layers wider than ``dense_max`` neurons are matched on a sparse graph of
 each neuron's ``top_k`` candidates (plus one seeded random perfect matching so a full matching always
 exists) with ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` instead of a dense
-``n × n`` assignment.
+``n × n`` assignment. Candidates come from a float32 product and ``torch.topk``; the edge weights
+and every recorded similarity are float64. Gain, sign and permutation are folded into the sketch
+matrix, so a row block costs one float32 product (a 4096 × 14336 block: ~9 s with the residual
+alignment, benchmarks/bench_independence.py).
 """
 
 from __future__ import annotations
@@ -323,20 +326,25 @@ def match_rows(target_rows: np.ndarray, reference_rows: np.ndarray, *, absolute:
     k = min(top_k, n)
     rng = np.random.default_rng(seed)
     extra = rng.permutation(n)
-    block = max(1, (64 << 20) // (8 * n))
+    # Candidates from a float32 product and torch's top-k (several times faster than numpy's argpartition
+    # on 14k-wide rows); edge weights recomputed exactly in float64, block by block (bounded memory).
+    import torch
+
+    t32, r32 = torch.from_numpy(target_rows.astype(np.float32)), torch.from_numpy(reference_rows.astype(np.float32))
+    block = max(1, (64 << 20) // (4 * n))
     ii, jj, ww = [], [], []
     for start in range(0, n, block):
-        s = target_rows[start:start + block] @ reference_rows.T
-        score = np.abs(s) if absolute else s
-        top = np.argpartition(-score, k - 1, axis=1)[:, :k]
-        rows = np.repeat(np.arange(start, start + s.shape[0]), k)
-        ii.append(rows)
-        jj.append(top.reshape(-1))
-        ww.append(np.take_along_axis(score, top, axis=1).reshape(-1))
-        idx = np.arange(start, start + s.shape[0])
-        ii.append(idx)
-        jj.append(extra[idx])
-        ww.append(score[np.arange(s.shape[0]), extra[idx]])
+        s = t32[start:start + block] @ r32.T
+        if absolute:
+            s.abs_()
+        top = torch.topk(s, k, dim=1, sorted=False).indices.numpy().astype(np.int64)
+        idx = np.arange(start, start + top.shape[0])
+        cand = np.concatenate([top, extra[idx][:, None]], axis=1)
+        w = np.einsum("ik,ijk->ij", target_rows[idx], reference_rows[cand])
+        ii.append(np.repeat(idx, k + 1))
+        jj.append(cand.reshape(-1))
+        ww.append((np.abs(w) if absolute else w).reshape(-1))
+    del t32, r32
     i_all, j_all, w_all = np.concatenate(ii), np.concatenate(jj), np.concatenate(ww)
     _, first = np.unique(i_all * n + j_all, return_index=True)
     graph = csr_matrix((w_all[first] + 2.0, (i_all[first], j_all[first])), shape=(n, n))  # > 0: zero = no edge
@@ -378,11 +386,12 @@ def align_hidden(target, reference, pairs: TokenPairs, *, max_tokens: int = 4096
     b = read_canonical_rows(reference.store, row_plan(er, reference.store.info(er.source)), rows_r)
     a = _unit((a - a.mean(axis=0)).T)  # (d, tokens): one centred profile per hidden dimension
     b = _unit((b - b.mean(axis=0)).T)
-    corr = a @ b.T
-    rows, cols = linear_sum_assignment(np.abs(corr), maximize=True)
+    corr = np.abs(a.astype(np.float32) @ b.astype(np.float32).T)  # float32 decides the assignment ...
+    rows, cols = linear_sum_assignment(corr, maximize=True)
+    del corr
     perm = np.empty(d_t, dtype=np.int64)
     perm[rows] = cols
-    matched = corr[np.arange(d_t), perm]
+    matched = np.einsum("ij,ij->i", a, b[perm])  # ... the recorded correlations are float64
     signs = np.where(matched < 0, -1, 1)
     return HiddenAlignment(permutation=tuple(int(x) for x in perm), signs=tuple(int(s) for s in signs),
                            matched_abs_corr=float(np.mean(np.abs(matched))),
@@ -402,18 +411,27 @@ class _Frames:
         d = self.perm.size
         self.projected = d > max_features
         self.features = max_features if self.projected else d
-        self.sketch = (np.random.default_rng(seed).standard_normal((d, max_features)) / math.sqrt(max_features)
-                       if self.projected else None)
+        # float32: the sketch approximates cosines to ~1/sqrt(max_features) anyway, and sgemm halves its cost
+        self.sketch = (np.random.default_rng(seed).standard_normal((d, max_features)).astype(np.float32)
+                       / np.float32(math.sqrt(max_features)) if self.projected else None)
 
     def reader(self, side: str, gain: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray]:
+        if self.sketch is not None:
+            # Gain, sign and permutation folded into the sketch once: row a of the target's matrix is
+            # S[perm[a]] · signs[a] · gain[a], so (x · gain)[:, a] lands on S[perm[a]] as in the branch below.
+            scale = np.ones(self.perm.size) if gain is None else np.asarray(gain, dtype=np.float64)
+            if side == "target":
+                folded = ((scale * self.signs)[:, None] * self.sketch[self.perm]).astype(np.float32)
+            else:
+                folded = (scale[:, None] * self.sketch).astype(np.float32)
+            return lambda block: (block.astype(np.float32) @ folded).astype(np.float64)
+
         def fn(block: np.ndarray) -> np.ndarray:
             x = block * gain if gain is not None else block
             if side == "target":
                 y = np.empty_like(x)
                 y[:, self.perm] = x * self.signs
                 x = y
-            if self.sketch is not None:
-                x = x @ self.sketch
             return x
 
         return fn
