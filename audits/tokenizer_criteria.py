@@ -62,7 +62,8 @@ def id_alignment(alignment, thresholds: Thresholds, reference: str) -> Judgement
     offset = "none" if alignment.dominant_offset is None else f"{alignment.dominant_offset:+d}"
     message = (f"{share:.2%} of {reference!r}'s tokens sit in the target at one id offset ({offset}); "
                f"{'≥' if failed else '<'} {b.value:.0%} ({b.where})"
-               + (": the target keeps the reference's token ids" if failed else ""))
+               + ((": the target keeps the reference's token ids" if alignment.dominant_offset == 0 else
+                   f": the target keeps the reference's token ids shifted by {offset}") if failed else ""))
     return Judgement("token ids not aligned", share, f"< {b.value}", b.where, failed, message)
 
 
