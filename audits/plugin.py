@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import html
 import os
 import sys
 from dataclasses import dataclass, field
@@ -435,3 +436,11 @@ def pytest_html_results_summary(prefix: list, summary: list, postfix: list, sess
     prefix.append(report.summary_html(audit.plan.as_dict(), records))
     postfix.append(report.inputs_html(audit.inputs, audit.versions, ev.display_path(audit.evidence_path,
                                                                                     Path(session.config.rootpath))))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_table_html(report, data: list) -> None:
+    """Show a skipped audit's reason as a sentence, not as pytest's ``(path, line, message)`` tuple."""
+    if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3 and data:
+        path, line, message = report.longrepr
+        data[0] = html.escape(f"{message.removeprefix('Skipped: ')}  ({Path(path).name}:{line})") + "\n"

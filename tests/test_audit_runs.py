@@ -76,6 +76,9 @@ def test_report_opens_with_the_summary_table(demo_run):
     assert html.index("Provenance verdicts") < html.index('id="results-table"')
     sha = hashlib.sha256((DEMO / "base" / "model.safetensors").read_bytes()).hexdigest()
     assert "<h2>Inputs</h2>" in html and sha in html  # every input named with its SHA-256
+    # a skipped audit reads as its reason, not as pytest's (path, line, message) tuple
+    assert "recorded, not judged: a derivative may change every tensor" in html
+    assert "Skipped: recorded" not in html and "test_reuse.py&#x27;, " not in html
 
 
 def test_evidence_is_byte_identical_across_runs(demo_run, tmp_path):
