@@ -16,9 +16,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import LineageError
+from .errors import LineageError, NonFiniteWeights
+from .metrics import BLOCK_ELEMENTS, DOT_ROW
 from .sampling import choose_rows
-from .similarity import read_canonical_rows, row_plan
+from .similarity import iter_canonical_blocks, row_plan
+
+
+def _row_dots(block: np.ndarray) -> np.ndarray:
+    """Per row, the sum of squares (rows of at most DOT_ROW elements: a BLAS dot on the calling thread)."""
+    if block.shape[1] <= DOT_ROW:
+        return np.vecdot(block, block) if hasattr(np, "vecdot") else np.einsum("ij,ij->i", block, block)
+    return np.einsum("ij,ij->i", block, block)
 
 __all__ = ["RowAlignment", "shared_token_rows", "vocabulary_of", "EmbeddingStats", "embedding_stats"]
 
@@ -122,20 +130,34 @@ def embedding_stats(store, ref, *, fraction: float | None = None, rng: np.random
         chunk_bytes: float64 bytes per block of rows.
 
     Memory: one block plus one float per row read (the row norms, for the quantiles).
+
+    Raises:
+        NonFiniteWeights: a value read is NaN or Inf (the message names the file and tensor).
     """
     if fraction is not None and rng is None:
         raise ValueError("sampling needs a seeded rng")
-    plan = row_plan(ref, store.info(ref.source))
+    info = store.info(ref.source)
+    plan = row_plan(ref, info)
     total, cols = plan.shape
     picked = choose_rows(total, fraction, rng) if fraction is not None else np.arange(total, dtype=np.int64)
-    step = max(1, chunk_bytes // max(1, cols * 8))
     norms = np.empty(picked.size)
     n, mean, m2 = 0, 0.0, 0.0
-    for start in range(0, picked.size, step):
-        block = read_canonical_rows(store, plan, picked[start:start + step])
-        norms[start:start + block.shape[0]] = np.sqrt(np.einsum("ij,ij->i", block, block))
-        k, bm = block.size, float(block.mean())
-        bm2 = float(((block - bm) ** 2).sum())
+    buf = None
+    for rows, raw in iter_canonical_blocks(store, plan, picked, chunk_bytes=chunk_bytes):
+        if buf is None:
+            buf = np.empty(raw.size)
+        block = buf[:raw.size].reshape(raw.shape)
+        np.copyto(block, raw)  # float64 (blocks of exact float32 values widen here)
+        start = n // max(1, cols)
+        norms[start:start + block.shape[0]] = np.sqrt(_row_dots(block))
+        k, bm = block.size, float(np.add.reduce(block, axis=None)) / block.size
+        block -= bm
+        bm2 = float(_row_dots(block).sum())
+        if not math.isfinite(bm + bm2):
+            bad = block.size - int(np.count_nonzero(np.isfinite(block)))
+            first, last = int(plan.rows[rows].min()), int(plan.rows[rows].max())
+            raise NonFiniteWeights(f"{info.file}: tensor {info.name!r} has {bad} non-finite values (NaN/Inf) "
+                                   f"in rows {first}-{last}")
         delta = bm - mean
         both = n + k
         mean += delta * k / both

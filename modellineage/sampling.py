@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .metrics import DOT_ROW
+
 __all__ = [
     "BOOTSTRAP_REPLICATES",
     "BOOTSTRAP_BLOCK_ROWS",
@@ -121,14 +123,21 @@ def row_stats(a: np.ndarray, b: np.ndarray) -> RowStats:
         cols=a.shape[1],
         mean_a=mean_a + ca,
         mean_b=mean_b + cb,
-        m2_a=np.einsum("ij,ij->i", da, da),
-        m2_b=np.einsum("ij,ij->i", db, db),
-        c_ab=np.einsum("ij,ij->i", da, db),
-        s_aa=np.einsum("ij,ij->i", a, a),
-        s_bb=np.einsum("ij,ij->i", b, b),
-        s_ab=np.einsum("ij,ij->i", a, b),
-        s_dd=np.einsum("ij,ij->i", diff, diff),
+        m2_a=_row_dots(da, da),
+        m2_b=_row_dots(db, db),
+        c_ab=_row_dots(da, db),
+        s_aa=_row_dots(a, a),
+        s_bb=_row_dots(b, b),
+        s_ab=_row_dots(a, b),
+        s_dd=_row_dots(diff, diff),
     )
+
+
+def _row_dots(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per row, ``x_i . y_i``: BLAS dots on the calling thread for rows of at most DOT_ROW elements, else einsum."""
+    if x.shape[1] <= DOT_ROW and hasattr(np, "vecdot"):
+        return np.vecdot(x, y)
+    return np.einsum("ij,ij->i", x, y)
 
 
 #: Rows per block of bootstrap weights: one ``(replicates, block)`` float64 matrix at a time

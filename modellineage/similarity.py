@@ -8,11 +8,20 @@ the centred figure is the one to judge by):
 - centred cosine (Pearson correlation of the elements; the statistic verdicts use),
 - relative L2 distance ``||target - reference|| / ||reference||``.
 
-One pair is in memory at a time, and of it only one block of rows per side: each canonical tensor
-is read as rows of its source tensor (``TensorRef.selections`` become explicit row and column
-indices, so a fused ``qkv_proj`` or a stacked expert tensor is read only where the part lies). When
-one side is stored transposed and the other is not (GPT-2 ``Conv1D``), the transposed side's
-canonical rows are gathered as columns from a streamed pass over its stored rows (see ``_Side``).
+One pair per worker thread is in memory at a time, and of it only one read window and one block of
+rows per side: each canonical tensor is read as rows of its source tensor (``TensorRef.selections``
+become explicit row and column indices, so a fused ``qkv_proj`` or a stacked expert tensor is read
+only where the part lies). When one side is stored transposed and the other is not (GPT-2
+``Conv1D``), the transposed side's canonical rows are gathered as columns from a streamed pass over
+its stored rows (see ``_Side``).
+
+Every byte of a pair is read once (a transposed side read by columns excepted, see ``_Side``), and
+that one read feeds every accumulator of the pair (the moments, the bootstrap, the rotation null). Where every row is read in order (no sampling, no row
+alignment), a side is fetched in large ``pread`` s into reused buffers and consumed in
+cache-resident blocks of its exact float32/float64 values, widened to float64 inside the moment
+sweep (:mod:`modellineage.metrics`); pairs are compared on :func:`default_workers` threads (numpy
+and ``pread`` release the GIL, and one thread's reads overlap another's arithmetic). Bytes read are
+counted by the store as they are read (``PairSimilarity.bytes_read``), not computed from a plan.
 
 Token matrices (embedding, lm_head) also carry the *rotation null*: the spread of the centred
 cosine that two unrelated hidden bases would give these very two matrices. Independent models that
@@ -32,10 +41,13 @@ both sides) and every figure carries a bootstrap 95 % interval (:mod:`modellinea
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pathlib import Path
@@ -43,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IncompatibleShapes
-from .metrics import PairAccumulator, Similarity
+from .metrics import BLOCK_ELEMENTS, PairAccumulator, Similarity, scratch
 from .naming import TensorRef, role_category
 from .sampling import (
     BOOTSTRAP_METHOD,
@@ -54,7 +66,7 @@ from .sampling import (
     percentile_interval,
     row_stats,
 )
-from .tensors import TensorInfo, TensorStore
+from .tensors import EXACT_DTYPES, TensorInfo, TensorStore, decode_exact
 
 __all__ = [
     "RowPlan",
@@ -63,8 +75,10 @@ __all__ = [
     "WeightComparison",
     "row_plan",
     "read_canonical_rows",
+    "iter_canonical_blocks",
     "compare_pair",
     "compare_weights",
+    "default_workers",
     "summarise",
     "remap_key",
     "DENSE_ROLE_OF_EXPERT",
@@ -73,6 +87,10 @@ __all__ = [
 
 FIGURES = ("cosine", "centred_cosine", "rel_l2")
 _DEFAULT_CHUNK = 32 << 20
+#: Rows per ``pread`` of a streamed side, counted in float64 bytes of the canonical rows like
+#: ``chunk_bytes`` (the raw read is a quarter of it for BF16): a few MiB per read for the disk, and a
+#: bound on the reused read buffers (one per side and thread) whatever ``chunk_bytes`` is.
+STREAM_READ_BYTES = 32 << 20
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -147,12 +165,6 @@ def read_canonical_rows(store: TensorStore, plan: RowPlan, positions: np.ndarray
     return block if plan.cols is None else block[:, plan.cols]
 
 
-def _chunks(positions: np.ndarray, cols: int, chunk_bytes: int) -> Iterable[np.ndarray]:
-    step = max(1, chunk_bytes // max(1, cols * 8))
-    for start in range(0, positions.size, step):
-        yield positions[start:start + step]
-
-
 class _Side:
     """Reads canonical rows of one side of a pair.
 
@@ -162,12 +174,27 @@ class _Side:
     at a time. Memory stays one block per side; the price is one pass over this side's tensor per
     block of canonical rows (``rows x cols x 8 / chunk_bytes`` passes: GPT-2 XL's largest tensor,
     6400 x 1600, takes 3 at the default 32 MiB).
+
+    ``stream_rows`` (the fast path, see :meth:`stream`): every canonical row is read in order, the
+    rows are one contiguous run of the source and its dtype decodes exactly to float32/float64; then
+    one ``pread`` fetches up to ``stream_rows`` rows into a reused buffer and :meth:`read` decodes
+    the blocks asked for from it (a view, valid until the next call), so the compute blocks can be
+    small and cache-resident while the reads stay large.
+
+    ``bytes_read``: bytes this side's reads took from the files, counted by the store as they happen
+    (on this thread: pairs may be compared on several threads at once).
     """
 
-    def __init__(self, store: TensorStore, plan: RowPlan, info: TensorInfo, by_columns: bool, chunk_bytes: int):
-        self.store, self.plan, self.by_columns, self.chunk_bytes = store, plan, by_columns, chunk_bytes
+    def __init__(self, store: TensorStore, plan: RowPlan, info: TensorInfo, by_columns: bool, chunk_bytes: int,
+                 slot: str = "side"):
+        self.store, self.plan, self.info, self.by_columns, self.chunk_bytes = store, plan, info, by_columns, chunk_bytes
         self.row_bytes = info.cols * info.itemsize
         self.bytes_read = 0
+        self.slot = slot  # names this side's reusable buffers (metrics.scratch): one per side of a pair
+        self._stream_rows = 0
+        self._first = 0
+        self._lo = self._hi = 0
+        self._view: memoryview | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -175,19 +202,74 @@ class _Side:
         r, c = self.plan.shape
         return (c, r) if self.by_columns else (r, c)
 
+    def stream(self, rows: int) -> bool:
+        """Switch to the sequential fast path (canonical rows read in order, ``rows`` per ``pread``) where
+        this side allows it; returns whether it does."""
+        plan = self.plan
+        r = plan.rows
+        if (self.by_columns or plan.cols is not None or self.info.dtype not in EXACT_DTYPES or not r.size
+                or int(r[-1]) - int(r[0]) != r.size - 1 or not np.all(np.diff(r) == 1)):
+            return False
+        self._stream_rows = max(1, int(rows))
+        self._first = int(r[0])
+        return True
+
     def read(self, positions: np.ndarray) -> np.ndarray:
+        """Canonical rows ``positions``: float64, or on the fast path the exact float32/float64 values
+        (consecutive ascending positions only)."""
+        if self._stream_rows:
+            return self._read_streamed(int(positions[0]), int(positions[-1]) + 1)
         if not self.by_columns:
-            self.bytes_read += int(positions.size) * self.row_bytes
-            return read_canonical_rows(self.store, self.plan, positions, check_finite=False)
+            before = self.store.thread_bytes_read
+            out = read_canonical_rows(self.store, self.plan, positions, check_finite=False)
+            self.bytes_read += self.store.thread_bytes_read - before
+            return out
         stored_rows = self.plan.shape[0]
         out = np.empty((positions.size, stored_rows))
         step = max(1, self.chunk_bytes // max(1, self.plan.source_cols * 8))
+        before = self.store.thread_bytes_read
         for start in range(0, stored_rows, step):
             idx = np.arange(start, min(stored_rows, start + step), dtype=np.int64)
             block = read_canonical_rows(self.store, self.plan, idx, check_finite=False)
             out[:, start:start + idx.size] = block[:, positions].T
-        self.bytes_read += stored_rows * self.row_bytes
+        self.bytes_read += self.store.thread_bytes_read - before
         return out
+
+    def _read_streamed(self, lo: int, hi: int) -> np.ndarray:
+        if not (self._lo <= lo and hi <= self._hi):
+            total = self.plan.rows.size
+            stop = min(total, lo + max(hi - lo, self._stream_rows))
+            length = (stop - lo) * self.row_bytes
+            before = self.store.thread_bytes_read
+            self._view = self.store.read_raw_row_range(self.plan.source, self._first + lo, self._first + stop,
+                                                       into=scratch(self.slot + ".raw", length))
+            self.bytes_read += self.store.thread_bytes_read - before
+            self._lo, self._hi = lo, stop
+        cols = self.info.cols
+        wide = None
+        if self.info.dtype == "BF16":
+            wide = scratch(self.slot + ".bf16", (hi - lo) * cols * 4)[:(hi - lo) * cols * 4].view(np.uint32)
+        raw = self._view[(lo - self._lo) * self.row_bytes:(hi - self._lo) * self.row_bytes]
+        return decode_exact(self.info.dtype, raw, (hi - lo, cols), scratch=wide)
+
+
+def iter_canonical_blocks(store: TensorStore, plan: RowPlan, positions: np.ndarray, *,
+                          chunk_bytes: int = _DEFAULT_CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Canonical rows ``positions`` (pre-transpose view) in blocks: ``(positions of the block, rows)``.
+
+    When ``positions`` is every row in order and the source allows it, the rows come from large
+    ``pread`` s in cache-sized blocks of exact float32/float64 values (views valid until the next
+    block); otherwise float64 blocks of ``chunk_bytes``. No NaN/Inf check: the caller's sums see them.
+    """
+    cols = plan.shape[1]
+    side = _Side(store, plan, store.info(plan.source), False, chunk_bytes, "blocks")
+    step = max(1, chunk_bytes // max(1, cols * 8))
+    if positions.size == plan.shape[0] and np.array_equal(positions, np.arange(positions.size)) and side.stream(
+            min(step, STREAM_READ_BYTES // max(1, cols * 8))):
+        step = max(1, min(chunk_bytes, BLOCK_ELEMENTS * 8) // max(1, cols * 8))
+    for start in range(0, positions.size, step):
+        chunk = positions[start:start + step]
+        yield chunk, side.read(chunk)
 
 
 #: Columns of the Gaussian sketch of the rotation null above ``2 x`` this width (exact below).
@@ -220,9 +302,9 @@ class _RotationNull:
         if a.size == 0:
             return
         if self.pivot is None:  # shift by the first block's means: the centring below stays cancellation-free
-            self.pivot = (float(a.mean()), float(b.mean()))
-        a = a - self.pivot[0]
-        b = b - self.pivot[1]
+            self.pivot = (float(a.mean(dtype=np.float64)), float(b.mean(dtype=np.float64)))
+        a = np.subtract(a, self.pivot[0], dtype=np.float64)  # float32 blocks (exact values) widen here
+        b = np.subtract(b, self.pivot[1], dtype=np.float64)
         bg = b if self.g is None else b @ self.g
         self.p += a.T @ bg
         self.colsum_a += a.sum(axis=0)
@@ -370,8 +452,8 @@ def compare_pair(
     tplan, rplan = row_plan(tref, tinfo), row_plan(rref, rinfo)
     where = f"target {tref.key} ({tref.source} in {tinfo.file}) vs reference {rref.key} ({rref.source} in {rinfo.file})"
     mixed = tplan.transpose != rplan.transpose  # one side stored transposed: read it by columns
-    tside = _Side(target, tplan, tinfo, mixed and tplan.transpose, chunk_bytes)
-    rside = _Side(reference, rplan, rinfo, mixed and rplan.transpose, chunk_bytes)
+    tside = _Side(target, tplan, tinfo, mixed and tplan.transpose, chunk_bytes, "target")
+    rside = _Side(reference, rplan, rinfo, mixed and rplan.transpose, chunk_bytes, "reference")
     t_cols = r_cols = None
     if col_pairs is not None:
         t_cols, r_cols = _index_pairs(col_pairs, where, "column")
@@ -399,14 +481,26 @@ def compare_pair(
     sampled = picked.size < total
     boot = BootstrapAccumulator(rng) if sampled else None
     null = _RotationNull(cols) if rotation_null and len(tref.shape) == 2 else None
-    for chunk in _chunks(picked, max(cols, tside.shape[1], rside.shape[1]), chunk_bytes):
+    width = max(cols, tside.shape[1], rside.shape[1])
+    chunk_rows = max(1, chunk_bytes // max(1, width * 8))
+    step = chunk_rows
+    # every row read once, in order, on both sides: large reads, and (without the rotation null, whose
+    # matrix products want large blocks) small cache-resident compute blocks
+    if not mixed and not sampled and row_pairs is None and col_pairs is None:
+        if null is None:
+            step = max(1, min(chunk_bytes, BLOCK_ELEMENTS * 8) // max(1, width * 8))
+        read_rows = max(step, min(chunk_rows, STREAM_READ_BYTES // max(1, width * 8)))
+        tside.stream(read_rows)
+        rside.stream(read_rows)
+    for start in range(0, picked.size, step):
+        chunk = picked[start:start + step]
         a = tside.read(t_rows[chunk])
         b = rside.read(r_rows[chunk])
         if t_cols is not None:
             a, b = a[:, t_cols], b[:, r_cols]
         acc.update(a, b)
         if boot is not None:
-            boot.update(row_stats(a, b))
+            boot.update(row_stats(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)))
         if null is not None:
             null.update(a, b)
     sim = acc.result()
@@ -693,6 +787,44 @@ class WeightComparison:
         }
 
 
+def default_workers() -> int:
+    """Threads :func:`compare_weights` compares pairs on by default: the CPUs this process may use, at most 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def _run_in_order(slots, workers: int | None) -> Iterator[object]:
+    """Run the jobs among ``slots`` (``(key, reference key, job)``; other slots are yielded as ``None``),
+    yielding each outcome in slot order: the job's result, or the IncompatibleShapes it raised (any other
+    exception propagates, in slot order). Jobs run on ``workers`` threads (numpy and ``pread`` release
+    the GIL), at most ``workers`` at a time in flight, so memory is ``workers`` pairs' buffers."""
+    jobs = [slot[2] if isinstance(slot, tuple) else None for slot in slots]
+
+    def run(job):
+        try:
+            return job()
+        except IncompatibleShapes as exc:
+            return exc
+
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers == 1 or sum(j is not None for j in jobs) < 2:
+        for job in jobs:
+            yield None if job is None else run(job)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compare_weights") as pool:
+        futures = [None if job is None else pool.submit(run, job) for job in jobs]
+        try:
+            for fut in futures:
+                yield None if fut is None else fut.result()
+        finally:
+            for fut in futures:
+                if fut is not None:
+                    fut.cancel()
+
+
 def compare_weights(
     target,
     reference,
@@ -704,6 +836,7 @@ def compare_weights(
     row_alignments: Mapping[str, tuple[np.ndarray, np.ndarray, str]] | None = None,
     keys: Iterable[str] | None = None,
     chunk_bytes: int = _DEFAULT_CHUNK,
+    workers: int | None = None,
 ) -> WeightComparison:
     """Compare every canonical target tensor with its reference counterpart, one pair at a time.
 
@@ -729,6 +862,10 @@ def compare_weights(
     :attr:`PairSimilarity.rotation_null_sd`.
         keys: restrict to these target keys (default: all).
         chunk_bytes: float64 bytes per block of rows per side.
+        workers: threads comparing pairs at once when every row is read (default
+            :func:`default_workers`); each pair is computed alone, in the same order of operations, so
+            the figures do not depend on it. A sampled comparison runs on one thread: one seeded
+            generator draws rows and bootstrap weights tensor after tensor.
 
     Returns:
         A :class:`WeightComparison`.
@@ -740,27 +877,25 @@ def compare_weights(
     t_refs, r_refs = target.name_map.refs, reference.name_map.refs
     rng = np.random.default_rng(seed)
     wanted = set(keys) if keys is not None else None
-    pairs: list[PairSimilarity] = []
-    skipped: list[SkippedPair] = []
-    used: set[str] = set()
+    slots: list[SkippedPair | tuple[str, str, Callable[[], PairSimilarity]]] = []  # canonical order
     pairing = _Pairing(r_refs, layer_map, expert_map)
     for key, tref in t_refs.items():
         if wanted is not None and key not in wanted:
             continue
         if not target.store.info(tref.source).is_float:
-            skipped.append(SkippedPair(key, f"dtype {target.store.info(tref.source).dtype} is not decoded"))
+            slots.append(SkippedPair(key, f"dtype {target.store.info(tref.source).dtype} is not decoded"))
             continue
         partner = pairing.partner(tref)
         rkey = partner.key
         if rkey is None:
-            skipped.append(SkippedPair(key, partner.reason))
+            slots.append(SkippedPair(key, partner.reason))
             continue
         rref = r_refs.get(rkey)
         if rref is None:
-            skipped.append(SkippedPair(key, f"no {rkey} in the reference"))
+            slots.append(SkippedPair(key, f"no {rkey} in the reference"))
             continue
         if not reference.store.info(rref.source).is_float:
-            skipped.append(SkippedPair(key, f"reference dtype {reference.store.info(rref.source).dtype} is not decoded"))
+            slots.append(SkippedPair(key, f"reference dtype {reference.store.info(rref.source).dtype} is not decoded"))
             continue
         align = (row_alignments or {}).get(key)
         if align is not None:
@@ -768,17 +903,23 @@ def compare_weights(
         else:
             row_pairs, col_pairs, how = partner.row_pairs, partner.col_pairs, partner.description
         if row_pairs is None and col_pairs is None and tuple(tref.shape) != tuple(rref.shape):
-            skipped.append(SkippedPair(key, f"shape {tuple(tref.shape)} vs reference {rkey} {tuple(rref.shape)}"))
+            slots.append(SkippedPair(key, f"shape {tuple(tref.shape)} vs reference {rkey} {tuple(rref.shape)}"))
             continue
-        try:
-            pairs.append(compare_pair(
-                target.store, tref, reference.store, rref, fraction=fraction, rng=rng, row_pairs=row_pairs,
-                col_pairs=col_pairs, row_alignment=how, chunk_bytes=chunk_bytes,
-                rotation_null=role_category(tref.role) in _TOKEN_CATEGORIES))
-        except IncompatibleShapes as exc:
-            skipped.append(SkippedPair(key, str(exc)))
-            continue
-        used.add(rkey)
+        slots.append((key, rkey, functools.partial(
+            compare_pair, target.store, tref, reference.store, rref, fraction=fraction, rng=rng, row_pairs=row_pairs,
+            col_pairs=col_pairs, row_alignment=how, chunk_bytes=chunk_bytes,
+            rotation_null=role_category(tref.role) in _TOKEN_CATEGORIES)))
+    pairs: list[PairSimilarity] = []
+    skipped: list[SkippedPair] = []
+    used: set[str] = set()
+    for slot, outcome in zip(slots, _run_in_order(slots, 1 if fraction is not None else workers)):
+        if isinstance(slot, SkippedPair):
+            skipped.append(slot)
+        elif isinstance(outcome, IncompatibleShapes):
+            skipped.append(SkippedPair(slot[0], str(outcome)))
+        else:
+            pairs.append(outcome)
+            used.add(slot[1])
     t_files = tuple(str(p) for p in target.store.files)  # full paths for messages
     r_files = tuple(str(p) for p in reference.store.files)
     if not pairs:

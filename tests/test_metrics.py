@@ -329,3 +329,21 @@ def test_streams_from_tensor_store(tmp_path):
     want = reference(w_t, w_r)
     for key, value in want.items():
         assert close(got[key], value), key
+
+
+# ---- the blocked sweep ---------------------------------------------------------------------
+
+
+def test_float32_input_widens_exactly_across_blocks():
+    """More elements than one block; float32 input (as the streamed BF16/F32 readers pass it) gives exactly
+    the figures of its float64 copy, and both match the one-shot reference."""
+    from modellineage.metrics import BLOCK_ELEMENTS
+
+    rng = np.random.default_rng(11)
+    n = 2 * BLOCK_ELEMENTS + 17
+    a = (1.0 + 1e-3 * rng.standard_normal(n)).astype(np.float32)  # norm-gain-like: the mean dominates
+    b = (a + 1e-4 * rng.standard_normal(n)).astype(np.float32)
+    wide = similarity(a.astype(np.float64), b.astype(np.float64))
+    assert similarity(a, b) == wide
+    for key, value in reference(a, b).items():
+        assert close(wide.as_dict()[key], value, 1e-11), key

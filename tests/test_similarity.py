@@ -547,3 +547,64 @@ def test_shared_expert_without_a_reference_counterpart_is_compared_with_the_dens
     assert shared.similarity.centred_cosine > 0.99 and expert.against_dense and abs(expert.similarity.centred_cosine) < 0.3
     assert remap_key(t_refs["layers.0.experts.0.expert_up.weight"], None, None, r_refs) == "layers.0.mlp_up.weight"
     assert remap_key(t_refs["layers.0.experts.0.expert_up.weight"], None, {(0, 1): 0}, None) is None  # not assigned
+
+
+# ----------------------------------------------------------------------------------------- streaming paths
+def test_threads_and_block_sizes_do_not_change_the_figures(demo):
+    """Pairs compared on several threads equal the sequential run exactly; small blocks (many reads, the
+    generic path) agree to rounding, and every path reads each tensor once (bytes counted by the reader)."""
+    one = compare_weights(demo["finetune"], demo["base"], workers=1)
+    three = compare_weights(demo["finetune"], demo["base"], workers=3)
+    small = compare_weights(demo["finetune"], demo["base"], workers=1, chunk_bytes=4096)
+    assert [p.as_dict() for p in one.pairs] == [p.as_dict() for p in three.pairs]
+    for p, q in zip(one.pairs, small.pairs):
+        for figure in ("cosine", "centred_cosine", "rel_l2"):
+            assert getattr(p.similarity, figure) == pytest.approx(getattr(q.similarity, figure), rel=1e-12, abs=1e-15)
+    assert one.bytes_read == small.bytes_read == 2 * sum(demo["base"].store.info(n).nbytes
+                                                         for n in demo["base"].store.names())
+
+
+def test_bf16_pairs_stream_exactly(tmp_path):
+    """BF16 tensors (the streamed fast path: raw reads, float32 blocks widened inside the sweep) give the
+    figures of their float64 values; the rotation null of a token matrix too."""
+    import torch
+    from safetensors.torch import save_file as torch_save
+
+    gen = torch.Generator().manual_seed(0)
+    a = (1.0 + 0.05 * torch.randn(300, 40, generator=gen)).to(torch.bfloat16)
+    b = (a.float() + 0.01 * torch.randn(300, 40, generator=gen)).to(torch.bfloat16)
+    e = (0.02 * torch.randn(500, 24, generator=gen)).to(torch.bfloat16)
+    f = (0.02 * torch.randn(500, 24, generator=gen)).to(torch.bfloat16)
+    torch_save({"w": a, "e": e}, str(tmp_path / "a.safetensors"))
+    torch_save({"w": b, "e": f}, str(tmp_path / "b.safetensors"))
+    sa, sb = TensorStore([tmp_path / "a.safetensors"]), TensorStore([tmp_path / "b.safetensors"])
+    ref = TensorRef("layers.0.mlp_up.weight", "w", (300, 40), "mlp_up", "weight", 0)
+    for chunk in (2048, 1 << 20):
+        pair = compare_pair(sa, ref, sb, ref, chunk_bytes=chunk)
+        want = similarity(a.double().numpy(), b.double().numpy())
+        for figure in ("cosine", "centred_cosine", "rel_l2", "mean_a", "std_b"):
+            assert getattr(pair.similarity, figure) == pytest.approx(getattr(want, figure), rel=1e-12), figure
+        assert pair.bytes_read == 2 * 300 * 40 * 2
+    tok = TensorRef("embed.weight", "e", (500, 24), "embed", "weight")
+    null = compare_pair(sa, tok, sb, tok, rotation_null=True).rotation_null_sd
+    assert null == pytest.approx(_rotation_sd(e.double().numpy(), f.double().numpy()), rel=1e-9)
+
+
+def test_minhash_lookup_equals_hashing_every_token():
+    """The table lookup of signatures._minhash gives the minima of hashing every (position, bin) token, also
+    for grids whose bins are far from equiprobable (a bin missed by the precomputed heads is hashed in full)."""
+    from modellineage import signatures as sg
+
+    def direct(z, seed):
+        tokens = np.arange(z.size, dtype=np.uint64) * np.uint64(8) + np.searchsorted(sg._EDGES, z).astype(np.uint64)
+        a, b = sg._hash_params(seed)
+        with np.errstate(over="ignore"):
+            return sg._mix(tokens[:, None] * a[None, :] + b[None, :]).min(axis=0)
+
+    rng = np.random.default_rng(5)
+    grids = [rng.standard_normal(2048), rng.standard_normal(100), np.zeros(2048),
+             np.r_[np.zeros(2000), rng.standard_normal(48)], 3 * rng.exponential(size=2048) - 2, rng.standard_normal(1)]
+    for seed in (0, 7):
+        for z in grids:
+            z = z.astype(np.float32)
+            assert np.array_equal(sg._minhash(z, seed), direct(z, seed)), (seed, z.size)

@@ -21,7 +21,8 @@ from modellineage.errors import (
     SourceNotFound,
     UnsupportedFormat,
 )
-from modellineage.tensors import F8_E4M3_TABLE, F8_E5M2_TABLE, TensorStore, read_header
+from modellineage.tensors import (EXACT_DTYPES, F8_E4M3_TABLE, F8_E5M2_TABLE, TensorStore, decode_exact,
+                                  read_header)
 from tests.st_files import FAST, TORCH_FLOATS, random_tensor, write_raw
 
 
@@ -331,3 +332,47 @@ def test_check_finite_names_file_tensor_and_count(tmp_path):
         with pytest.raises(NonFiniteWeights, match=r"nan\.safetensors.*'w'.* 1 non-finite.*rows 2-5"):
             store.read_row_range("w", 2, 6, check_finite=True)
         store.read_row_range("w", 2, 4, check_finite=True)  # clean rows pass
+
+
+# ---- raw rows, exact decoding, measured bytes -------------------------------------------------
+
+
+@FAST
+@given(dtype=st.sampled_from(sorted(EXACT_DTYPES)), rows=st.integers(1, 9), cols=st.integers(1, 6),
+       cut=st.integers(0, 10**6), seed=st.integers(0, 2**16))
+def test_raw_rows_decode_to_the_stored_values(tmp_path, dtype, rows, cols, cut, seed):
+    path = tmp_path / f"{dtype}.safetensors"
+    torch_save({"t": random_tensor(dtype, (rows, cols), seed)}, str(path))
+    full = as_f64(torch_load(str(path))["t"])
+    lo = cut % rows
+    with TensorStore([path]) as store:
+        info = store.info("t")
+        raw = store.read_raw_row_range("t", lo, rows, into=bytearray(3))  # too short: replaced
+        assert raw.nbytes == (rows - lo) * cols * info.itemsize == store.bytes_read
+        got = decode_exact(dtype, raw, (rows - lo, cols), scratch=np.empty(64, np.uint32))
+        assert got.dtype == (np.float64 if dtype == "F64" else np.float32)
+        with np.errstate(invalid="ignore"):  # signalling NaN bit patterns widen to quiet NaNs
+            np.testing.assert_array_equal(got.astype(np.float64), full[lo:])
+        with pytest.raises(IndexError, match="'t'"):
+            store.read_raw_row_range("t", 0, rows + 1)
+    with pytest.raises(ValueError, match="BF16"):
+        decode_exact("F8_E4M3", b"\0", (1, 1))
+
+
+def test_bytes_read_are_counted_as_read_per_thread(tmp_path):
+    import threading
+
+    path = tmp_path / "m.safetensors"
+    np_save({"w": np.arange(40 * 6, dtype=np.float32).reshape(40, 6)}, str(path))
+    with TensorStore([path]) as store:
+        store.prefetch_rows("w", [1, 2, 30])  # a hint: nothing read, nothing counted
+        assert store.bytes_read == store.thread_bytes_read == 0
+        np.testing.assert_array_equal(store.read_rows("w", [10, 3, 9, 3])[:, 0], [60, 18, 54, 18])
+        assert store.bytes_read == 3 * 24  # rows 3, 9 and 10, each once
+        store.read_row_range("w", 0, 5)
+        seen = []
+        worker = threading.Thread(target=lambda: (store.read_rows("w", [0]), seen.append(store.thread_bytes_read)))
+        worker.start()
+        worker.join()
+        assert seen == [24] and store.thread_bytes_read == 3 * 24 + 5 * 24
+        assert store.bytes_read == 3 * 24 + 5 * 24 + 24
