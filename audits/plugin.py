@@ -6,7 +6,6 @@ line points into ``audits/`` or passes one of the audit options — so ``pytest 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import html
 import os
@@ -72,6 +71,20 @@ def _sample_fraction(text: str) -> float:
 
 #: Seed of the row sample of --sample (recorded in evidence.json under seeds["weights.sample"]).
 SAMPLE_SEED = 0
+
+
+def once(cache: dict, key, compute):
+    """``compute()`` once per ``key`` for the session; a LineageError is kept and raised again to every
+    audit that asks, so a measurement that cannot be made is not attempted once per audit."""
+    if key not in cache:
+        try:
+            cache[key] = compute()
+        except LineageError as exc:
+            cache[key] = exc
+    found = cache[key]
+    if isinstance(found, LineageError):
+        raise found
+    return found
 
 _AUDIT_OPTIONS = ("audit", "target", "reference", "expect", "thresholds", "evidence", "against_catalog")
 
@@ -163,9 +176,8 @@ def pytest_configure(config: pytest.Config) -> None:
         cli_only = audit_file is None and (config.getoption("target") or config.getoption("reference"))
         plan = None if cli_only else load_plan(Path(audit_file) if audit_file else root / "audit.toml")
         plan = override_plan(plan, target=config.getoption("target"), references=config.getoption("reference"),
-                             expect=config.getoption("expect"), base_dir=Path(config.invocation_params.dir))
-        if config.getoption("against_catalog"):
-            plan = dataclasses.replace(plan, catalog={**plan.catalog, "expect": config.getoption("against_catalog")})
+                             expect=config.getoption("expect"), against_catalog=config.getoption("against_catalog"),
+                             base_dir=Path(config.invocation_params.dir))
         thresholds = load_thresholds(Path(config.getoption("thresholds") or root / "thresholds.toml"))
         evidence_path = Path(config.getoption("evidence") or root / "reports" / "evidence.json")
         session = AuditSession(plan, thresholds, evidence_path, config.getoption("allow_download"))

@@ -16,10 +16,10 @@ from typing import Callable
 import pytest
 
 from modellineage import report
-from modellineage.errors import LineageError
 from modellineage.tokenizer import (load_probes, measure_encoding, measure_extension, measure_id_alignment,
                                     measure_merges, measure_overlap, measure_special_tokens)
 
+from .plugin import once
 from .tokenizer_criteria import (id_alignment, merge_prefix, not_an_extension, overlap_band,
                                  vocabulary_overlap)
 
@@ -39,17 +39,8 @@ def tokenizer_cache() -> dict:
 
 
 def _measured(cache: dict, reference, measure: str, compute: Callable):
-    """``compute()`` once per (reference, measure) for the session; a LineageError is kept and raised again."""
-    key = (reference.name, measure)
-    if key not in cache:
-        try:
-            cache[key] = compute()
-        except LineageError as exc:
-            cache[key] = exc
-    found = cache[key]
-    if isinstance(found, BaseException):
-        raise found
-    return found
+    """``compute()`` once per (reference, measure) for the session (:func:`audits.plugin.once`)."""
+    return once(cache, (reference.name, measure), compute)
 
 
 def _vocabularies(target, reference, evidence):

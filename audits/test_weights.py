@@ -17,13 +17,12 @@ from modellineage import report, weight_plots
 from modellineage.alignment import (LayerCorrespondence, correspond_layers, detect_upcycling, match_experts,
                                     project_layers)
 from modellineage.embeddings import embedding_stats, shared_token_rows, vocabulary_of
-from modellineage.errors import LineageError
 from modellineage.signatures import compare_signatures, model_signatures
 from modellineage.similarity import WeightComparison, compare_weights, summarise
 
 from .criteria import (early_layer_indices, experts_independent, no_signature_matches, weights_derived,
                        weights_independent)
-from .plugin import SAMPLE_SEED
+from .plugin import SAMPLE_SEED, once
 
 pytestmark = pytest.mark.weights
 
@@ -64,55 +63,64 @@ def _row_alignments(target, reference) -> tuple[dict, dict]:
     tv, rv = vocabulary_of(target), vocabulary_of(reference)
     if tv is None or rv is None:
         return out, {"vocabulary": "not read (rows paired by index where shapes agree)"}
+    aligned = {}  # embed and lm_head usually have the same row counts: pair the vocabularies once
     for key in ("embed.weight", "lm_head.weight"):
         tref, rref = target.name_map.refs.get(key), reference.name_map.refs.get(key)
         if tref is None or rref is None or len(tref.shape) != 2 or len(rref.shape) != 2:
             continue
-        align = shared_token_rows(tv, rv, tref.shape[0], rref.shape[0])
+        rows = (tref.shape[0], rref.shape[0])
+        if rows not in aligned:
+            aligned[rows] = shared_token_rows(tv, rv, *rows)
+        align = aligned[rows]
         info[key] = align.as_dict()
         if align.shared and (not align.is_identity or tref.shape != rref.shape):
             out[key] = (align.target_rows, align.reference_rows, align.description)
     return out, info
 
 
+def _embedding_stats(model, sample, first_seed: int) -> dict:
+    """Statistics of the model's embed / lm_head (seeded per matrix when sampling)."""
+    out = {}
+    for key in ("embed.weight", "lm_head.weight"):
+        ref = model.name_map.refs.get(key)
+        if ref is not None and model.store.info(ref.source).is_float:
+            out[key] = embedding_stats(model.store, ref, fraction=sample,
+                                       rng=np.random.default_rng([EMBEDDING_SEED, first_seed + len(out)]))
+    return out
+
+
+def _target_side(target, audit_session, cache) -> tuple:
+    """The target's signatures and embedding statistics: the same for every reference, computed once."""
+    return once(cache, ("target", target.name), lambda: (model_signatures(target, seed=SIGNATURE_SEED),
+                                                         _embedding_stats(target, audit_session.sample, 0)))
+
+
 def measure(target, reference, thresholds, audit_session, cache) -> _Measured:
     """Everything the weight audits of one reference need (computed once per session)."""
-    if reference.name in cache:
-        found = cache[reference.name]
-        if isinstance(found, BaseException):
-            raise found
-        return found
-    try:
-        audit_session.seeds["weights.signatures"] = SIGNATURE_SEED
-        ts = model_signatures(target, seed=SIGNATURE_SEED)
-        rs = model_signatures(reference.model, seed=SIGNATURE_SEED)
-        layers = correspond_layers(ts, rs, min_match=thresholds["weights", "derived_min_centred"].value)
-        layer_map = layers.layer_map if layers.beats_index else None
-        experts = match_experts(ts, rs, layer_map)
-        expert_map = {(m.layer, t): r for m in experts for t, r in m.assignment} or None
-        rows, row_info = _row_alignments(target, reference.model)
-        comparison = compare_weights(target, reference.model, fraction=audit_session.sample, seed=SAMPLE_SEED,
-                                     layer_map=layer_map, expert_map=expert_map, row_alignments=rows)
-        embeddings = {}
-        if audit_session.sample is not None:
-            audit_session.seeds["weights.embedding_stats"] = EMBEDDING_SEED
-        for side, model in (("target", target), ("reference", reference.model)):
-            for key in ("embed.weight", "lm_head.weight"):
-                ref = model.name_map.refs.get(key)
-                if ref is not None and model.store.info(ref.source).is_float:
-                    embeddings[f"{side}:{key}"] = embedding_stats(
-                        model.store, ref, fraction=audit_session.sample,
-                        rng=np.random.default_rng([EMBEDDING_SEED, len(embeddings)]))
-        measured = _Measured(comparison, layers,
-                             compare_signatures(ts, rs, target_name=target.name, reference_name=reference.name,
-                                                seed=SIGNATURE_SEED),
-                             experts, detect_upcycling(ts, rs, layer_map), project_layers(ts, rs), embeddings,
-                             row_info)
-    except LineageError as exc:
-        cache[reference.name] = exc
-        raise
-    cache[reference.name] = measured
-    return measured
+    return once(cache, reference.name, lambda: _measure(target, reference, thresholds, audit_session, cache))
+
+
+def _measure(target, reference, thresholds, audit_session, cache) -> _Measured:
+    audit_session.seeds["weights.signatures"] = SIGNATURE_SEED
+    if audit_session.sample is not None:
+        audit_session.seeds["weights.embedding_stats"] = EMBEDDING_SEED
+    ts, target_embeddings = _target_side(target, audit_session, cache)
+    rs = model_signatures(reference.model, seed=SIGNATURE_SEED)
+    layers = correspond_layers(ts, rs, min_match=thresholds["weights", "derived_min_centred"].value)
+    layer_map = layers.layer_map if layers.beats_index else None
+    experts = match_experts(ts, rs, layer_map)
+    expert_map = {(m.layer, t): r for m in experts for t, r in m.assignment} or None
+    rows, row_info = _row_alignments(target, reference.model)
+    comparison = compare_weights(target, reference.model, fraction=audit_session.sample, seed=SAMPLE_SEED,
+                                 layer_map=layer_map, expert_map=expert_map, row_alignments=rows)
+    # seeds [EMBEDDING_SEED, i]: i counts the target's matrices first, then the reference's
+    embeddings = {f"target:{k}": v for k, v in target_embeddings.items()}
+    embeddings.update({f"reference:{k}": v for k, v in
+                       _embedding_stats(reference.model, audit_session.sample, len(target_embeddings)).items()})
+    return _Measured(comparison, layers,
+                     compare_signatures(ts, rs, target_name=target.name, reference_name=reference.name,
+                                        seed=SIGNATURE_SEED),
+                     experts, detect_upcycling(ts, rs, layer_map), project_layers(ts, rs), embeddings, row_info)
 
 
 def _fmt(x: float) -> str:

@@ -206,10 +206,6 @@ class IndependenceTest:
     files: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
-    @property
-    def p(self) -> float:
-        return self.combined.p
-
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "reference": self.reference, "statistic": self.statistic,
                 "combined": self.combined.as_dict(), "hidden": self.hidden.as_dict(),
@@ -258,16 +254,11 @@ def shared_token_pairs(target, reference) -> TokenPairs:
     Raises:
         UnsupportedFormat: a side has no readable tokenizer, or the vocabularies share fewer than 2 tokens.
     """
-    from .vocab import load_from_files
-
-    vocabs = []
     for model in (target, reference):
-        files = model.source.tokenizer_files
-        if not files:
+        if not model.source.tokenizer_files:
             raise UnsupportedFormat(f"{model.source.root}: no tokenizer files; the hidden dimensions are aligned "
                                     "through shared tokens (or pass explicit token_pairs)")
-        vocabs.append(load_from_files(files, where=model.source.root))
-    vt, vr = vocabs
+    vt, vr = target.vocabulary, reference.vocabulary  # read once per model for the session
     rows_t = _refs(target)["embed.weight"].shape[0] if "embed.weight" in _refs(target) else 0
     rows_r = _refs(reference)["embed.weight"].shape[0] if "embed.weight" in _refs(reference) else 0
     if vt.ids == vr.ids and vt.normalised == vr.normalised:
@@ -437,12 +428,12 @@ class _Frames:
         return fn
 
 
-def _rows(model, key: str, frames: _Frames, side: str, gain: np.ndarray | None, chunk_bytes: int) -> np.ndarray:
+def _rows(model, key: str, frames: _Frames, reader: Callable, chunk_bytes: int) -> np.ndarray:
     ref = _ref(model, key)
     if ref.shape[-1] != frames.perm.size:
         raise IncompatibleShapes(f"{model.source.root}: {ref.source} has {ref.shape[-1]} columns, "
                                  f"hidden size is {frames.perm.size}")
-    return _stream(model, ref, frames.reader(side, gain), chunk_bytes)
+    return _stream(model, ref, reader, chunk_bytes)
 
 
 def _gain(model, key: str) -> np.ndarray | None:
@@ -451,20 +442,20 @@ def _gain(model, key: str) -> np.ndarray | None:
 
 # ----------------------------------------------------------------------------------------- per block
 def _mlp_unit(target, reference, layer: int, expert: int | None, ref_expert: int | None, prefix_t: str,
-              prefix_r: str, gate_role: str, up_role: str, frames: _Frames, gains: tuple, opts: dict) -> UnitResult:
+              prefix_r: str, gate_role: str, up_role: str, frames: _Frames, readers: tuple, opts: dict) -> UnitResult:
     kt = (f"{prefix_t}{gate_role}.weight", f"{prefix_t}{up_role}.weight")
     kr = (f"{prefix_r}{gate_role}.weight", f"{prefix_r}{up_role}.weight")
-    gt = _unit(_rows(target, kt[0], frames, "target", gains[0], opts["chunk_bytes"]))
-    gr = _unit(_rows(reference, kr[0], frames, "reference", gains[1], opts["chunk_bytes"]))
+    gt = _unit(_rows(target, kt[0], frames, readers[0], opts["chunk_bytes"]))
+    gr = _unit(_rows(reference, kr[0], frames, readers[1], opts["chunk_bytes"]))
     if gt.shape[0] != gr.shape[0]:
         raise IncompatibleShapes(f"{target.source.root}: {_ref(target, kt[0]).source} has {gt.shape[0]} neurons, "
                                  f"{_ref(reference, kr[0]).source} of {reference.source.root} has {gr.shape[0]}")
     seed = opts["seed"] * 1_000_003 + layer * 1009 + (expert or 0)
     pi_g, sims_g, matcher = match_rows(gt, gr, absolute=False, dense_max=opts["dense_max"], top_k=opts["top_k"],
                                        seed=seed)
-    ut, coupling_t = _decoupled(_rows(target, kt[1], frames, "target", gains[0], opts["chunk_bytes"]), gt,
+    ut, coupling_t = _decoupled(_rows(target, kt[1], frames, readers[0], opts["chunk_bytes"]), gt,
                                 opts["decouple"])
-    ur, coupling_r = _decoupled(_rows(reference, kr[1], frames, "reference", gains[1], opts["chunk_bytes"]), gr,
+    ur, coupling_r = _decoupled(_rows(reference, kr[1], frames, readers[1], opts["chunk_bytes"]), gr,
                                 opts["decouple"])
     del gt, gr
     pi_u, sims_u, _ = match_rows(ut, ur, absolute=True, dense_max=opts["dense_max"], top_k=opts["top_k"],
@@ -503,7 +494,7 @@ def _experts(model, layer: int) -> list[int]:
 
 
 def _match_experts(target, reference, layer: int, experts_t: list[int], experts_r: list[int], frames: _Frames,
-                   gains: tuple, chunk_bytes: int) -> dict[int, int]:
+                   readers: tuple, chunk_bytes: int) -> dict[int, int]:
     """Target expert -> reference expert, by router rows (identity when a model has no router)."""
     key = f"layers.{layer}.router.weight"
     if len(experts_t) != len(experts_r):
@@ -513,13 +504,13 @@ def _match_experts(target, reference, layer: int, experts_t: list[int], experts_
         return dict(zip(experts_t, experts_r))
     from scipy.optimize import linear_sum_assignment
 
-    a = _unit(_rows(target, key, frames, "target", gains[0], chunk_bytes))
-    b = _unit(_rows(reference, key, frames, "reference", gains[1], chunk_bytes))
+    a = _unit(_rows(target, key, frames, readers[0], chunk_bytes))
+    b = _unit(_rows(reference, key, frames, readers[1], chunk_bytes))
     rows, cols = linear_sum_assignment(a @ b.T, maximize=True)
     return {experts_t[r]: experts_r[c] for r, c in zip(rows, cols)}
 
 
-def _heads(target, reference, layer: int, frames: _Frames, gains: tuple, chunk_bytes: int) -> HeadAlignment | None:
+def _heads(target, reference, layer: int, frames: _Frames, readers: tuple, chunk_bytes: int) -> HeadAlignment | None:
     keys = [f"layers.{layer}.attn_{r}.weight" for r in ("q", "k", "v")]
     if any(_ref(m, k) is None for m in (target, reference) for k in keys):
         return None
@@ -532,17 +523,15 @@ def _heads(target, reference, layer: int, frames: _Frames, gains: tuple, chunk_b
         return None
     from scipy.optimize import linear_sum_assignment
 
-    def per_head(key: str, heads: int) -> tuple[np.ndarray, np.ndarray]:
-        a = _unit(_rows(target, key, frames, "target", gains[0], chunk_bytes))
-        b = _unit(_rows(reference, key, frames, "reference", gains[1], chunk_bytes))
+    def per_head(key: str, heads: int) -> np.ndarray:
+        a = _unit(_rows(target, key, frames, readers[0], chunk_bytes))
+        b = _unit(_rows(reference, key, frames, readers[1], chunk_bytes))
         if a.shape[0] != heads * hd or b.shape[0] != heads * hd:
             raise IncompatibleShapes(f"{target.source.root}: {key} has {a.shape[0]} rows, expected {heads}×{hd}")
         a, b = a.reshape(heads, hd, -1), b.reshape(heads, hd, -1)
-        return np.abs(np.einsum("ark,brk->abr", a, b)).mean(axis=2), np.arange(heads)
+        return np.abs(np.einsum("ark,brk->abr", a, b)).mean(axis=2)
 
-    sim_q, _ = per_head(keys[0], h)
-    sim_k, _ = per_head(keys[1], hkv)
-    sim_v, _ = per_head(keys[2], hkv)
+    sim_q, sim_k, sim_v = per_head(keys[0], h), per_head(keys[1], hkv), per_head(keys[2], hkv)
     group = h // hkv
     sim_group = (sim_k + sim_v) / 2.0
     _, kv = linear_sum_assignment(sim_group, maximize=True)
@@ -607,29 +596,31 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
         notes.append(f"layer counts differ ({len(layers_t)} vs {len(layers_r)}); layers compared by index")
     results = []
     for done, layer in enumerate(common):
-        mlp_gain = (_gain(target, f"layers.{layer}.mlp_norm.weight"), _gain(reference, f"layers.{layer}.mlp_norm.weight"))
-        attn_gain = (_gain(target, f"layers.{layer}.attn_norm.weight"),
-                     _gain(reference, f"layers.{layer}.attn_norm.weight"))
+        # one reader per side and norm, built once per layer (the folded sketch depends only on the gain)
+        mlp_read = (frames.reader("target", _gain(target, f"layers.{layer}.mlp_norm.weight")),
+                    frames.reader("reference", _gain(reference, f"layers.{layer}.mlp_norm.weight")))
+        attn_read = (frames.reader("target", _gain(target, f"layers.{layer}.attn_norm.weight")),
+                     frames.reader("reference", _gain(reference, f"layers.{layer}.attn_norm.weight")))
         units = []
-        for gate_role, up_role, pre in (("mlp_gate", "mlp_up", ""), ("shared_gate", "shared_up", "")):
-            kt = f"layers.{layer}.{pre}{gate_role}.weight"
+        for gate_role, up_role in (("mlp_gate", "mlp_up"), ("shared_gate", "shared_up")):
+            kt = f"layers.{layer}.{gate_role}.weight"
             if _ref(target, kt) and _ref(reference, kt) and _ref(target, kt.replace(gate_role, up_role)) \
                     and _ref(reference, kt.replace(gate_role, up_role)):
                 units.append(_mlp_unit(target, reference, layer, None, None, f"layers.{layer}.",
-                                       f"layers.{layer}.", gate_role, up_role, frames, mlp_gain, opts))
+                                       f"layers.{layer}.", gate_role, up_role, frames, mlp_read, opts))
         experts_t, experts_r = _experts(target, layer), _experts(reference, layer)
         if experts_t and experts_r:
-            mapping = _match_experts(target, reference, layer, experts_t, experts_r, frames, mlp_gain, chunk_bytes)
+            mapping = _match_experts(target, reference, layer, experts_t, experts_r, frames, mlp_read, chunk_bytes)
             for e_t in experts_t:
                 e_r = mapping[e_t]
                 pt, pr = f"layers.{layer}.experts.{e_t}.", f"layers.{layer}.experts.{e_r}."
                 if _ref(target, pt + "expert_gate.weight") and _ref(reference, pr + "expert_gate.weight"):
                     units.append(_mlp_unit(target, reference, layer, e_t, e_r, pt, pr, "expert_gate", "expert_up",
-                                           frames, mlp_gain, opts))
+                                           frames, mlp_read, opts))
         if units:
             pv = units[0].pvalue if len(units) == 1 else fisher_combine([u.pvalue for u in units])
             results.append(LayerResult(layer=layer, pvalue=pv, units=tuple(units),
-                                       attention=_heads(target, reference, layer, frames, attn_gain, chunk_bytes)))
+                                       attention=_heads(target, reference, layer, frames, attn_read, chunk_bytes)))
         if progress is not None:
             progress(done + 1, len(common))
     if not results:

@@ -104,15 +104,31 @@ class Model:
     def weight_facts(self) -> WeightFacts:
         return facts_from_weights(self.name_map, self.arch)
 
-    @cached_property
+    @property
     def vocabulary(self):
-        """The normalised tokenizer vocabulary (modellineage.vocab), read from the source's tokenizer files."""
+        """The normalised tokenizer vocabulary (modellineage.vocab), read from the source's tokenizer files.
+
+        Read once: a tokenizer that cannot be read raises the same error to every audit that asks,
+        without parsing the files again.
+        """
+        if "_vocabulary" not in self.__dict__:
+            try:
+                self.__dict__["_vocabulary"] = self._read_vocabulary()
+            except LineageError as exc:
+                self.__dict__["_vocabulary"] = exc
+        found = self.__dict__["_vocabulary"]
+        if isinstance(found, LineageError):
+            raise found
+        return found
+
+    def _read_vocabulary(self):
         from .errors import UnsupportedFormat
-        from .vocab import load_from_files
+        from .vocab import _PRIORITY, load_from_files
 
         if not self.source.tokenizer_files:
-            raise UnsupportedFormat(f"{self.source.root}: no tokenizer files (tokenizer.json, tokenizer.model, "
-                                    "*.model.v3, *.tiktoken, tekken*.json, vocab.json + merges.txt, vocab.txt, *.gguf)")
+            raise UnsupportedFormat(f"{self.source.root}: no tokenizer files ("
+                                    + ", ".join(p.replace("vocab.json", "vocab.json + merges.txt") for p in _PRIORITY)
+                                    + ")")
         return load_from_files(self.source.tokenizer_files, where=self.source.root)
 
     def tensor_digests(self) -> tuple[TensorDigest, ...]:

@@ -36,7 +36,7 @@ from statistics import NormalDist
 import numpy as np
 
 from .naming import TensorRef, role_category
-from .similarity import row_plan
+from .similarity import read_canonical_rows, row_plan
 from .tensors import TensorStore
 
 __all__ = [
@@ -191,15 +191,18 @@ def tensor_signature(store: TensorStore, ref: TensorRef, *, seed: int = 0) -> Te
     Raises:
         NonFiniteWeights: NaN/Inf among the sampled elements.
     """
-    info = store.info(ref.source)
-    if not info.is_float:
+    if not store.info(ref.source).is_float:
         return None
-    plan, rows, cols, source_rows = _source_rows(store, ref, seed)
-    block = store.read_rows(plan.source, source_rows, check_finite=True)
-    if plan.transpose:
-        block = (block if plan.cols is None else block[:, plan.cols])[:, rows].T
+    return _signature(store, ref, _source_rows(store, ref, seed), seed)
+
+
+def _signature(store: TensorStore, ref: TensorRef, planned: tuple, seed: int) -> TensorSignature | None:
+    """:func:`tensor_signature` from the grid :func:`_source_rows` chose."""
+    plan, rows, cols, _ = planned
+    if plan.transpose:  # the grid's columns are stored rows
+        block = read_canonical_rows(store, plan, cols, check_finite=True)[:, rows].T
     else:
-        block = (block if plan.cols is None else block[:, plan.cols])[:, cols]
+        block = read_canonical_rows(store, plan, rows, check_finite=True)[:, cols]
     x = block.ravel()
     std = float(x.std())
     if x.size < 2 or std == 0.0 or not math.isfinite(std):
@@ -226,17 +229,20 @@ def model_signatures(model, *, seed: int = 0, keys: Iterable[str] | None = None)
     todo = [(key, ref) for key, ref in model.name_map.refs.items()
             if (wanted is None or key in wanted) and store.info(ref.source).is_float]
 
+    planned: dict[int, tuple] = {}  # grids of the announced tensors, each chosen once
+
     def announce(i: int) -> None:
         if i < len(todo):
             ref = todo[i][1]
-            store.prefetch_rows(ref.source, _source_rows(store, ref, seed)[3])
+            planned[i] = _source_rows(store, ref, seed)
+            store.prefetch_rows(ref.source, planned[i][3])
 
     for i in range(min(PREFETCH_TENSORS, len(todo))):
         announce(i)
     out = {}
     for i, (key, ref) in enumerate(todo):
         announce(i + PREFETCH_TENSORS)
-        sig = tensor_signature(store, ref, seed=seed)
+        sig = _signature(store, ref, planned.pop(i), seed)
         if sig is not None:
             out[key] = sig
     return out
@@ -346,11 +352,12 @@ def compare_signatures(target: Mapping[str, TensorSignature], reference: Mapping
         best = int(np.argmin(dist))
         same = reference.get(key)
         same_ok = same is not None and same.shape == sig.shape
-        if same_ok and hamming(sig, same) <= float(dist[best]):
+        same_hamming = hamming(sig, same) if same_ok else None
+        if same_ok and same_hamming <= float(dist[best]):
             best = next(i for i, c in enumerate(cands) if c.key == key)  # ties go to the same key
         matches.append(SignatureMatch(
             key=key, category=sig.category,
-            same_key_hamming=hamming(sig, same) if same_ok else None,
+            same_key_hamming=same_hamming,
             same_key_jaccard=jaccard(sig, same) if same_ok else None,
             best_key=cands[best].key, best_hamming=float(dist[best]), best_jaccard=jaccard(sig, cands[best]),
             candidates=len(cands)))

@@ -296,6 +296,17 @@ def test_model_without_tokenizer_files_names_the_directory(tmp_path):
         model.vocabulary
 
 
+def test_an_unreadable_tokenizer_is_read_once_and_fails_every_audit_that_asks(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    model = Model("broken", resolve_source(str(tmp_path)))
+    with pytest.raises(CorruptCheckpoint, match="tokenizer.json") as first:
+        model.vocabulary
+    (tmp_path / "tokenizer.json").unlink()  # not read again: the same error comes back without the file
+    with pytest.raises(CorruptCheckpoint) as again:
+        model.vocabulary
+    assert again.value is first.value
+
+
 def test_tokenizer_only_directory_is_a_full_source(tmp_path):
     shutil.copy(real("mistral-v1"), tmp_path / "tokenizer.model")
     vocab = Model("mistral", resolve_source(str(tmp_path))).vocabulary
