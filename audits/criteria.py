@@ -313,7 +313,12 @@ def independence_alpha(bound: Bound, references: int) -> float:
 
 
 def _p_text(pv) -> str:
-    return f"{pv.p:.3g}" if pv.p > 0 else f"10^{pv.log10_p:.1f}"
+    return _fmt_p(pv.p, pv.log10_p)
+
+
+def _fmt_p(p: float, log10_p: float) -> str:
+    """A p-value as text; below float range as a power of ten."""
+    return f"{p:.3g}" if p > 0 else f"10^{log10_p:.1f}"
 
 
 def independence_pvalue(test, expectation: str, bound: Bound, references: int) -> Judgement:
@@ -329,7 +334,7 @@ def independence_pvalue(test, expectation: str, bound: Bound, references: int) -
     if expectation == "derived":
         failed = not pv.p < alpha
         verdict = "reject" if not failed else "do not reject"
-        extra = (f"; the test cannot reach α here (smallest attainable p {_p_text_min(pv)})"
+        extra = (f"; the test cannot reach α here (smallest attainable p {_fmt_p(pv.min_p, pv.log10_min_p)})"
                  if pv.min_p >= alpha else "")
         message = (f"independence test p = {_p_text(pv)} {'<' if not failed else '≥'} α = {alpha:.3g} ({where}): "
                    f"the data {verdict} independence from {test.reference!r}{extra}; per-layer p: {layers}")
@@ -340,10 +345,6 @@ def independence_pvalue(test, expectation: str, bound: Bound, references: int) -
                    f"{test.reference!r}; per-layer p: {layers}")
     bound_text = f"p < {alpha:.3g}" if expectation == "derived" else f"p ≥ {alpha:.3g}"
     return Judgement("independence p-value", pv.p, bound_text, bound.where, failed, message)
-
-
-def _p_text_min(pv) -> str:
-    return f"{pv.min_p:.3g}" if pv.min_p > 0 else f"10^{pv.log10_min_p:.1f}"
 
 
 def not_a_catalog_tokenizer(model: str, matches, extension: Bound, contained: Bound) -> Judgement:

@@ -12,7 +12,6 @@ The calibration figures are the supporting evidence cited in thresholds.toml [to
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from modellineage.tokenizer import (compare_tokenizers, load_probes, measure_encoding,  # noqa: E402
                                     measure_extension, measure_id_alignment, measure_merges, measure_overlap,
                                     measure_special_tokens)
+from modellineage.catalog_tools import package_file  # noqa: E402
 from modellineage.vocab import load_vocabulary  # noqa: E402
 
 FILES = {
@@ -58,10 +58,10 @@ PAIRS = [
 
 def path_of(name: str) -> Path:
     package, rel = FILES[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        raise SystemExit(f"{package} is not installed: pip install -e '.[test]'")
-    return Path(list(spec.submodule_search_locations)[0]) / rel
+    path = package_file(package, rel)
+    if path is None:
+        raise SystemExit(f"{package}/{rel} is not installed: pip install -e '.[test]'")
+    return path
 
 
 def timed(fn):

@@ -69,10 +69,7 @@ def layer_similarity(target: Mapping[str, TensorSignature], reference: Mapping[s
     matrix = np.full((len(t_layers), len(r_layers)), np.nan)
     for i, tl in enumerate(t_layers):
         for j, rl in enumerate(r_layers):
-            vals = [correlation(sig, r[rl][name]) for name, sig in t[tl].items()
-                    if name in r[rl] and r[rl][name].shape == sig.shape and r[rl][name].elements == sig.elements]
-            if vals:
-                matrix[i, j] = float(np.mean(vals))
+            matrix[i, j] = _mean_corr(t[tl], r[rl])
     return t_layers, r_layers, matrix
 
 

@@ -302,7 +302,8 @@ class WeightFacts:
         return out
 
 
-def _numel(shape: tuple[int, ...]) -> int:
+def numel(shape: tuple[int, ...]) -> int:
+    """Elements of a tensor of this shape."""
     return math.prod(int(d) for d in shape)
 
 
@@ -391,7 +392,7 @@ def facts_from_weights(name_map: NameMap, config: ArchConfig | None = None) -> W
     for name, shape in name_map.source_shapes.items():
         if name in excluded:
             continue
-        n = _numel(shape)
+        n = numel(shape)
         total += n
         if name in unknown_set:
             unknown += n
@@ -410,7 +411,7 @@ def facts_from_weights(name_map: NameMap, config: ArchConfig | None = None) -> W
             if d in _DTYPE_BYTES:
                 key = f"{d} (scales)"
                 bytes_by_dtype[key] = bytes_by_dtype.get(key, 0) + int(
-                    math.ceil(_numel(name_map.source_shapes[scale]) * _DTYPE_BYTES[d])
+                    math.ceil(numel(name_map.source_shapes[scale]) * _DTYPE_BYTES[d])
                 )
 
     return WeightFacts(
@@ -644,4 +645,4 @@ def count_parameters(shapes: Mapping[str, tuple[int, ...]], name_map: NameMap | 
     """
     nm = name_map if name_map is not None else canonicalize(shapes)
     excluded = set(nm.scales) | set(nm.buffers)
-    return sum(_numel(tuple(shape)) for name, shape in shapes.items() if name not in excluded)
+    return sum(numel(tuple(shape)) for name, shape in shapes.items() if name not in excluded)

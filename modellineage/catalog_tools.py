@@ -13,17 +13,35 @@ noticed. Model entries in ``catalog.json`` link to a tokenizer by its id.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
-from importlib import metadata, resources
+import importlib.util
+from importlib import metadata
 from pathlib import Path
 
-from .catalog import fingerprint_tokens, vocabulary_tokens
+from .catalog import _data_path, fingerprint_tokens, vocabulary_tokens
+from .hashing import sha256_file
 from .vocab import load_vocabulary
 
-__all__ = ["PackageSource", "BUILTIN_SOURCES", "fingerprint_file", "regenerate"]
+__all__ = ["PackageSource", "BUILTIN_SOURCES", "package_file", "fingerprint_file", "regenerate"]
+
+
+def package_file(module: str, path: str) -> Path | None:
+    """A data file shipped inside an installed package, or None; found without running the package's code.
+
+    Args:
+        module: the top-level import name (``mistral_common``).
+        path: the file's path inside the package (``data/tokenizer.model.v1``).
+    """
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ModuleNotFoundError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = Path(list(spec.submodule_search_locations)[0]) / path
+    return found if found.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -37,12 +55,7 @@ class PackageSource:
     path: str
 
     def locate(self) -> Path | None:
-        try:
-            root = resources.files(self.module)
-        except ModuleNotFoundError:
-            return None
-        found = root.joinpath(self.path)
-        return Path(str(found)) if found.is_file() else None
+        return package_file(self.module, self.path)
 
     def citation(self) -> str:
         try:
@@ -73,19 +86,11 @@ BUILTIN_SOURCES: tuple[PackageSource, ...] = (
 )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint_file(path: Path, *, id: str, description: str, source: str) -> dict:
     """One fingerprint entry (as stored in tokenizer_fingerprints.json) for one tokenizer file."""
     vocab = load_vocabulary(path)
     fp = fingerprint_tokens(vocabulary_tokens(vocab))
-    return {"id": id, "description": description, "source": source, "file_sha256": _sha256(Path(path)),
+    return {"id": id, "description": description, "source": source, "file_sha256": sha256_file(path).sha256,
             "format": vocab.format, "ids": vocab.size, "special_ids": len(vocab.special_ids),
             "fingerprint": fp.as_dict()}
 
@@ -125,8 +130,7 @@ def _dump(doc: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modellineage.catalog_tools", description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path(str(resources.files("modellineage.data")
-                                                                   .joinpath("tokenizer_fingerprints.json"))))
+    parser.add_argument("--output", type=Path, default=_data_path("tokenizer_fingerprints.json"))
     parser.add_argument("--check", action="store_true", help="exit 1 if regenerating would change the file")
     parser.add_argument("--add", metavar="ID=FILE", action="append", default=[], help="fingerprint another file")
     parser.add_argument("--description", default="", help="description of the --add file(s)")

@@ -38,7 +38,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Mapping
 
-from .architecture import ArchConfig, count_parameters
+from .architecture import ArchConfig, count_parameters, numel
 from .errors import PlanError, UnsupportedFormat
 from .naming import NameMap, role_category
 
@@ -65,10 +65,6 @@ __all__ = [
 
 SECONDS_PER_HOUR = 3600.0
 FLOPS_PER_PARAMETER_TOKEN = 6  # 2 (forward) + 4 (backward) multiply-adds per parameter per token
-
-
-def _numel(shape) -> int:
-    return math.prod(int(d) for d in shape)
 
 
 @dataclass(frozen=True)
@@ -155,7 +151,7 @@ def count_active_parameters(
             layer = experts.setdefault(ref.layer, {})
             layer[ref.expert] = layer.get(ref.expert, 0) + ref.numel
     not_active.extend(sorted(beyond))
-    by_cat["not_active"] = by_cat.get("not_active", 0) + sum(_numel(shapes[n]) for n in name_map.unknown)
+    by_cat["not_active"] = by_cat.get("not_active", 0) + sum(numel(shapes[n]) for n in name_map.unknown)
     notes: list[str] = []
     if beyond:
         notes.append(f"{len(beyond)} tensor(s) in layers ≥ num_hidden_layers = {cfg_layers} "

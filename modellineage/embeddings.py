@@ -17,16 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import LineageError, NonFiniteWeights
-from .metrics import BLOCK_ELEMENTS, DOT_ROW
-from .sampling import choose_rows
+from .sampling import choose_rows, row_dots
 from .similarity import iter_canonical_blocks, row_plan
 
-
-def _row_dots(block: np.ndarray) -> np.ndarray:
-    """Per row, the sum of squares (rows of at most DOT_ROW elements: a BLAS dot on the calling thread)."""
-    if block.shape[1] <= DOT_ROW:
-        return np.vecdot(block, block) if hasattr(np, "vecdot") else np.einsum("ij,ij->i", block, block)
-    return np.einsum("ij,ij->i", block, block)
 
 __all__ = ["RowAlignment", "shared_token_rows", "vocabulary_of", "EmbeddingStats", "embedding_stats"]
 
@@ -81,16 +74,10 @@ def shared_token_rows(target_vocab, reference_vocab, target_rows: int, reference
 
 
 def vocabulary_of(model):
-    """The model's normalised vocabulary (``Model.vocabulary`` when present, else read from its tokenizer
-    files), or None when it has none that can be read."""
+    """The model's normalised vocabulary (``Model.vocabulary``, read once), or None when it has none
+    that can be read."""
     try:
-        vocab = getattr(model, "vocabulary", None)
-        if vocab is not None:
-            return vocab
-        from .vocab import load_from_files
-
-        files = list(model.source.tokenizer_files)
-        return load_from_files(files, where=model.source.root) if files else None
+        return model.vocabulary
     except (LineageError, ImportError):
         return None
 
@@ -149,10 +136,10 @@ def embedding_stats(store, ref, *, fraction: float | None = None, rng: np.random
         block = buf[:raw.size].reshape(raw.shape)
         np.copyto(block, raw)  # float64 (blocks of exact float32 values widen here)
         start = n // max(1, cols)
-        norms[start:start + block.shape[0]] = np.sqrt(_row_dots(block))
+        norms[start:start + block.shape[0]] = np.sqrt(row_dots(block, block))
         k, bm = block.size, float(np.add.reduce(block, axis=None)) / block.size
         block -= bm
-        bm2 = float(_row_dots(block).sum())
+        bm2 = float(row_dots(block, block).sum())
         if not math.isfinite(bm + bm2):
             bad = block.size - int(np.count_nonzero(np.isfinite(block)))
             first, last = int(plan.rows[rows].min()), int(plan.rows[rows].max())

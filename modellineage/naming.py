@@ -57,6 +57,7 @@ __all__ = [
     "TensorRef",
     "NameMap",
     "canonicalize",
+    "canonical_key",
     "role_category",
 ]
 
@@ -558,7 +559,8 @@ def _split_fused(
     raise AssertionError(rule)  # pragma: no cover
 
 
-def _key(layer: int | None, expert: int | None, role: str, kind: str) -> str:
+def canonical_key(layer: int | None, expert: int | None, role: str, kind: str) -> str:
+    """The canonical name of a tensor: ``layers.{layer}.experts.{expert}.{role}.{kind}`` (parts optional)."""
     parts = []
     if layer is not None:
         parts.append(f"layers.{layer}")
@@ -594,16 +596,16 @@ def _refs_for(
             if role == "expert_gate_up" and shape[1] % 2 == 0:
                 half = shape[1] // 2
                 for r, rng in (("expert_gate", (0, half)), ("expert_up", (half, shape[1]))):
-                    refs.append(TensorRef(_key(layer, e, r, "weight"), p.name, shape, r, "weight", layer, e,
+                    refs.append(TensorRef(canonical_key(layer, e, r, "weight"), p.name, shape, r, "weight", layer, e,
                                           (pick, Selection(1, (rng,)))))
             else:
                 if role == "expert_gate_up":
                     notes.append(f"{p.name}: {shape[1]} rows cannot be halved; kept per expert as expert_gate_up")
-                refs.append(TensorRef(_key(layer, e, role, "weight"), p.name, shape, role, "weight", layer, e, (pick,)))
+                refs.append(TensorRef(canonical_key(layer, e, role, "weight"), p.name, shape, role, "weight", layer, e, (pick,)))
         return refs
 
     if layer is not None and p.module == "mlp.gate" and p.param == "e_score_correction_bias":
-        return [TensorRef(_key(layer, None, "router_bias", "bias"), p.name, shape, "router_bias", "bias", layer)]
+        return [TensorRef(canonical_key(layer, None, "router_bias", "bias"), p.name, shape, "router_bias", "bias", layer)]
 
     kind = _KIND_ALIASES.get(p.param)
     if kind is None:
@@ -613,21 +615,21 @@ def _refs_for(
         role = _TOP_MODULES.get(p.module)
         if role is None:
             return None
-        return [TensorRef(_key(None, None, role, kind), p.name, shape, role, kind)]
+        return [TensorRef(canonical_key(None, None, role, kind), p.name, shape, role, kind)]
 
     m = _EXPERT_RE.match(p.module)
     if m:
         expert, role = int(m.group(1)), _EXPERT_ROLES[m.group(2)]
-        return [TensorRef(_key(layer, expert, role, kind), p.name, shape, role, kind, layer, expert)]
+        return [TensorRef(canonical_key(layer, expert, role, kind), p.name, shape, role, kind, layer, expert)]
 
     if p.module in _FUSED:
         split = _split_fused(p, shape, heads, notes)
         if split is None:
             role = "mlp_gate_up" if _FUSED[p.module] == "gate_up" else "attn_qkv"
             transpose = p.module in _CONV1D and kind == "weight" and len(shape) == 2
-            return [TensorRef(_key(layer, None, role, kind), p.name, shape, role, kind, layer, None, (), transpose)]
+            return [TensorRef(canonical_key(layer, None, role, kind), p.name, shape, role, kind, layer, None, (), transpose)]
         return [
-            TensorRef(_key(layer, None, role, kind), p.name, shape, role, kind, layer, None, sels, transpose)
+            TensorRef(canonical_key(layer, None, role, kind), p.name, shape, role, kind, layer, None, sels, transpose)
             for role, sels, transpose in split
         ]
 
@@ -638,7 +640,7 @@ def _refs_for(
         if role is None:
             return None
     transpose = p.module in _CONV1D and kind == "weight" and len(shape) == 2
-    return [TensorRef(_key(layer, None, role, kind), p.name, shape, role, kind, layer, None, (), transpose)]
+    return [TensorRef(canonical_key(layer, None, role, kind), p.name, shape, role, kind, layer, None, (), transpose)]
 
 
 def canonicalize(

@@ -155,12 +155,14 @@ def override_plan(
     target: str | None = None,
     references: list[str] | None = None,
     expect: str | None = None,
+    against_catalog: str | None = None,
     base_dir: Path | None = None,
 ) -> AuditPlan:
     """Apply command-line options to a plan (or build one from them alone).
 
     ``--reference NAME=SOURCE`` replaces the plan's references; ``--expect`` sets every reference's
-    expectation and drops per-family refinements, so the command line says exactly what is claimed.
+    expectation and drops per-family refinements, so the command line says exactly what is claimed;
+    ``--against-catalog`` sets ``[catalog].expect``.
     """
     cwd = base_dir or Path.cwd()
     if plan is None:
@@ -186,6 +188,8 @@ def override_plan(
         plan = replace(plan, references=tuple(parsed))
     elif expect is not None:
         plan = replace(plan, references=tuple(replace(r, expect=expect, family_expect={}) for r in plan.references))
+    if against_catalog is not None:
+        plan = replace(plan, catalog=_catalog({**plan.catalog, "expect": against_catalog}, "--against-catalog"))
     if target is not None and plan.target_name in {r.name for r in plan.references}:
         plan = replace(plan, target_name="target")
     names = [plan.target_name] + [r.name for r in plan.references]

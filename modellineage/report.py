@@ -89,6 +89,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (imported only when a plot is drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def png_base64(fig) -> str:
     """Encode a matplotlib figure as base64 PNG (deterministic: no metadata timestamps)."""
     buf = io.BytesIO()
@@ -102,11 +112,7 @@ def png_base64(fig) -> str:
 def bar_plot(labels: Sequence[str], values: Sequence[float], *, title: str, ylabel: str,
              ylim: tuple[float, float] | None = None) -> str:
     """A small bar chart as base64 PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(labels) + 1.5), 2.6))
     ax.bar(range(len(values)), values, color="#0969da")
     ax.set_xticks(range(len(labels)))

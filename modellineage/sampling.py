@@ -40,7 +40,6 @@ __all__ = [
     "choose_rows",
     "percentile_interval",
     "row_stats",
-    "replicate_figures",
 ]
 
 #: Bootstrap replicates per tensor (percentile 95 % interval; Monte-Carlo error of a bound ≈ 1 %).
@@ -102,19 +101,13 @@ class RowStats:
     s_ab: np.ndarray
     s_dd: np.ndarray
 
-    @staticmethod
-    def concat(parts: list[RowStats]) -> RowStats:
-        fields = ("mean_a", "mean_b", "m2_a", "m2_b", "c_ab", "s_aa", "s_bb", "s_ab", "s_dd")
-        return RowStats(parts[0].cols, *(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
-
-
 def row_stats(a: np.ndarray, b: np.ndarray) -> RowStats:
     """Sufficient statistics of each row of two equally shaped 2-D float64 blocks."""
     mean_a = a.mean(axis=1)
     mean_b = b.mean(axis=1)
     da = a - mean_a[:, None]
     db = b - mean_b[:, None]
-    # second pass removes the rounding of the first mean (as metrics._centre does)
+    # second pass removes the rounding of the first mean
     ca, cb = da.mean(axis=1), db.mean(axis=1)
     da -= ca[:, None]
     db -= cb[:, None]
@@ -123,17 +116,17 @@ def row_stats(a: np.ndarray, b: np.ndarray) -> RowStats:
         cols=a.shape[1],
         mean_a=mean_a + ca,
         mean_b=mean_b + cb,
-        m2_a=_row_dots(da, da),
-        m2_b=_row_dots(db, db),
-        c_ab=_row_dots(da, db),
-        s_aa=_row_dots(a, a),
-        s_bb=_row_dots(b, b),
-        s_ab=_row_dots(a, b),
-        s_dd=_row_dots(diff, diff),
+        m2_a=row_dots(da, da),
+        m2_b=row_dots(db, db),
+        c_ab=row_dots(da, db),
+        s_aa=row_dots(a, a),
+        s_bb=row_dots(b, b),
+        s_ab=row_dots(a, b),
+        s_dd=row_dots(diff, diff),
     )
 
 
-def _row_dots(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def row_dots(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per row, ``x_i . y_i``: BLAS dots on the calling thread for rows of at most DOT_ROW elements, else einsum."""
     if x.shape[1] <= DOT_ROW and hasattr(np, "vecdot"):
         return np.vecdot(x, y)
@@ -197,8 +190,8 @@ class BootstrapAccumulator:
         self._cols: int | None = None
         self.rows = 0
 
-    def update(self, stats: RowStats, weights: np.ndarray | None = None) -> None:
-        """Add rows; ``weights`` (``(B, n)``) replaces the Poisson draws (for tests)."""
+    def update(self, stats: RowStats) -> None:
+        """Add rows, each weighted by a Poisson(1) draw per replicate."""
         n = stats.mean_a.size
         if n == 0:
             return
@@ -210,8 +203,7 @@ class BootstrapAccumulator:
         feats = _features(stats, *self._pivot)
         for start in range(0, n, self._block):
             stop = min(n, start + self._block)
-            w = (self._rng.poisson(1.0, size=(self._replicates, stop - start)).astype(np.float64)
-                 if weights is None else np.asarray(weights, dtype=np.float64)[:, start:stop])
+            w = self._rng.poisson(1.0, size=(self._replicates, stop - start)).astype(np.float64)
             self._sums += w @ feats[start:stop]
         self.rows += n
 
@@ -221,29 +213,6 @@ class BootstrapAccumulator:
             nan = np.full(self._replicates, np.nan)
             return {"cosine": nan, "centred_cosine": nan.copy(), "rel_l2": nan.copy()}
         return _figures(self._sums, self._cols)
-
-
-def replicate_figures(stats: RowStats, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """Raw cosine, centred cosine and relative L2 under given row weights.
-
-    Args:
-        stats: per-row statistics of ``n`` rows.
-        weights: ``(B, n)`` non-negative row weights (Poisson counts); a row of ones gives the
-            plain figures.
-
-    Returns:
-        ``{"cosine", "centred_cosine", "rel_l2"}`` -> ``(B,)`` arrays; NaN where undefined
-        (a replicate that drew no row, zero variance or zero norm).
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    acc = BootstrapAccumulator(np.random.default_rng(0), replicates=w.shape[0])
-    acc.update(stats, weights=w)
-    return acc.figures()
-
-
-def poisson_weights(n: int, rng: np.random.Generator, replicates: int = BOOTSTRAP_REPLICATES) -> np.ndarray:
-    """``(replicates, n)`` Poisson(1) bootstrap weights."""
-    return rng.poisson(1.0, size=(replicates, n)).astype(np.float64)
 
 
 def percentile_interval(replicates: np.ndarray, point: float, *, method: str) -> Interval:

@@ -56,7 +56,7 @@ import numpy as np
 
 from .errors import IncompatibleShapes
 from .metrics import BLOCK_ELEMENTS, PairAccumulator, Similarity, scratch
-from .naming import TensorRef, role_category
+from .naming import TensorRef, canonical_key, role_category
 from .sampling import (
     BOOTSTRAP_METHOD,
     EXACT_METHOD,
@@ -620,13 +620,6 @@ _ROUTER_ROLES = {"router": "rows", "router_bias": "columns"}
 _TOKEN_CATEGORIES = frozenset({"embedding", "lm_head"})
 
 
-def _key(layer: int | None, expert: int | None, role: str, kind: str) -> str:
-    parts = [] if layer is None else [f"layers.{layer}"]
-    if expert is not None:
-        parts.append(f"experts.{expert}")
-    return ".".join(parts + [role, kind])
-
-
 @dataclass(frozen=True)
 class _Partner:
     """Which reference tensor a target tensor is compared with, and how (or why it is not)."""
@@ -661,7 +654,7 @@ class _Pairing:
         assigned = self.assigned.get(layer) if layer is not None else None
         if expert is not None and self.expert_layers is not None and new_layer not in self.expert_layers:
             dense = DENSE_ROLE_OF_EXPERT.get(ref.role)
-            key = None if dense is None else _key(new_layer, None, dense, ref.kind)
+            key = None if dense is None else canonical_key(new_layer, None, dense, ref.kind)
             if key is None or key not in self.refs:
                 return _Partner(None, f"reference layer {new_layer} has no routed experts and no dense "
                                       f"{dense or ref.role} to compare expert {expert} with")
@@ -670,11 +663,11 @@ class _Pairing:
             if expert not in assigned:
                 return _Partner(None, f"expert {expert} of layer {layer} is not assigned to a reference expert "
                                       f"(the optimal assignment pairs {len(assigned)} of the target's experts)")
-            return _Partner(_key(new_layer, assigned[expert], ref.role, ref.kind))
-        key = _key(new_layer, expert, ref.role, ref.kind)
+            return _Partner(canonical_key(new_layer, assigned[expert], ref.role, ref.kind))
+        key = canonical_key(new_layer, expert, ref.role, ref.kind)
         dense = DENSE_ROLE_OF_SHARED.get(ref.role)
-        if dense is not None and key not in self.refs and _key(new_layer, None, dense, ref.kind) in self.refs:
-            return _Partner(_key(new_layer, None, dense, ref.kind),
+        if dense is not None and key not in self.refs and canonical_key(new_layer, None, dense, ref.kind) in self.refs:
+            return _Partner(canonical_key(new_layer, None, dense, ref.kind),
                             description="shared expert against the reference's dense MLP (upcycling check)")
         how = _ROUTER_ROLES.get(ref.role)
         if how is None or not assigned or key not in self.refs:

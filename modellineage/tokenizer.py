@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import CorruptCheckpoint, UnsupportedFormat
-from .vocab import Vocabulary, first_ids
+from .vocab import SPECIAL_ROLES, Vocabulary, first_ids
 
 EXAMPLES = 12          # tokens listed per example table
 HISTOGRAM_BINS = 12    # id offsets listed (the most frequent)
@@ -255,7 +255,7 @@ def measure_special_tokens(target: Vocabulary, reference: Vocabulary, *, example
     t_roles, r_roles = dict(target.special_tokens), dict(reference.special_tokens)
     roles = tuple((role, t_roles.get(role), r_roles.get(role),
                    t_roles.get(role) is not None and t_roles.get(role) == r_roles.get(role))
-                  for role in ("bos", "eos", "pad", "unk"))
+                  for role in SPECIAL_ROLES)
 
     def specials(v: Vocabulary) -> set[str]:
         at = np.searchsorted(np.asarray(v.ids), sorted(v.special_ids))  # ids are sorted

@@ -53,6 +53,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import CorruptCheckpoint, UnsupportedFormat
+from .sources import TOKENIZER_SIDE_FILES
 
 # The pre-tokenisation regex used to encode with a bare tiktoken rank file (the file carries none):
 # cl100k_base's, which Llama-3 and Qwen patterns refine (recorded in Vocabulary.notes).
@@ -63,7 +64,7 @@ SPECIAL_ROLES = ("bos", "eos", "pad", "unk")
 # patterns; Mistral ships tekken.json and tokenizer.model.v3 / .v7 / .v7m1 beside or instead of the others).
 _PRIORITY = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "*.tiktoken",
              "tekken*.json", "*.model.v[0-9]*", "vocab.json", "vocab.txt", "*.gguf")
-_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
+_SIDE_FILES = TOKENIZER_SIDE_FILES  # files that hold no vocabulary of their own (modellineage.sources)
 
 
 # ----------------------------------------------------------------------------------------- record

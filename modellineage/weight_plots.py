@@ -9,20 +9,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .report import png_base64
+from .report import png_base64, pyplot
 
 _COLOURS = {"attention": "#0969da", "mlp": "#1a7f37", "norm": "#9a6700", "router": "#8250df",
             "routed_expert": "#cf222e", "shared_expert": "#bf3989", "embedding": "#57606a", "lm_head": "#24292f",
             "other": "#6e7781"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def layer_profile(profile: Mapping[str, Sequence], *, title: str) -> str:
@@ -31,7 +22,7 @@ def layer_profile(profile: Mapping[str, Sequence], *, title: str) -> str:
     Args:
         profile: category -> per-layer :class:`~modellineage.similarity.GroupSummary` records.
     """
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.0))
     for cat, groups in profile.items():
         xs = [g.layer for g in groups]
@@ -53,7 +44,7 @@ def layer_profile(profile: Mapping[str, Sequence], *, title: str) -> str:
 def layer_heatmap(matrix: np.ndarray, target_layers: Sequence[int], reference_layers: Sequence[int],
                   path: Sequence[tuple[int, int]], *, title: str) -> str:
     """Layer × layer sample similarity with the chosen alignment marked."""
-    plt = _plt()
+    plt = pyplot()
     n, m = matrix.shape
     fig, ax = plt.subplots(figsize=(min(8.0, 1.5 + 0.18 * m), min(8.0, 1.2 + 0.18 * n)))
     im = ax.imshow(np.nan_to_num(matrix, nan=0.0), vmin=-0.2, vmax=1.0, cmap="viridis", aspect="auto")
@@ -71,7 +62,7 @@ def layer_heatmap(matrix: np.ndarray, target_layers: Sequence[int], reference_la
 
 def layer_pca(projection, *, target: str, reference: str) -> str:
     """Both models' per-layer feature vectors in the plane of the first two principal components."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     for xy, layers, name, marker, colour in ((projection.reference_xy, projection.reference_layers, reference, "s",
                                               "#57606a"), (projection.target_xy, projection.target_layers, target,

