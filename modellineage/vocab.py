@@ -785,10 +785,8 @@ def _load_vocab_merges(vocab_path: Path, merges_path: Path) -> Vocabulary:
         raise _fail(vocab_path, "not valid JSON", exc) from None
     if not isinstance(vocab, dict) or not vocab:
         raise _fail(vocab_path, "the vocabulary is empty" if isinstance(vocab, dict) else "expected a token->id object")
-    try:
-        bpe = models.BPE.from_file(str(vocab_path), str(merges_path))
-    except Exception as exc:
-        raise _fail(merges_path, f"does not fit {vocab_path.name} (merges need tokens the vocab lacks?)", exc) from None
+    # Checked before the tokenizers library reads the pair: a rule whose merged token is missing makes
+    # BPE.from_file panic (pyo3 PanicException, a BaseException) instead of raising an error.
     lines = merges_path.read_text(encoding="utf-8").splitlines()
     rules = [ln for ln in lines if ln and not ln.startswith("#version")]
     missing = [r for r in rules[:200000] if any(part not in vocab for part in r.split(" ", 1))
@@ -796,6 +794,10 @@ def _load_vocab_merges(vocab_path: Path, merges_path: Path) -> Vocabulary:
     if missing:
         raise _fail(merges_path, f"{len(missing)} merge rule(s) name tokens missing from {vocab_path.name}, "
                                  f"e.g. {missing[0]!r}")
+    try:
+        bpe = models.BPE.from_file(str(vocab_path), str(merges_path))
+    except Exception as exc:
+        raise _fail(merges_path, f"does not fit {vocab_path.name} (merges need tokens the vocab lacks?)", exc) from None
     tok = Tokenizer(bpe)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -273,6 +273,14 @@ def test_mismatched_vocab_and_merges_name_the_merges_file(tmp_path):
         load_vocabulary(tmp_path)
 
 
+def test_a_merge_whose_result_is_not_in_the_vocab_is_an_error_not_a_crash(tmp_path):
+    # tokenizers' BPE.from_file panics (a BaseException) on this pair; the audit must name the file instead
+    (tmp_path / "vocab.json").write_text(json.dumps({"a": 0, "b": 1}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n")
+    with pytest.raises(CorruptCheckpoint, match=f"{tmp_path / 'merges.txt'}: 1 merge rule"):
+        load_vocabulary(tmp_path / "vocab.json")
+
+
 def test_bad_tiktoken_line_names_the_file(tmp_path):
     path = tmp_path / "bad.tiktoken"
     path.write_text(base64.b64encode(b"a").decode() + " 0\nnot-a-rank-line\n")
