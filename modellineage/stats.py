@@ -191,9 +191,9 @@ def _exact_null(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _spearman_from_sum_sq(sum_sq: int, n: int) -> PValue:
-    rho = 1.0 - 6.0 * sum_sq / (n * (n * n - 1))
-    if n < 2:
+    if n < 2:  # one unit (or none): no ordering to correlate, and n (n² − 1) = 0
         return PValue.from_ln(0.0, 0.0, "degenerate", math.nan, n)
+    rho = 1.0 - 6.0 * sum_sq / (n * (n * n - 1))
     if n <= EXACT_MAX_N:
         values, cdf = _exact_null(n)
         # One-sided: large ρ is small Σd²; P(ρ_null ≥ ρ) = P(S ≤ s).

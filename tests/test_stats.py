@@ -34,6 +34,11 @@ def test_identity_matching_has_rho_one_and_the_exact_smallest_p():
         assert pv.p == pytest.approx(1 / math.factorial(n)) and pv.p == pytest.approx(pv.min_p)
 
 
+def test_a_single_unit_is_degenerate_not_a_division_by_zero():
+    for pv in (spearman_permutation_pvalue([0]), spearman_permutation_pvalue([])):
+        assert pv.method == "degenerate" and pv.p == 1.0 and math.isnan(pv.statistic)
+
+
 def test_exact_null_small_cases_by_hand():
     # n = 3: Σd² over the 6 permutations is 0, 2, 2, 6, 6, 8; the reversal (Σd² = 8) is the least dependent.
     assert spearman_permutation_pvalue([0, 2, 1]).p == pytest.approx(3 / 6)
