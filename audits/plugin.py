@@ -409,7 +409,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     }
     audit.inputs, audit.versions = inputs, document["tool"]
     audit.evidence_path.parent.mkdir(parents=True, exist_ok=True)
-    audit.evidence_path.write_text(ev.dumps(document), encoding="utf-8")
+    audit.evidence_path.write_text(ev.dumps(ev.within(ev.to_jsonable(document), root)), encoding="utf-8")
     audit.close()
 
 
@@ -444,7 +444,7 @@ def pytest_html_results_summary(prefix: list, summary: list, postfix: list, sess
     audit = _session(session.config)
     if audit is None:
         return
-    records = [ev.to_jsonable(r) for r in audit.records]
+    records = ev.within([ev.to_jsonable(r) for r in audit.records], Path(session.config.rootpath))
     prefix.append(report.summary_html(audit.plan.as_dict(), records))
     postfix.append(report.inputs_html(audit.inputs, audit.versions, ev.display_path(audit.evidence_path,
                                                                                     Path(session.config.rootpath))))

@@ -74,6 +74,26 @@ def machine_info() -> dict[str, str]:
             "implementation": platform.python_implementation()}
 
 
+def within(data: Any, root: Path) -> Any:
+    """``data`` (plain JSON) with every path under ``root`` written relative to it, wherever it stands in
+    a string (a file list, a tensor's source, an error message), so evidence does not depend on the
+    checkout folder."""
+    prefixes = sorted({str(root) + "/", str(Path(root).resolve()) + "/"}, key=len, reverse=True)
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, str):
+            for prefix in prefixes:
+                x = x.replace(prefix, "")
+            return x
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return x
+
+    return walk(data)
+
+
 def display_path(path: Path | str, root: Path) -> str:
     """A path relative to ``root`` when inside it (so evidence does not depend on the checkout folder)."""
     path = Path(path)

@@ -90,6 +90,7 @@ def test_evidence_is_byte_identical_across_runs(demo_run, tmp_path):
     assert len(a) == len(b)
     differing = [(x, y) for x, y in zip(a, b) if x != y]
     assert all('"generated_at"' in x for x, _ in differing), differing
+    assert str(ROOT) + "/" not in "\n".join(a)  # paths are relative to the checkout: another clone writes the same
 
 
 def test_finetune_claimed_independent_of_base_fails_with_the_reused_tensor(tmp_path):
