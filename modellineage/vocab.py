@@ -172,12 +172,7 @@ def byte_level_maps() -> tuple[dict[int, str], dict[str, int]]:
 
 def bytes_to_byte_level(data: bytes) -> str:
     """b' the' -> 'Ġthe'."""
-    return data.decode("latin-1").translate(_latin1_to_byte_level())
-
-
-@lru_cache(maxsize=1)
-def _latin1_to_byte_level() -> dict[int, str]:
-    return dict(byte_level_maps()[0])
+    return data.decode("latin-1").translate(byte_level_maps()[0])
 
 
 def byte_level_to_bytes(token: str) -> bytes | None:
@@ -519,7 +514,7 @@ def load_from_files(files: Sequence[Path], *, where: Path | None = None, explici
         vocab = _load_vocab_merges(main, side["merges.txt"])
     elif name.endswith(".json"):
         vocab, implied = _load_json_tokenizer(main)
-    elif name == "vocab.txt" or name.endswith(".txt"):
+    elif name.endswith(".txt"):
         vocab = _load_wordpiece_txt(main)
     else:  # tokenizer.model, spiece.model, *.model.v3, ...: SentencePiece protobuf or a tiktoken file
         vocab = _load_tiktoken(main) if _looks_like_tiktoken(main) else _load_sentencepiece(main)
@@ -561,7 +556,7 @@ def _from_ranks(path: Path, ranks: dict[bytes, int], fmt: str, pattern: str, *, 
     by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
     tokens = [t for t, _ in by_rank]
     ids = [r + id_offset for _, r in by_rank]
-    table = _latin1_to_byte_level()
+    table = byte_level_maps()[0]
     raw = [t.decode("latin-1").translate(table) for t in tokens]
     normalised = list(tokens)
     special_ids = set()
@@ -825,7 +820,6 @@ def _load_wordpiece_txt(path: Path) -> Vocabulary:
         tokens = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise _fail(path, "not a UTF-8 vocab.txt", exc) from None
-    tokens = [t for t in tokens]
     while tokens and not tokens[-1]:
         tokens.pop()
     if not tokens:
