@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from .boundary import count_value, fragment, real_value
 from .naming import NameMap, canonicalize
 
 __all__ = [
@@ -90,9 +91,76 @@ class ArchConfig:
     activation: str | None = None
     tied_embeddings: bool | None = None
     max_position_embeddings: int | None = None
+    invalid: tuple[tuple[str, str], ...] = ()
+    """(config key, short escaped value) of every value that is not what its field needs (a count that is
+    not a non-negative integer up to :data:`MAX_CONFIG_COUNT`, a non-finite number, a non-string name...);
+    such a field is ``None`` here, and :func:`check_config_against_weights` reports it as a disagreement."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "invalid"}
+        if self.invalid:
+            out["invalid"] = [list(item) for item in self.invalid]
+        return out
+
+
+#: Largest count a config field may state (sizes, layers, heads, experts, positions): a signed 32-bit
+#: integer holds every value real configs give (the largest, max_position_embeddings, is ~10^7). A safety
+#: limit against overflow and allocation by declared counts, not a threshold of judgement.
+MAX_CONFIG_COUNT = 2**31 - 1
+#: Longest string kept from a config (model_type, activation); longer ones are invalid.
+_MAX_NAME = 64
+
+
+class _Reader:
+    """Typed reads of a config mapping; every value of the wrong type is recorded in ``invalid``."""
+
+    def __init__(self, src: Mapping) -> None:
+        self.src = src
+        self.invalid: list[tuple[str, str]] = []
+
+    def first(self, *keys: str) -> tuple[str | None, Any]:
+        for key in keys:
+            value = self.src.get(key)
+            if value is not None:
+                return key, value
+        return None, None
+
+    def _bad(self, key: str, value: Any) -> None:
+        if all(k != key for k, _ in self.invalid):
+            self.invalid.append((key, fragment(repr(value), 40)))
+
+    def count(self, *keys: str) -> int | None:
+        key, value = self.first(*keys)
+        if key is None:
+            return None
+        out = count_value(value, limit=MAX_CONFIG_COUNT)
+        if out is None:
+            self._bad(key, value)
+        return out
+
+    def real(self, *keys: str, src: Mapping | None = None) -> float | None:
+        key, value = _Reader(src).first(*keys) if src is not None else self.first(*keys)
+        if key is None:
+            return None
+        out = real_value(value)
+        if out is None:
+            self._bad(key, value)
+        return out
+
+    def name(self, *keys: str) -> str | None:
+        key, value = self.first(*keys)
+        if key is None:
+            return None
+        if not isinstance(value, str) or len(value) > _MAX_NAME:
+            self._bad(key, value)
+            return None
+        return value
+
+    def flag(self, key: str, value: Any) -> bool | None:
+        if value is None or isinstance(value, bool):
+            return value
+        self._bad(key, value)
+        return None
 
 
 def _first(raw: Mapping, *keys: str) -> Any:
@@ -101,14 +169,6 @@ def _first(raw: Mapping, *keys: str) -> Any:
         if value is not None:
             return value
     return None
-
-
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -125,7 +185,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _rope(raw: Mapping) -> tuple[float | None, dict[str, Any] | None, float | None]:
+def _rope(raw: Mapping, read: _Reader) -> tuple[float | None, dict[str, Any] | None, float | None]:
     """(rope_theta, normalised rope_scaling, partial_rotary_factor) from v4 or v5 style configs."""
     params = raw.get("rope_parameters")
     if isinstance(params, Mapping) and params and all(isinstance(v, Mapping) for v in params.values()):
@@ -140,13 +200,12 @@ def _rope(raw: Mapping) -> tuple[float | None, dict[str, Any] | None, float | No
     if "type" in merged:
         merged.setdefault("rope_type", merged["type"])
         del merged["type"]
-    theta = _first(raw, "rope_theta", "rotary_emb_base")
+    theta = read.real("rope_theta", "rotary_emb_base")
     if theta is None:
-        theta = merged.get("rope_theta")
-    theta = _float(theta)
-    partial = _float(_first(raw, "partial_rotary_factor", "rotary_pct"))
+        theta = read.real("rope_theta", src=merged)
+    partial = read.real("partial_rotary_factor", "rotary_pct")
     if partial is None:
-        partial = _float(merged.get("partial_rotary_factor"))
+        partial = read.real("partial_rotary_factor", src=merged)
     rest = {k: v for k, v in merged.items() if k not in _ROPE_NON_SCALING}
     if not rest or rest == {"rope_type": "default"}:
         rest_norm = None
@@ -169,40 +228,42 @@ def normalise_config(raw: Mapping) -> ArchConfig:
         ``n_inner: null`` means ``4 * n_embd``, ``tied_embeddings`` falls back to the family's
         transformers default, MoE configs without shared experts get ``num_shared_experts = 0``.
     """
-    model_type = raw.get("model_type")
+    read = _Reader(raw)
+    model_type = read.name("model_type")
     text = raw.get("text_config")
     src: dict[str, Any] = dict(raw)
     if isinstance(text, Mapping):
         src = {k: v for k, v in raw.items() if k not in ("text_config", "vision_config")}
         src.update(text)
-    text_type = src.get("model_type") if isinstance(text, Mapping) else model_type
+    read.src = src
+    text_type = read.name("model_type") if isinstance(text, Mapping) else model_type
 
-    hidden = _int(_first(src, "hidden_size", "n_embd", "d_model"))
-    heads = _int(_first(src, "num_attention_heads", "n_head"))
-    kv_heads = _int(_first(src, "num_key_value_heads", "multi_query_group_num"))
+    hidden = read.count("hidden_size", "n_embd", "d_model")
+    heads = read.count("num_attention_heads", "n_head")
+    kv_heads = read.count("num_key_value_heads", "multi_query_group_num")
     if kv_heads is None:
         kv_heads = heads
-    nope, rope_dim = src.get("qk_nope_head_dim"), src.get("qk_rope_head_dim")
+    nope, rope_dim = read.count("qk_nope_head_dim"), read.count("qk_rope_head_dim")
     if nope is not None and rope_dim is not None:
-        head_dim = int(nope) + int(rope_dim)
+        head_dim = nope + rope_dim
     else:
-        head_dim = _int(src.get("head_dim"))
+        head_dim = read.count("head_dim")
         if head_dim is None and hidden is not None and heads:
             head_dim = hidden // heads if hidden % heads == 0 else None
 
-    intermediate = _int(_first(src, "intermediate_size", "n_inner", "ffn_dim"))
+    intermediate = read.count("intermediate_size", "n_inner", "ffn_dim")
     if intermediate is None and "gpt2" in (model_type, text_type) and hidden is not None:
         intermediate = 4 * hidden
 
-    num_experts = _int(_first(src, "num_local_experts", "n_routed_experts", "num_experts"))
+    num_experts = read.count("num_local_experts", "n_routed_experts", "num_experts")
     if num_experts == 0:
         num_experts = None
-    moe_intermediate = _int(src.get("moe_intermediate_size"))
+    moe_intermediate = read.count("moe_intermediate_size")
     if moe_intermediate is None and num_experts and src.get("num_local_experts") is not None:
         moe_intermediate = intermediate  # Mixtral / PhiMoE: experts have intermediate_size
 
-    shared_intermediate = _int(src.get("shared_expert_intermediate_size"))
-    n_shared = _int(src.get("n_shared_experts"))
+    shared_intermediate = read.count("shared_expert_intermediate_size")
+    n_shared = read.count("n_shared_experts")
     if n_shared is None and shared_intermediate is not None:
         n_shared = 1 if shared_intermediate > 0 else 0
     if n_shared is not None and shared_intermediate is None and moe_intermediate is not None:
@@ -210,37 +271,38 @@ def normalise_config(raw: Mapping) -> ArchConfig:
     if n_shared is None and num_experts:
         n_shared = 0
 
-    tied = raw.get("tie_word_embeddings")
+    tied = read.flag("tie_word_embeddings", raw.get("tie_word_embeddings"))
     if tied is None and isinstance(text, Mapping):
-        tied = text.get("tie_word_embeddings")
+        tied = read.flag("tie_word_embeddings", text.get("tie_word_embeddings"))
     if tied is None:
         tied = _TIE_DEFAULTS.get(str(model_type), _TIE_DEFAULTS.get(str(text_type)))
 
-    theta, scaling, partial = _rope(src)
-    activation = _first(src, "hidden_activation", "hidden_act", "activation_function")
+    theta, scaling, partial = _rope(src, read)
+    activation = read.name("hidden_activation", "hidden_act", "activation_function")
 
     return ArchConfig(
         model_type=model_type,
         hidden_size=hidden,
-        num_layers=_int(_first(src, "num_hidden_layers", "n_layer", "num_layers")),
+        num_layers=read.count("num_hidden_layers", "n_layer", "num_layers"),
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         intermediate_size=intermediate,
         moe_intermediate_size=moe_intermediate,
         shared_intermediate_size=shared_intermediate,
-        vocab_size=_int(src.get("vocab_size")),
-        embedding_rows=_int(_first(src, "embedding_size", "padded_vocab_size")),
+        vocab_size=read.count("vocab_size"),
+        embedding_rows=read.count("embedding_size", "padded_vocab_size"),
         num_experts=num_experts,
-        experts_per_token=_int(_first(src, "num_experts_per_tok", "num_experts_per_token")),
+        experts_per_token=read.count("num_experts_per_tok", "num_experts_per_token"),
         num_shared_experts=n_shared,
         rope_theta=theta,
         rope_scaling=scaling,
         partial_rotary_factor=partial,
-        norm_eps=_float(_first(src, "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")),
-        activation=None if activation is None else str(activation),
+        norm_eps=read.real("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"),
+        activation=activation,
         tied_embeddings=None if tied is None else bool(tied),
-        max_position_embeddings=_int(_first(src, "max_position_embeddings", "n_positions", "n_ctx")),
+        max_position_embeddings=read.count("max_position_embeddings", "n_positions", "n_ctx"),
+        invalid=tuple(read.invalid),
     )
 
 
@@ -344,8 +406,15 @@ def facts_from_weights(name_map: NameMap, config: ArchConfig | None = None) -> W
 
     layers = sorted({r.layer for r in name_map.refs.values() if r.layer is not None})
     num_layers = layers[-1] + 1 if layers else None
-    if layers and layers != list(range(len(layers))):
-        missing = sorted(set(range(layers[-1] + 1)) - set(layers))
+    if layers and layers[-1] + 1 != len(layers):
+        # The first missing indices, found by walking the indices present (never range(max): a tensor
+        # named model.layers.1000000000.* must not cost a billion steps).
+        missing, expect = [], 0
+        for layer in layers:
+            missing.extend(range(expect, min(layer, expect + 10 - len(missing))))
+            expect = layer + 1
+            if len(missing) >= 10:
+                break
         notes.append(f"layer indices have gaps: {missing[:10]} missing")
 
     dense_up = _first_shape(name_map, "mlp_up") or _first_shape(name_map, "mlp_gate")
@@ -481,7 +550,9 @@ def check_config_against_weights(cfg: ArchConfig, facts: WeightFacts) -> tuple[A
         ``num_kv_heads``, ``head_dim``, ``tied_embeddings``. Values are reported as they are: a
         config ``vocab_size`` must equal the embedding rows exactly in a Hugging Face checkpoint.
     """
-    out = [
+    out = [Agreement(key, value, None, False, f"config value {value} of {key!r} is not a valid value for the field")
+           for key, value in cfg.invalid]
+    out += [
         _agree("hidden_size", cfg.hidden_size, facts.hidden_size),
         _agree("num_layers", cfg.num_layers, facts.num_layers),
     ]
@@ -626,6 +697,8 @@ def compare_configs(target: ArchConfig, reference: ArchConfig) -> ConfigComparis
     """
     out = []
     for f in fields(ArchConfig):
+        if f.name == "invalid":
+            continue
         a, b = getattr(target, f.name), getattr(reference, f.name)
         out.append(FieldComparison(f.name, a, b, _equal(a, b)))
     return ConfigComparison(tuple(out))

@@ -8,12 +8,12 @@ and the evidence can name every input with its SHA-256.
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 
 from .architecture import ArchConfig, WeightFacts, facts_from_weights, normalise_config
-from .errors import CorruptCheckpoint, LineageError
+from .boundary import guard, read_json
+from .errors import LineageError
 from .hashing import FileDigest, TensorDigest, scan_safetensors, sha256_file
 from .naming import NameMap, canonicalize
 from .progress import progress_bar
@@ -73,18 +73,15 @@ class Model:
         path = self.source.config_file
         if path is None:
             return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise CorruptCheckpoint(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise CorruptCheckpoint(f"{path}: expected a JSON object, found {type(data).__name__}")
-        return data
+        return read_json(path, "config.json")
 
     @cached_property
     def arch(self) -> ArchConfig | None:
         """The normalised architecture from config.json, or None without a config."""
-        return normalise_config(self.config) if self.config is not None else None
+        if self.config is None:
+            return None
+        with guard(self.source.config_file, "config.json cannot be normalised"):
+            return normalise_config(self.config)
 
     @cached_property
     def store(self) -> TensorStore:

@@ -43,6 +43,7 @@ are norms applied to the sublayer output (Gemma-2/3 and GLM-4 sandwich norms) an
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -380,7 +381,7 @@ _FUSED = {
 }
 
 _EXPERT_RE = re.compile(
-    r"^(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w2|w3)$"
+    r"^(?:mlp|block_sparse_moe)\.experts\.([0-9]{1,18})\.(gate_proj|up_proj|down_proj|w1|w2|w3)$"
 )
 _EXPERT_ROLES = {
     "gate_proj": "expert_gate",
@@ -398,7 +399,12 @@ _FUSED_EXPERTS = {
     "block_sparse_moe.experts.down_proj": "expert_down",
 }
 
-_LAYER_RE = re.compile(r"^(?:layers|h|encoder\.layer)\.(\d+)\.(.+)$")
+# Layer and expert indices: ASCII digits, at most 18 (below 2**63; a longer run is no index and the
+# name stays unknown). Work never loops up to an index: only the indices present are walked.
+_LAYER_RE = re.compile(r"^(?:layers|h|encoder\.layer)\.([0-9]{1,18})\.(.+)$")
+#: Most experts one fused expert tensor (E, ., .) is cut into; real MoE models have at most a few hundred.
+#: A safety limit (every expert becomes a record), not a threshold of judgement.
+MAX_FUSED_EXPERTS = 4096
 _MTP_MARKERS = ("eh_proj.", "enorm.", "hnorm.", "shared_head.")
 # Non-parameter tensors computed from the config (never trained): rotary frequencies, fairseq's
 # placeholder, BERT's position/token-type id ranges, and per-layer causal masks.
@@ -484,13 +490,14 @@ def _detect_family(names: list[str]) -> str:
     return "llama"
 
 
-def _heads_from_config(config: Mapping | None) -> _Heads:
+def _heads_from_config(config: Mapping | None) -> tuple[_Heads, str | None]:
+    """Head counts and ``model_type`` of a config, each validated (``None`` where the config is unusable)."""
     if config is None:
-        return _Heads(None, None, None)
+        return _Heads(None, None, None), None
     from .architecture import normalise_config  # late import: architecture imports this module
 
     cfg = normalise_config(config)
-    return _Heads(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+    return _Heads(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), cfg.model_type
 
 
 def _ranges_split(total: int, sizes: list[int]) -> list[tuple[tuple[int, int], ...]]:
@@ -546,7 +553,7 @@ def _split_fused(
         if nh is None:
             notes.append(f"{p.name}: no head count in the config; interleaved q,k,v kept whole as attn_qkv")
             return None
-        if rows % (3 * nh):
+        if not rows or rows % (3 * nh):  # (every head needs its rows: no loop over heads an empty tensor lacks)
             notes.append(f"{p.name}: {rows} rows are not 3 x {nh} heads x head dim; kept whole as attn_qkv")
             return None
         d = rows // (3 * nh)
@@ -589,6 +596,10 @@ def _refs_for(
     if p.module in _FUSED_EXPERTS and p.param == "weight" and layer is not None:
         role = _FUSED_EXPERTS[p.module]
         if len(shape) != 3:
+            return None
+        if shape[0] > MAX_FUSED_EXPERTS or math.prod(shape) == 0:
+            notes.append(f"{p.name}: {shape[0]} experts of shape {shape[1:]} are not cut per expert (empty, or "
+                         f"above MAX_FUSED_EXPERTS = {MAX_FUSED_EXPERTS}); kept as unknown")
             return None
         refs = []
         for e in range(shape[0]):
@@ -671,10 +682,7 @@ def canonicalize(
         config = config.to_dict()  # a transformers PretrainedConfig
     names = sorted(shapes)
     source_shapes = {n: tuple(int(d) for d in shapes[n]) for n in names}
-    heads = _heads_from_config(config)
-    family = None
-    if config is not None:
-        family = config.get("model_type")
+    heads, family = _heads_from_config(config)
     if not family:
         family = _detect_family(names)
 

@@ -8,12 +8,12 @@ opened.
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CorruptCheckpoint, SourceNotFound, UnsupportedFormat
+from .boundary import quote, read_json
+from .errors import CorruptCheckpoint, LineageError, SourceNotFound, UnsupportedFormat
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -56,6 +56,9 @@ class ModelSource:
     pickle_files: tuple[Path, ...] = ()
     revision: str | None = None
     notes: tuple[str, ...] = field(default=())
+    # Why the safetensors index could not be used: require_weights() raises it, so the weight audits of
+    # this source fail with it and every other audit runs.
+    index_error: LineageError | None = field(default=None, compare=False)
 
     @property
     def has_weights(self) -> bool:
@@ -71,6 +74,8 @@ class ModelSource:
         """The safetensors files, or an error saying why there are none."""
         if self.weight_files:
             return self.weight_files
+        if self.index_error is not None:
+            raise self.index_error
         if self.pickle_files:
             names = ", ".join(p.name for p in self.pickle_files)
             raise UnsupportedFormat(
@@ -90,6 +95,7 @@ class ModelSource:
             "tokenizer_files": [p.name for p in self.tokenizer_files],
             "pickle_files": [p.name for p in self.pickle_files],
             "notes": list(self.notes),
+            **({"index_error": str(self.index_error)} if self.index_error is not None else {}),
         }
 
 
@@ -164,8 +170,12 @@ def _from_directory(spec: str, root: Path, *, kind: str, revision: str | None = 
     entries = sorted(p for p in root.iterdir() if p.is_file())
     index = root / INDEX_FILE
     notes: list[str] = []
+    index_error = None
     if index.is_file():
-        weights = _shards_from_index(index)
+        try:
+            weights = _shards_from_index(index)
+        except LineageError as exc:  # a broken index fails the weight audits of this source, not the run
+            weights, index_error = (), exc
         stray = sorted({p for p in entries if p.suffix == ".safetensors"} - set(weights))
         if stray:
             notes.append("safetensors files not in the index were ignored: " + ", ".join(p.name for p in stray))
@@ -178,7 +188,7 @@ def _from_directory(spec: str, root: Path, *, kind: str, revision: str | None = 
         notes.append("pickle checkpoints present beside safetensors were not opened: "
                      + ", ".join(p.name for p in pickles))
     config = root / "config.json"
-    if not (weights or tokenizers or pickles or config.is_file()):
+    if not (weights or tokenizers or pickles or config.is_file() or index_error):
         raise SourceNotFound(f"{root}: the directory holds no weights, config or tokenizer files")
     return ModelSource(
         spec=spec,
@@ -191,19 +201,22 @@ def _from_directory(spec: str, root: Path, *, kind: str, revision: str | None = 
         pickle_files=pickles,
         revision=revision,
         notes=tuple(notes),
+        index_error=index_error,
     )
 
 
 def _shards_from_index(index: Path) -> tuple[Path, ...]:
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        names = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CorruptCheckpoint(f"{index}: not a valid safetensors index ({exc})") from None
+    weight_map = read_json(index, "safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v and "\0" not in v
+                                                   for v in weight_map.values()):
+        raise CorruptCheckpoint(f"{index}: not a valid safetensors index (weight_map must map tensor names "
+                                f"to shard file names)")
+    names = sorted(set(weight_map.values()))
     shards = tuple(index.parent / name for name in names)
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
-        raise SourceNotFound(f"{index}: names shards that are missing: {', '.join(missing)}")
+        raise SourceNotFound(f"{index}: names shards that are missing: {', '.join(quote(m) for m in missing[:5])}"
+                             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     return shards
 
 

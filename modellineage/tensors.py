@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .boundary import fragment, loads_json, quote
 from .errors import CorruptCheckpoint, IncompatibleShapes, NonFiniteWeights, SourceNotFound, UnsupportedFormat
 
 __all__ = [
@@ -55,6 +56,8 @@ __all__ = [
 
 # The format's own cap on the header size (safetensors refuses larger headers too).
 _MAX_HEADER_BYTES = 100_000_000
+# Most axes a tensor may declare (numpy's own limit is 64); every axis and offset is a u64 below 2**63.
+_MAX_RANK = 64
 
 #: Bytes per element of every dtype we accept.
 DTYPE_ITEMSIZE: dict[str, int] = {
@@ -175,7 +178,7 @@ def _no_duplicate_keys(path: Path):
         out: dict = {}
         for key, value in pairs:
             if key in out:
-                raise CorruptCheckpoint(f"{path}: header names {key!r} twice")
+                raise CorruptCheckpoint(f"{path}: header names {quote(key)} twice")
             out[key] = value
         return out
 
@@ -188,33 +191,40 @@ def _is_int(value: object) -> bool:
 
 def _parse_entry(path: Path, name: str, entry: object, data_start: int, size: int) -> TensorInfo:
     if not isinstance(entry, dict):
-        raise CorruptCheckpoint(f"{path}: header entry for tensor {name!r} is not an object")
+        raise CorruptCheckpoint(f"{path}: header entry for tensor {quote(name)} is not an object")
     for key in ("dtype", "shape", "data_offsets"):
         if key not in entry:
-            raise CorruptCheckpoint(f"{path}: header entry for tensor {name!r} has no {key!r}")
+            raise CorruptCheckpoint(f"{path}: header entry for tensor {quote(name)} has no {key!r}")
     dtype = entry["dtype"]
     if not isinstance(dtype, str) or dtype not in DTYPE_ITEMSIZE:
         raise UnsupportedFormat(
-            f"{path}: tensor {name!r} has unknown dtype {dtype!r} (known: {', '.join(sorted(DTYPE_ITEMSIZE))})"
+            f"{path}: tensor {quote(name)} has unknown dtype {quote(dtype)} (known: {', '.join(sorted(DTYPE_ITEMSIZE))})"
         )
     shape = entry["shape"]
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise CorruptCheckpoint(f"{path}: tensor {name!r} has invalid shape {shape!r}")
+    if not isinstance(shape, list) or len(shape) > _MAX_RANK or not all(_is_int(d) and 0 <= d < 2**63 for d in shape):
+        raise CorruptCheckpoint(f"{path}: tensor {quote(name)} has invalid shape {fragment(shape)}")
     offsets = entry["data_offsets"]
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and o >= 0 for o in offsets)):
-        raise CorruptCheckpoint(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and 0 <= o < 2**63 for o in offsets)):
+        raise CorruptCheckpoint(f"{path}: tensor {quote(name)} has invalid data_offsets {fragment(offsets)}")
     begin, end = offsets
     if end < begin:
-        raise CorruptCheckpoint(f"{path}: tensor {name!r} has data_offsets {offsets!r} that end before they begin")
+        raise CorruptCheckpoint(f"{path}: tensor {quote(name)} has data_offsets {offsets!r} that end before they begin")
     expected = math.prod(shape) * DTYPE_ITEMSIZE[dtype]
+    if expected == 0 and math.prod(d for d in shape if d) > max(size, 1):
+        # A zero-size tensor holds no bytes, so its other axes are only declared: bounded by the file's
+        # size like every stored tensor's, so no consumer loops over rows that are not there.
+        raise CorruptCheckpoint(
+            f"{path}: tensor {quote(name)} is empty but declares shape {fragment(tuple(shape))}, whose other axes "
+            f"span more elements than the file has bytes ({size})"
+        )
     if end - begin != expected:
         raise CorruptCheckpoint(
-            f"{path}: tensor {name!r} ({dtype} {tuple(shape)}) needs {expected} bytes "
+            f"{path}: tensor {quote(name)} ({dtype} {fragment(tuple(shape))}) needs {expected} bytes "
             f"but data_offsets {offsets!r} span {end - begin}"
         )
     if data_start + end > size:
         raise CorruptCheckpoint(
-            f"{path}: tensor {name!r} data_offsets {offsets!r} run past the end of the file "
+            f"{path}: tensor {quote(name)} data_offsets {offsets!r} run past the end of the file "
             f"(data section is {size - data_start} bytes, file size {size} bytes)"
         )
     return TensorInfo(name, dtype, tuple(shape), path, data_start + begin, data_start + end)
@@ -249,12 +259,8 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         raw = fh.read(n)
     if len(raw) != n:
         raise CorruptCheckpoint(f"{path}: file shrank while reading its header")
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys(path))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpoint(f"{path}: header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise CorruptCheckpoint(f"{path}: header is JSON but not an object (got {type(header).__name__})")
+    # Any parser failure (a 5,000-digit number, 100,000 nested brackets, bad UTF-8) names the file.
+    header = loads_json(raw, path, "header", object_pairs_hook=_no_duplicate_keys(path))
 
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(
@@ -270,7 +276,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     for prev, cur in zip(ranges, ranges[1:]):
         if cur.begin < prev.end:
             raise CorruptCheckpoint(
-                f"{path}: tensors {prev.name!r} and {cur.name!r} overlap "
+                f"{path}: tensors {quote(prev.name)} and {quote(cur.name)} overlap "
                 f"(bytes {prev.begin}-{prev.end} and {cur.begin}-{cur.end})"
             )
     return SafetensorsHeader(path=path, size=size, header_bytes=n, tensors=infos, metadata=dict(metadata))

@@ -44,14 +44,16 @@ def test_directory_with_index_lists_its_shards(tmp_path):
 
 def test_index_naming_a_missing_shard(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
+    source = resolve_source(str(tmp_path))  # the source resolves; its weights fail to open, naming the shard
     with pytest.raises(SourceNotFound, match="gone.safetensors"):
-        resolve_source(str(tmp_path))
+        source.require_weights()
 
 
 def test_corrupt_index(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text("{not json")
+    source = resolve_source(str(tmp_path))
     with pytest.raises(CorruptCheckpoint, match="model.safetensors.index.json"):
-        resolve_source(str(tmp_path))
+        source.require_weights()
 
 
 def test_single_file_source(tmp_path):
