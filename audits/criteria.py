@@ -135,7 +135,8 @@ def config_matches_weights(model: str, agreements) -> Judgement:
     """Every config field that can be read off the tensor shapes agrees with them."""
     checked = [a for a in agreements if a.agrees is not None]
     bad = [a for a in checked if not a.agrees]
-    detail = "; ".join(f"{a.field}: config {a.config_value} vs weights {a.weights_value}" for a in bad)
+    detail = "; ".join(f"{a.field}: " + (a.note if a.weights_value is None and a.note
+                                         else f"config {a.config_value} vs weights {a.weights_value}") for a in bad)
     message = (f"{model}: config disagrees with the weights in {len(bad)} of {len(checked)} fields ({detail})"
                if bad else f"{model}: config agrees with the weights in all {len(checked)} checkable fields")
     return Judgement("config agrees with weights", f"{len(checked) - len(bad)}/{len(checked)}",

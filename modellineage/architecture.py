@@ -550,7 +550,7 @@ def check_config_against_weights(cfg: ArchConfig, facts: WeightFacts) -> tuple[A
         ``num_kv_heads``, ``head_dim``, ``tied_embeddings``. Values are reported as they are: a
         config ``vocab_size`` must equal the embedding rows exactly in a Hugging Face checkpoint.
     """
-    out = [Agreement(key, value, None, False, f"config value {value} of {key!r} is not a valid value for the field")
+    out = [Agreement(key, value, None, False, f"config.json gives {value}, not a valid value for {key}")
            for key, value in cfg.invalid]
     out += [
         _agree("hidden_size", cfg.hidden_size, facts.hidden_size),

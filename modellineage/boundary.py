@@ -33,6 +33,9 @@ MAX_JSON_BYTES = 64 << 20
 #: Largest plain tokenizer file read whole (merges.txt, vocab.txt, tiktoken rank files, SentencePiece
 #: models). Real ones are < 20 MB (o200k_base.tiktoken 3.6 MB; XLM-V's SentencePiece model ~15 MB).
 MAX_TOKENIZER_FILE_BYTES = 64 << 20
+#: Largest SentencePiece model read. Real ones are < 20 MB (XLM-V's 901,629 pieces); protobuf keeps ~64
+#: bytes per piece while the pieces are counted, so a file of 2-byte empty pieces costs ~1 GiB at this size.
+MAX_SENTENCEPIECE_BYTES = 32 << 20
 #: Deepest JSON nesting accepted. Real configs and tokenizer files nest < 10 levels; deeper values
 #: would only exhaust the interpreter's recursion limit in every consumer that walks them.
 MAX_JSON_DEPTH = 64
@@ -170,7 +173,7 @@ def check_depth(data: Any, path: Path, what: str, limit: int = MAX_JSON_DEPTH) -
             raise CorruptCheckpoint(f"{path}: {what} nests deeper than {limit} levels (MAX_JSON_DEPTH)")
         children = node.values() if isinstance(node, dict) else node
         for child in children:
-            if isinstance(child, (dict, list)) and child:
+            if isinstance(child, (dict, list)):
                 stack.append((child, depth + 1))
 
 
@@ -201,6 +204,6 @@ def real_value(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-__all__ = ["MAX_JSON_BYTES", "MAX_TOKENIZER_FILE_BYTES", "MAX_JSON_DEPTH", "MAX_TOKENIZER_ENTRIES", "fragment", "quote",
+__all__ = ["MAX_JSON_BYTES", "MAX_TOKENIZER_FILE_BYTES", "MAX_SENTENCEPIECE_BYTES", "MAX_JSON_DEPTH", "MAX_TOKENIZER_ENTRIES", "fragment", "quote",
            "describe", "guard", "rust_call", "check_size", "check_count", "read_bytes", "read_text", "loads_json", "read_json",
            "check_depth", "count_value", "real_value"]

@@ -52,8 +52,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .boundary import (MAX_JSON_BYTES, check_count, describe, guard, loads_json, quote, read_bytes, read_json,
-                       read_text, rust_call)
+from .boundary import (MAX_JSON_BYTES, MAX_SENTENCEPIECE_BYTES, check_count, describe, guard, loads_json, quote,
+                       read_bytes, read_json, read_text, rust_call)
 from .errors import CorruptCheckpoint, UnsupportedFormat
 from .sources import TOKENIZER_SIDE_FILES
 
@@ -909,7 +909,7 @@ def _load_wordpiece_txt(path: Path) -> Vocabulary:
 def _load_sentencepiece(path: Path) -> Vocabulary:
     import sentencepiece as spm
 
-    data = read_bytes(path, "SentencePiece model")
+    data = read_bytes(path, "SentencePiece model", limit=MAX_SENTENCEPIECE_BYTES)
     if not data:
         raise _fail(path, "empty file (not a SentencePiece model)")
     from sentencepiece import sentencepiece_model_pb2 as pb
