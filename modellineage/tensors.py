@@ -56,6 +56,11 @@ __all__ = [
 
 # The format's own cap on the header size (safetensors refuses larger headers too).
 _MAX_HEADER_BYTES = 100_000_000
+#: Most tensors one model may hold. Every tensor costs ~2.7 KiB of records (header entry, canonical name,
+#: digest; measured: 200,000 one-element tensors take 0.54 GB), so this keeps a model's records under
+#: ~1.4 GiB; the largest real checkpoints hold ~140,000 (Kimi-K2: 384 experts x 60 MoE layers x weight +
+#: scale for 3 matrices). A safety limit, not a threshold of judgement.
+MAX_TENSORS = 2**19
 # Most axes a tensor may declare (numpy's own limit is 64); every axis and offset is a u64 below 2**63.
 _MAX_RANK = 64
 
@@ -268,6 +273,9 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     ):
         raise CorruptCheckpoint(f"{path}: __metadata__ must be an object mapping strings to strings")
 
+    if len(header) > MAX_TENSORS:
+        raise CorruptCheckpoint(f"{path}: header declares {len(header):,} tensors, above the safety limit of "
+                                f"{MAX_TENSORS:,} (MAX_TENSORS, modellineage.tensors)")
     data_start = 8 + n
     infos = {name: _parse_entry(path, name, header[name], data_start, size) for name in sorted(header)}
 
@@ -398,15 +406,21 @@ class TensorStore:
         paths = tuple(Path(f) for f in files)
         if not paths:
             raise ValueError("TensorStore needs at least one safetensors file")
-        headers = tuple(read_header(p) for p in paths)
+        headers = []
         index: dict[str, TensorInfo] = {}
-        for header in headers:
+        for path in paths:
+            header = read_header(path)
+            headers.append(header)
             for name, info in header.tensors.items():
                 if name in index:
                     raise CorruptCheckpoint(
-                        f"tensor {name!r} appears in two shards: {index[name].file} and {header.path}"
+                        f"tensor {quote(name)} appears in two shards: {index[name].file} and {header.path}"
                     )
                 index[name] = info
+            if len(index) > MAX_TENSORS:
+                raise CorruptCheckpoint(f"{path}: the shards up to this one hold {len(index):,} tensors, above "
+                                        f"the safety limit of {MAX_TENSORS:,} (MAX_TENSORS, modellineage.tensors)")
+        headers = tuple(headers)
         self._files = paths
         self._headers = headers
         self._index = dict(sorted(index.items()))

@@ -682,7 +682,7 @@ def _tekken_str(value) -> str:
 def _load_json_tokenizer(path: Path) -> tuple[Vocabulary, dict[str, str]]:
     """A tokenizer.json (or tekken JSON), and the bos/eos its post-processor implies (see _template_roles)."""
     text = read_text(path, "tokenizer JSON", limit=MAX_JSON_BYTES)
-    data = loads_json(text, path, "tokenizer JSON")
+    data = loads_json(text, path, "tokenizer JSON", max_depth=None)
     if "config" in data and "vocab" in data and isinstance(data["vocab"], list):
         return _load_tekken(path, data), {}
     if "model" not in data:

@@ -120,7 +120,24 @@ def test_every_bad_header_is_a_corrupt_checkpoint_naming_the_file(tmp_path):
         assert len(message) < 600, (case, len(message))  # a short reason, never the header itself
 
 
-def test_big_declarations_cost_what_the_bytes_cost(tmp_path):
+@pytest.fixture
+def bounded_memory():
+    """Caps this process's address space 2 GiB above its current size for the test, so a regression that
+    allocates per declared entry fails with a MemoryError instead of exhausting the machine."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    vm = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+              if line.startswith("VmSize:"))
+    cap = vm + (2 << 30)
+    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_big_declarations_cost_what_the_bytes_cost(tmp_path, bounded_memory):
     for case, build in BIG_DECLARATIONS.items():
         folder = copy_demo(tmp_path / case)
         build(folder)
@@ -138,7 +155,21 @@ def test_big_declarations_cost_what_the_bytes_cost(tmp_path):
     assert any(n.startswith("model.layers.999") for n in digits.name_map.unknown)
 
 
-def test_layer_gaps_are_listed_from_the_indices_present():
+def test_tensor_count_is_capped_per_file_and_per_model(tmp_path, monkeypatch):
+    from modellineage import tensors
+
+    monkeypatch.setattr(tensors, "MAX_TENSORS", 30)  # the demo holds 39 tensors
+    with pytest.raises(CorruptCheckpoint, match=rf"^{DEMO / 'base' / ST}: header declares 39 tensors, above"):
+        read_header(DEMO / "base" / ST)
+    header, data = demo_parts()
+    names = sorted(header.keys() - {"__metadata__"})
+    for part, chosen in enumerate((names[:20], names[20:])):
+        write_st(tmp_path / f"model-{part}.safetensors", {n: header[n] for n in chosen}, data)
+    with pytest.raises(CorruptCheckpoint, match=r"model-1.safetensors: the shards up to this one hold 39 tensors"):
+        tensors.TensorStore([tmp_path / "model-0.safetensors", tmp_path / "model-1.safetensors"])
+
+
+def test_layer_gaps_are_listed_from_the_indices_present(bounded_memory):
     shapes = {f"model.layers.{i}.mlp.up_proj.weight": (4, 2) for i in (0, 1, 5, 10**9)}
     facts = facts_from_weights(canonicalize(shapes))
     assert facts.num_layers == 10**9 + 1
