@@ -95,11 +95,19 @@ class Model:
     @cached_property
     def name_map(self) -> NameMap:
         dtypes = {name: self.store.info(name).dtype for name in self.store.names()}
-        return canonicalize(self.shapes, self.config, dtypes=dtypes)
+        try:
+            config = self.config
+        except LineageError:  # an unreadable config fails the audits that read it; names map without it
+            config = None
+        return canonicalize(self.shapes, config, dtypes=dtypes)
 
     @cached_property
     def weight_facts(self) -> WeightFacts:
-        return facts_from_weights(self.name_map, self.arch)
+        try:
+            arch = self.arch
+        except LineageError:  # only its head_dim is used, where the weights do not show it
+            arch = None
+        return facts_from_weights(self.name_map, arch)
 
     @property
     def vocabulary(self):

@@ -32,6 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .boundary import guard
 from .errors import PlanError
 
 RELATIONS = ("independent", "derived")
@@ -110,11 +111,13 @@ def load_plan(path: Path) -> AuditPlan:
 def read_toml(path: Path, what: str) -> dict[str, Any]:
     """Parse a TOML file; a missing or unreadable file is a PlanError naming it and saying what it is."""
     try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PlanError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise PlanError(f"{path}: not a readable TOML file ({exc})") from None
+    with guard(path, "not a readable TOML file", PlanError):  # any parser failure, RecursionError included
+        return tomllib.loads(text)
 
 
 def plan_from_mapping(data: Mapping[str, Any], *, origin: str, base_dir: Path, path: Path | None = None) -> AuditPlan:

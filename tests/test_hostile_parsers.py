@@ -518,3 +518,22 @@ def test_memory_is_bounded_by_the_bytes_present(tmp_path):
     for case, name in named.items():
         _assert_named(run, case, name)
     assert elapsed < 180, elapsed
+
+
+def test_a_deeply_nested_audit_plan_is_a_plan_error(tmp_path):
+    from modellineage.errors import PlanError
+    from modellineage.plan import load_plan
+
+    path = tmp_path / "audit.toml"
+    path.write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(PlanError, match=rf"^{path}: not a readable TOML file \(RecursionError"):
+        load_plan(path)
+
+
+def test_an_unreadable_config_leaves_the_weights_readable(tmp_path):
+    folder = copy_demo(tmp_path / "m")
+    (folder / "config.json").write_text("[64]")
+    model = Model("m", resolve_source(str(folder)))
+    with pytest.raises(CorruptCheckpoint, match="config.json: config.json is JSON but not an object"):
+        model.arch
+    assert len(model.name_map.refs) == 39 and model.weight_facts.hidden_size == 64
