@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import confine
 from .errors import CorruptCheckpoint, IncompatibleShapes, NonFiniteWeights, SourceNotFound, UnsupportedFormat
 
 __all__ = [
@@ -237,7 +238,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     path = Path(path)
     if not path.is_file():
         raise SourceNotFound(f"{path}: no such file")
-    with open(path, "rb") as fh:
+    with confine.open_file(path) as fh:
         size = os.fstat(fh.fileno()).st_size
         if size < 8:
             raise CorruptCheckpoint(f"{path}: file is {size} bytes, too short for a safetensors header (8 bytes)")
@@ -487,10 +488,7 @@ class TensorStore:
             with self._lock:
                 fd = self._fds.get(path)
                 if fd is None:
-                    try:
-                        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-                    except FileNotFoundError:
-                        raise SourceNotFound(f"{path}: no such file (it existed when the store was opened)") from None
+                    fd = confine.open_fd(path)  # a regular file, the one the source vetted
                     self._fds[path] = fd
         return fd
 

@@ -52,7 +52,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import CorruptCheckpoint, UnsupportedFormat
+from . import confine
+from .errors import CorruptCheckpoint, Refused, UnsupportedFormat, describe, excerpt
 from .sources import TOKENIZER_SIDE_FILES
 
 # The pre-tokenisation regex used to encode with a bare tiktoken rank file (the file carries none):
@@ -221,7 +222,7 @@ def text_pieces(text: str, offsets: Iterable[tuple[int, int]]) -> list[bytes]:
 
 
 def _fail(path: Path, what: str, exc: BaseException | None = None) -> CorruptCheckpoint:
-    detail = f" ({type(exc).__name__}: {str(exc).strip()[:200]})" if exc is not None else ""
+    detail = f" ({describe(exc)})" if exc is not None else ""  # parsers quote the file: an excerpt only
     return CorruptCheckpoint(f"{path}: {what}{detail}")
 
 
@@ -482,14 +483,24 @@ def load_vocabulary(path: Path | str) -> Vocabulary:
         UnsupportedFormat: no tokenizer file, or a format this module does not read.
         CorruptCheckpoint: the file is of a known kind but broken (names the file and the defect).
     """
+    from .sources import list_folder
+
     path = Path(path)
-    if path.is_dir():
-        return load_from_files(sorted(p for p in path.iterdir() if p.is_file()), where=path)
+    if path.is_dir():  # listed and vetted as a model source's folder is (modellineage.confine)
+        files, refused = list_folder(path)
+        refused = [r for r in refused if r.role == "tokenizer"]
+        if refused:
+            raise Refused(f"{path}: " + "; ".join(r.message for r in refused))
+        return load_from_files(files, where=path)
     if not path.is_file():
         raise UnsupportedFormat(f"{path}: no such tokenizer file")
     files = [path]
-    if path.name == "vocab.json" and (path.parent / "merges.txt").is_file():  # the pair is one tokenizer
-        files.append(path.parent / "merges.txt")
+    merges = path.parent / "merges.txt"
+    if path.name == "vocab.json" and (merges.exists() or merges.is_symlink()):  # the pair is one tokenizer
+        refusal = confine.vet(merges, confine.bounds_for(path.parent), entry=merges.name, role="tokenizer")
+        if refusal is not None:
+            raise Refused(f"{path.parent}: {refusal.message}")
+        files.append(merges)
     return load_from_files(files, where=path.parent, explicit=path)
 
 
@@ -531,7 +542,7 @@ def _pick_main(files: Sequence[Path]) -> Path | None:
 
 def _looks_like_tiktoken(path: Path) -> bool:
     """A tiktoken rank file is text lines `<base64> <rank>`; SentencePiece is a binary protobuf."""
-    with open(path, "rb") as fh:
+    with confine.open_file(path) as fh:
         head = fh.read(4096)
     lines = head.split(b"\n")[:8]
     lines = [ln for ln in lines[:-1] if ln] or lines[:1]
@@ -539,16 +550,31 @@ def _looks_like_tiktoken(path: Path) -> bool:
 
 
 def _load_tiktoken(path: Path) -> Vocabulary:
-    from tiktoken.load import load_tiktoken_bpe
-
-    try:
-        ranks = load_tiktoken_bpe(str(path))
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise _fail(path, "not a valid tiktoken rank file", exc) from None
+    ranks = _tiktoken_ranks(path)
     if not ranks:
         raise _fail(path, "the vocabulary is empty (no ranks)")
     return _from_ranks(path, ranks, "tiktoken", CL100K_PATTERN,
                        notes=("encoding uses the cl100k_base pre-tokenisation pattern (a rank file carries none)",))
+
+
+def _tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    """A tiktoken rank file, parsed as ``tiktoken.load.load_tiktoken_bpe`` does (``<base64> <rank>`` lines),
+    from bytes read through :mod:`modellineage.confine` (tiktoken would open the path itself, and its
+    error message quotes the whole offending line)."""
+    import base64
+    import binascii
+
+    ranks = {}
+    for number, line in enumerate(confine.read_bytes(path).splitlines(), 1):
+        if not line:
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+        except (ValueError, binascii.Error):
+            raise _fail(path, f"not a valid tiktoken rank file: line {number} is not '<base64> <rank>' "
+                              f"({excerpt(line.decode('utf-8', 'replace'))})") from None
+    return ranks
 
 
 def _from_ranks(path: Path, ranks: dict[bytes, int], fmt: str, pattern: str, *, specials: dict[str, int] | None = None,
@@ -585,7 +611,7 @@ def _tiktoken_encoder(path: Path, ranks: dict[bytes, int], pattern: str) -> Call
         enc = tiktoken.Encoding(name=f"modellineage:{path.name}", pat_str=pattern, mergeable_ranks=ranks,
                                 special_tokens={})
     except Exception as exc:  # tiktoken rejects rank sets it cannot encode with (e.g. gaps)
-        note = f"tiktoken refused the ranks for encoding: {exc}"
+        note = f"tiktoken refused the ranks for encoding ({describe(exc)})"
         raise _fail(path, note) from None
     decode = enc.decode_single_token_bytes
     return lambda text: [decode(t) for t in enc.encode_ordinary(text)]
@@ -621,9 +647,9 @@ def _load_tekken(path: Path, data: dict) -> Vocabulary:
 def _load_json_tokenizer(path: Path) -> tuple[Vocabulary, dict[str, str]]:
     """A tokenizer.json (or tekken JSON), and the bos/eos its post-processor implies (see _template_roles)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = confine.read_text(path)
         data = json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise _fail(path, "not valid JSON", exc) from None
     if not isinstance(data, dict):
         raise _fail(path, f"expected a JSON object, found {type(data).__name__}")
@@ -764,7 +790,7 @@ def _json_merges(path: Path, merges: list, style: str) -> list[tuple[bytes, byte
         if isinstance(m, str):
             a, sep, b = m.partition(" ")
             if not sep:
-                raise _fail(path, f"malformed merge rule {m!r}")
+                raise _fail(path, f"malformed merge rule {excerpt(m)}")
         else:
             a, b = m
         out.append((_normalise(a, style), _normalise(b, style)))
@@ -775,22 +801,28 @@ def _load_vocab_merges(vocab_path: Path, merges_path: Path) -> Vocabulary:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     try:
-        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        vocab = json.loads(confine.read_text(vocab_path))
+    except (UnicodeDecodeError, ValueError) as exc:
         raise _fail(vocab_path, "not valid JSON", exc) from None
     if not isinstance(vocab, dict) or not vocab:
         raise _fail(vocab_path, "the vocabulary is empty" if isinstance(vocab, dict) else "expected a token->id object")
     # Checked before the tokenizers library reads the pair: a rule whose merged token is missing makes
     # BPE.from_file panic (pyo3 PanicException, a BaseException) instead of raising an error.
-    lines = merges_path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = confine.read_text(merges_path).splitlines()
+    except UnicodeDecodeError as exc:
+        raise _fail(merges_path, "not UTF-8 text", exc) from None
     rules = [ln for ln in lines if ln and not ln.startswith("#version")]
+    malformed = next((r for r in rules if r.count(" ") != 1), None)
+    if malformed is not None:
+        raise _fail(merges_path, f"malformed merge rule {excerpt(malformed)} (expected 'left right')")
     missing = [r for r in rules[:200000] if any(part not in vocab for part in r.split(" ", 1))
                or "".join(r.split(" ", 1)) not in vocab]
     if missing:
         raise _fail(merges_path, f"{len(missing)} merge rule(s) name tokens missing from {vocab_path.name}, "
-                                 f"e.g. {missing[0]!r}")
-    try:
-        bpe = models.BPE.from_file(str(vocab_path), str(merges_path))
+                                 f"e.g. {excerpt(missing[0])}")
+    try:  # from what was read above, as BPE.from_file would read the two files (it would open them itself)
+        bpe = models.BPE(vocab, [tuple(r.split(" ", 1)) for r in rules])
     except Exception as exc:
         raise _fail(merges_path, f"does not fit {vocab_path.name} (merges need tokens the vocab lacks?)", exc) from None
     tok = Tokenizer(bpe)
@@ -817,16 +849,16 @@ def _load_wordpiece_txt(path: Path) -> Vocabulary:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     try:
-        tokens = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        tokens = confine.read_text(path).splitlines()
+    except UnicodeDecodeError as exc:
         raise _fail(path, "not a UTF-8 vocab.txt", exc) from None
     while tokens and not tokens[-1]:
         tokens.pop()
     if not tokens:
         raise _fail(path, "the vocabulary is empty")
     unk = "[UNK]" if "[UNK]" in tokens else tokens[0]
-    try:
-        wp = models.WordPiece.from_file(str(path), unk_token=unk)
+    try:  # the map WordPiece.from_file would read (line -> index, trailing whitespace trimmed, last wins)
+        wp = models.WordPiece({t.rstrip(): i for i, t in enumerate(tokens)}, unk_token=unk)
     except Exception as exc:
         raise _fail(path, "the tokenizers library cannot read this vocab.txt", exc) from None
     tok = Tokenizer(wp)
@@ -849,7 +881,7 @@ def _load_wordpiece_txt(path: Path) -> Vocabulary:
 def _load_sentencepiece(path: Path) -> Vocabulary:
     import sentencepiece as spm
 
-    data = path.read_bytes()
+    data = confine.read_bytes(path)
     if not data:
         raise _fail(path, "empty file (not a SentencePiece model)")
     try:
@@ -901,7 +933,8 @@ def _load_gguf(path: Path) -> Vocabulary:
     try:
         from gguf import GGUFReader
 
-        reader = GGUFReader(str(path), "r")
+        with confine.open_file(path) as fh:  # numpy maps the vetted descriptor; gguf never opens the path
+            reader = GGUFReader(fh, "r")
     except Exception as exc:  # the gguf reader raises ValueError/struct errors/KeyError on bad files
         raise _fail(path, "not a readable GGUF file", exc) from None
 
@@ -965,8 +998,8 @@ def _with_side_files(vocab: Vocabulary, side: dict[str, Path], implied: dict[str
         if p is None:
             continue
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            data = json.loads(confine.read_text(p))
+        except (UnicodeDecodeError, ValueError) as exc:
             raise _fail(p, "not valid JSON", exc) from None
         if not isinstance(data, dict):
             raise _fail(p, "expected a JSON object")
@@ -1000,7 +1033,8 @@ def _with_side_files(vocab: Vocabulary, side: dict[str, Path], implied: dict[str
         special = special if special is not None else text in named
         if i in raw_of:
             if raw_of[i] != text:
-                clashes.append(f"{where} puts {text!r} at id {i}, which {vocab.path.name} holds as {raw_of[i]!r}")
+                clashes.append(f"{where} puts {excerpt(text)} at id {i}, which {vocab.path.name} holds as "
+                               f"{excerpt(raw_of[i])}")
             elif special and i not in special_ids:
                 special_ids.add(i)
                 marked += 1
@@ -1047,11 +1081,11 @@ def _side_added_tokens(config: dict[str, dict], side: dict[str, Path]) -> dict[i
             except ValueError:
                 i = None
             if i is None or text is None:
-                raise _fail(side["tokenizer_config.json"], f"added_tokens_decoder entry {key!r} is not id -> token")
+                raise _fail(side["tokenizer_config.json"], f"added_tokens_decoder entry {excerpt(key)} is not id -> token")
             out[i] = (text, bool(entry.get("special")) if isinstance(entry, dict) else None, "tokenizer_config.json")
     for text, i in config.get("added_tokens.json", {}).items():
         if not isinstance(i, int) or isinstance(i, bool) or i < 0:
-            raise _fail(side["added_tokens.json"], f"token {text!r} has no valid id ({i!r})")
+            raise _fail(side["added_tokens.json"], f"token {excerpt(text)} has no valid id ({excerpt(repr(i))})")
         out.setdefault(i, (text, None, "added_tokens.json"))
     return out
 
