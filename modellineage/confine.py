@@ -77,9 +77,12 @@ def bounds_for(root: Path) -> tuple[Path, ...]:
     (a ``blobs`` that is itself a link could point anywhere).
     """
     root = Path(root)
-    real = Path(os.path.realpath(root))
+    if root.is_dir():  # a folder named as the source: the user's choice, links included
+        real = snapshot = Path(os.path.realpath(root))
+    else:  # a single file: itself, not where a link of that name leads
+        snapshot = Path(os.path.realpath(root.parent))
+        real = snapshot / root.name
     found = [real]
-    snapshot = real if real.is_dir() else real.parent
     repo = snapshot.parent.parent
     if snapshot.parent.name == HUB_SNAPSHOTS and repo.name.startswith(HUB_REPO_PREFIXES):
         blobs = repo / HUB_BLOBS

@@ -136,7 +136,7 @@ def resolve_source(spec: str, *, base_dir: Path | None = None, allow_download: b
     if not path.is_absolute():
         path = base / path
     if path.exists() or path.is_symlink():
-        return _from_path(spec, _named(path))
+        return _from_path(spec, named_path(path))
     if _REPO_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return _from_hub_cache(spec, allow_download)
     raise SourceNotFound(f"{path}: no such file or directory (model source {spec!r})")
@@ -148,7 +148,7 @@ def is_tokenizer_file(name: str) -> bool:
             or any(fnmatch.fnmatchcase(name, pattern) for pattern in TOKENIZER_PATTERNS))
 
 
-def _named(path: Path) -> Path:
+def named_path(path: Path) -> Path:
     """``path`` made absolute with its folders resolved but its last component kept as named.
 
     A folder named as a source is the user's choice, links included; a file is the source's root itself
