@@ -45,14 +45,14 @@ def excerpt(text: object, limit: int = EXCERPT_CHARS) -> str:
     """A short, escaped fragment of text read from a file, safe to put in a message.
 
     ``repr``-escaped (control characters, quotes and non-ASCII are shown as escapes, so a fragment cannot
-    break a terminal line or a report) and cut to ``limit`` characters of the original, with ``…`` and the
+    break a terminal line or a report) and cut to ``limit`` characters of the original, with ``...`` and the
     full length when cut. Use it wherever file text (or a third-party parser's message, which may quote
     file text) flows into an error message.
     """
     text = text if isinstance(text, str) else str(text)
     if len(text) <= limit:
         return ascii(text)
-    return f"{ascii(text[:limit])}… ({len(text):,} chars)"
+    return f"{ascii(text[:limit])}... ({len(text):,} chars)"
 
 
 def describe(exc: BaseException) -> str:
