@@ -269,7 +269,8 @@ def _from_directory(spec: str, root: Path, *, kind: str, revision: str | None = 
         pickle_files=pickles,
         revision=revision,
         notes=tuple(notes),
-        refused=tuple(sorted(refused, key=lambda r: (r.role, r.entry))),
+        refused=tuple(sorted({(r.role, r.entry): r for r in reversed(refused)}.values(),  # an entry once
+                             key=lambda r: (r.role, r.entry))),
     )
 
 

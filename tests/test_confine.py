@@ -262,3 +262,11 @@ def test_a_bad_tiktoken_line_is_quoted_as_an_excerpt(tmp_path):
     with pytest.raises(Exception) as info:
         load_vocabulary(path)
     assert "line 2" in str(info.value) and "A" * (EXCERPT_CHARS + 1) not in str(info.value)
+
+
+def test_a_shard_both_listed_and_indexed_is_refused_once(folder):
+    root, _ = folder
+    os.mkfifo(root / "pipe.safetensors")
+    (root / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "pipe.safetensors"}}))
+    src = resolve_source(str(root))
+    assert [(r.entry, r.reason) for r in src.refused] == [("pipe.safetensors", "a FIFO, not a regular file")]
