@@ -204,6 +204,13 @@ def test_merge_order_needs_most_of_the_shorter_list_and_enough_rules():
     assert reversed_order.kendall == pytest.approx(-1.0)
     few = merge_order(rules[:50] + [(b"y", bytes([i])) for i in range(150)], rules)
     assert few.share_of_reference == 0.25 and few.kendall == pytest.approx(1.0)
+    short = merge_order(rules[:60], rules[:60])
+    assert short.kendall == pytest.approx(1.0) and short.shared == 60
+    # in order, over most of the shorter list and at least merge_order_min_shared (100) rules: derivation
+    assert merge_order_shows_derivation(same, THRESHOLDS) and merge_order_shows_derivation(order, THRESHOLDS)
+    assert not merge_order_shows_derivation(reversed_order, THRESHOLDS)
+    assert not merge_order_shows_derivation(few, THRESHOLDS)      # a quarter of the list
+    assert not merge_order_shows_derivation(short, THRESHOLDS)    # 60 rules: not calibrated
 
 
 # ----------------------------------------------------------------------------------------- catalog
