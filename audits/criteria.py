@@ -25,7 +25,12 @@ THRESHOLD_SPEC: dict[tuple[str, str], type] = {
     ("tokenizer", "extension_min_overlap"): float,
     ("tokenizer", "aligned_min_share"): float,
     ("tokenizer", "contained_min_share"): float,
+    ("tokenizer", "contained_max_size_ratio"): float,
+    ("tokenizer", "contained_min_tokens"): int,
     ("tokenizer", "independent_max_merge_prefix_share"): float,
+    ("tokenizer", "merge_order_min_share"): float,
+    ("tokenizer", "merge_order_min_kendall"): float,
+    ("tokenizer", "merge_order_min_shared"): int,
     ("weights", "independent_max_centred"): float,
     ("weights", "independent_max_embedding_centred"): float,
     ("weights", "early_layer_share"): float,
@@ -348,26 +353,31 @@ def independence_pvalue(test, expectation: str, bound: Bound, references: int) -
     return Judgement("independence p-value", pv.p, bound_text, bound.where, failed, message)
 
 
-def not_a_catalog_tokenizer(model: str, matches, extension: Bound, contained: Bound) -> Judgement:
+def not_a_catalog_tokenizer(model: str, matches, extension: Bound, contained: Bound, max_ratio: Bound,
+                            min_tokens: Bound) -> Judgement:
     """Under [catalog] expect = independent: no catalog tokenizer may be identical (SHA-256), overlap the
     target in the extension/reuse band (estimated Jaccard ≥ `extension`), or share `contained` of the
     smaller vocabulary with the larger one: a catalog tokenizer inside the target is an extension
     (target ⊇ catalog + K, Jaccard as low as |catalog| / |target|), a target inside one a pruned copy.
 
     Containment is judged on the smaller side because the larger side's share only says how big the
-    smaller one is. It is weak alone for very unequal sizes (a 248k vocabulary holds 0.955 of Mistral
-    v1's 32k tokens independently), which the 98% bound leaves room for; the estimate (Laplace-smoothed,
-    modellineage.fingerprint) does not call a handful of sampled tokens "contained".
+    smaller one is, and only where it is evidence on its own (audits.tokenizer_criteria): the larger side
+    at most `max_ratio` times the smaller, the smaller at least `min_tokens` tokens. Beyond that ratio
+    independent vocabularies contain most of a smaller one too (a 248k vocabulary holds 0.955 of Mistral
+    v1's 32k tokens); the estimate (Laplace-smoothed, modellineage.fingerprint) does not call a handful of
+    sampled tokens "contained".
     """
-    bound_text = f"Jaccard < {extension.value:g} and contained share < {contained.value:g}"
-    source = f"{extension.where}; {contained.where}"
+    bound_text = (f"Jaccard < {extension.value:g} and contained share < {contained.value:g} (size ratio ≤ "
+                  f"{max_ratio.value:g}, ≥ {min_tokens.value:,} tokens)")
+    source = f"{extension.where}; {contained.where}; {max_ratio.where}; {min_tokens.where}"
     name = "tokenizer independent of the catalog"
     if not matches:
         return Judgement(name, None, bound_text, source, False,
                          f"{model}: the catalog holds no tokenizer fingerprints to compare with")
 
     def _is_contained(m) -> bool:
-        return m.overlap.contained_share >= contained.value
+        return (m.overlap.contained_share >= contained.value and m.overlap.size_ratio <= max_ratio.value
+                and min(m.overlap.target_distinct, m.overlap.other_distinct) >= min_tokens.value)
 
     hits = [m for m in matches if m.identical or m.overlap.jaccard >= extension.value or _is_contained(m)]
     closest = max(matches, key=lambda m: (m.identical, m.overlap.contained_share, m.overlap.jaccard))
@@ -387,11 +397,16 @@ def not_a_catalog_tokenizer(model: str, matches, extension: Bound, contained: Bo
             kind = f"a subset (pruned copy) of {m.tokenizer_id}"
         text = f"{m.tokenizer_id}{used}: estimated Jaccard {o.jaccard:.1%} ± {o.stderr:.1%}; {share}"
         if _is_contained(m):
-            text += f" (≥ {contained.value:.0%}, {kind})"
+            text += f" (≥ {contained.value:.0%} at size ratio {o.size_ratio:.2f}, {kind})"
+        elif o.contained_share >= contained.value:
+            text += (f" (≥ {contained.value:.0%}, but at size ratio {o.size_ratio:.1f} or with fewer than "
+                     f"{min_tokens.value:,} tokens containment is no evidence on its own: independent vocabularies "
+                     "that much larger contain most of a smaller one too)")
         return text
 
     bands = (f"reuse/extension band Jaccard ≥ {extension.value:.0%} ({extension.where}); contained from "
-             f"{contained.value:.0%} of the smaller vocabulary ({contained.where})")
+             f"{contained.value:.0%} of the smaller vocabulary ({contained.where}) at a size ratio up to "
+             f"{max_ratio.value:g} ({max_ratio.where}) and from {min_tokens.value:,} tokens ({min_tokens.where})")
     if hits:
         message = f"{model}: tokenizer matches the catalog — " + "; ".join(_one(m) for m in hits) + f" ({bands})"
     else:

@@ -4,7 +4,8 @@ Runs with or without references. The nearest architectures are recorded, never j
 from-scratch models use a famous model's exact config). The tokenizer is judged only under
 ``[catalog] expect = "independent"`` (or ``--against-catalog independent``): a tokenizer identical to a
 catalog tokenizer, overlapping it in the extension/reuse band, containing one (an extension: target ⊇
-catalog + K) or contained in one (a pruned copy) contradicts that claim.
+catalog + K, re-numbered or not) or contained in one (a pruned copy) contradicts that claim; containment
+counts where it is evidence on its own (thresholds.toml [tokenizer]: size ratio and size bounds).
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def test_tokenizer_not_from_catalog(target, catalog, catalog_plan, thresholds, e
                 "non-special tokens, sketched whole; catalog tokenizers as bottom-k MinHash sketches). Containment "
                 "is judged on the smaller vocabulary: the catalog's in the target (extension) or the target's in "
                 "the catalog's (pruned copy)."))
-    judgement = not_a_catalog_tokenizer(target.name, matches, thresholds["tokenizer", "extension_min_overlap"],
-                                        thresholds["tokenizer", "contained_min_share"])
+    judgement = not_a_catalog_tokenizer(target.name, matches, *(thresholds["tokenizer", key] for key in (
+        "extension_min_overlap", "contained_min_share", "contained_max_size_ratio", "contained_min_tokens")))
     said = judgement.message.split(": ", 1)[1]
     evidence.says(said[:1].upper() + said[1:] + ".")  # not str.capitalize(): it lowercases "Jaccard"
     if catalog_plan.get("expect") != "independent":

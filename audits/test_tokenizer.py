@@ -1,9 +1,11 @@
 """Tokenizer evidence: is the target's tokenizer the reference's (reused, extended) or its own?
 
 Retraining a tokenizer is expensive and breaks the pretrained embeddings, so fine-tunes and continued
-pretraining keep the base tokenizer, possibly with added tokens. One test per measure family:
-overlap (judged both ways by the design's bands), id alignment, extension and merge order (judged under
-`independent`), special tokens and encoding agreement on the probe corpus (recorded for the report).
+pretraining keep the base tokenizer, possibly with added tokens; other tokenizers are built on a published
+vocabulary, re-numbered and extended. One test per measure family: the overlap audit gives the verdict
+under both claims from overlap, containment, id alignment and merge order (audits.tokenizer_criteria) and
+says which carried it; id alignment, extension and merge order are judged under `independent`; special
+tokens and encoding agreement on the probe corpus are recorded for the report.
 Each measure is computed once per (target, reference) pair for the session (``tokenizer_cache``).
 """
 
@@ -16,12 +18,13 @@ from typing import Callable
 import pytest
 
 from modellineage import report
+from modellineage.errors import UnsupportedFormat
 from modellineage.tokenizer import (load_probes, measure_encoding, measure_extension, measure_id_alignment,
                                     measure_merges, measure_overlap, measure_special_tokens)
 
 from .plugin import once
-from .tokenizer_criteria import (id_alignment, merge_prefix, not_an_extension, overlap_band,
-                                 vocabulary_overlap)
+from .tokenizer_criteria import (derivation_signals, id_alignment, merge_rules, not_an_extension,
+                                 verdict_sentence, vocabulary_overlap)
 
 pytestmark = pytest.mark.tokenizer
 PROBES = Path(__file__).resolve().parents[1] / "fixtures" / "probes"
@@ -54,6 +57,19 @@ def _alignment(t, r, reference, cache):
     return _measured(cache, reference, "id_alignment", lambda: measure_id_alignment(t, r))
 
 
+def _extension(t, r, reference, cache):
+    alignment = _alignment(t, r, reference, cache)
+    return _measured(cache, reference, "extension", lambda: measure_extension(t, r, alignment=alignment))
+
+
+def _merges(t, r, reference, cache):
+    """The merge comparison, or (None, why) when a side has no merge rules (Unigram, WordPiece)."""
+    try:
+        return _measured(cache, reference, "merges", lambda: measure_merges(t, r)), None
+    except UnsupportedFormat as exc:
+        return None, str(exc)
+
+
 def _files(t, r, reference: str) -> str:
     return report.table(["side", "file read", "format", "model", "tokens"],
                         [["target", t.path.name, t.format, t.model_type, f"{t.size:,}"],
@@ -66,9 +82,13 @@ def test_vocabulary_overlap(target, reference, thresholds, evidence, tokenizer_c
     overlap = evidence.measured("overlap", _measured(tokenizer_cache, reference, "overlap",
                                                      lambda: measure_overlap(t, r)))
     alignment = evidence.measured("id_alignment", _alignment(t, r, reference, tokenizer_cache))
-    band = overlap_band(overlap.jaccard, thresholds)
-    evidence.says(f"Tokenizer: {overlap.jaccard:.1%} Jaccard overlap with {reference.name}'s vocabulary "
-                  f"({overlap.share_of_reference:.1%} of it in the target), band '{band}'.")
+    extension = evidence.measured("extension", _extension(t, r, reference, tokenizer_cache))
+    merges, why = _merges(t, r, reference, tokenizer_cache)
+    if merges is not None:
+        evidence.measured("merges", merges)
+    signals = evidence.measured("derivation_signals", derivation_signals(
+        overlap, alignment, extension, merges, thresholds, reference.name, why))
+    evidence.says(verdict_sentence(signals, reference.name))
     evidence.html(_files(t, r, reference.name) + report.table(
         ["tokens", "target", reference.name, "shared", f"share of {reference.name}", "share of target", "Jaccard"],
         [["normalised (bytes)", f"{overlap.target_size:,}", f"{overlap.reference_size:,}", f"{overlap.shared:,}",
@@ -81,8 +101,12 @@ def test_vocabulary_overlap(target, reference, thresholds, evidence, tokenizer_c
         + report.table(["token", f"{reference.name} id"], overlap.only_reference,
                        caption=f"First tokens only in {reference.name}")
         + report.table(["token", "target id"], overlap.only_target, caption="First tokens only in the target"))
-    judgement = evidence.judged(vocabulary_overlap(overlap, alignment, thresholds, reference.name,
-                                                   reference.expectation("tokenizer")))
+    evidence.html(report.table(["evidence", "shows derivation", "measured (bound)"],
+                               [[s.name, {True: "yes", False: "no", None: "not measured"}[s.shows_derivation],
+                                 s.clause.split(": ", 1)[1]] for s in signals],
+                               caption=f"What the tokenizer evidence shows about {reference.name}"))
+    judgement = evidence.judged(vocabulary_overlap(overlap, alignment, extension, merges, thresholds,
+                                                   reference.name, reference.expectation("tokenizer"), why))
     assert not judgement.failed, judgement.message
 
 
@@ -117,13 +141,13 @@ def test_id_alignment(target, reference, thresholds, evidence, tokenizer_cache):
 def test_vocabulary_extension(target, reference, thresholds, evidence, tokenizer_cache):
     t, r = _vocabularies(target, reference, evidence)
     alignment = _alignment(t, r, reference, tokenizer_cache)
-    extension = evidence.measured("extension", _measured(tokenizer_cache, reference, "extension",
-                                                         lambda: measure_extension(t, r, alignment=alignment)))
+    extension = evidence.measured("extension", _extension(t, r, reference, tokenizer_cache))
     evidence.html(report.table(
-        [f"{reference.name} in target", f"target in {reference.name}", "added (K)", "removed", "containment",
-         "dominant offset", "at that offset"],
-        [[f"{extension.reference_in_target:.2%}", f"{extension.target_in_reference:.2%}", f"{extension.added:,}",
-          f"{extension.removed:,}", extension.contained, extension.dominant_offset,
+        [f"{reference.name} in target", f"target in {reference.name}", "smaller side contained", "size ratio",
+         "added (K)", "removed", "containment", "dominant offset", "at that offset"],
+        [[f"{extension.reference_in_target:.2%}", f"{extension.target_in_reference:.2%}",
+          f"{extension.contained_share:.2%} ({extension.smaller})", f"{extension.size_ratio:.2f}",
+          f"{extension.added:,}", f"{extension.removed:,}", extension.contained, extension.dominant_offset,
           f"{extension.dominant_share:.2%}"]],
         caption=f"Extension: target vs {reference.name}")
         + report.table(["target ids of added tokens", "tokens"],
@@ -131,7 +155,8 @@ def test_vocabulary_extension(target, reference, thresholds, evidence, tokenizer
         + report.table([f"{reference.name} ids", "offset", "tokens"],
                        [[f"{a}–{b}", f"{o:+d}", c] for a, b, o, c in extension.shift_runs],
                        caption="Where the reference's ids went"))
-    evidence.says(f"Extension check: {extension.summary}.")
+    evidence.says(f"Extension check: {extension.summary}; {extension.contained_share:.1%} of the smaller "
+                  f"vocabulary ({extension.smaller}) in the other at size ratio {extension.size_ratio:.2f}.")
     if reference.expectation("tokenizer") == "derived":
         pytest.skip(f"recorded, not judged: {extension.summary}")
     judgement = evidence.judged(not_an_extension(extension, alignment, thresholds, reference.name))
@@ -143,18 +168,21 @@ def test_merge_rules(target, reference, thresholds, evidence, tokenizer_cache):
     merges = evidence.measured("merges", _measured(tokenizer_cache, reference, "merges", lambda: measure_merges(t, r)))
     fmt = (lambda v: "—" if v is None else f"{v:.4f}")
     evidence.html(report.table(
-        ["target rules", f"{reference.name} rules", "shared", f"share of {reference.name}", "Spearman ρ",
-         "Kendall τ", "common prefix", "origin (target / reference)"],
+        ["target rules", f"{reference.name} rules", "shared", f"share of {reference.name}", "share of shorter",
+         "Spearman ρ", "Kendall τ", "common prefix", "origin (target / reference)"],
         [[f"{merges.target_merges:,}", f"{merges.reference_merges:,}", f"{merges.shared:,}",
-          f"{merges.share_of_reference:.2%}", fmt(merges.spearman), fmt(merges.kendall),
-          f"{merges.common_prefix:,}", f"{merges.target_origin} / {merges.reference_origin}"]],
-        caption=f"Merge rules: target vs {reference.name}")
+          f"{merges.share_of_reference:.2%}", f"{merges.share_of_shorter:.2%}", fmt(merges.spearman),
+          fmt(merges.kendall), f"{merges.common_prefix:,}", f"{merges.target_origin} / {merges.reference_origin}"]],
+        caption=f"Merge rules: target vs {reference.name} (Spearman and Kendall between the shared rules' positions "
+                "in the two lists)")
         + report.table(["#", "target", reference.name], merges.first_rules, caption="First merge rules side by side"))
-    evidence.says(f"The merge lists share {merges.shared:,} rules and their first {merges.common_prefix:,}.")
+    tau = "—" if merges.kendall is None else f"{merges.kendall:.3f}"
+    summary = (f"{merges.shared:,} shared merge rules ({merges.share_of_shorter:.1%} of the shorter list), Kendall "
+               f"τ {tau} between their positions, common prefix {merges.common_prefix:,}")
+    evidence.says(f"Merge rules: {summary}.")
     if reference.expectation("tokenizer") == "derived":
-        pytest.skip(f"recorded, not judged: {merges.shared:,} shared merge rules, common prefix "
-                    f"{merges.common_prefix:,}")
-    judgement = evidence.judged(merge_prefix(merges, thresholds, reference.name))
+        pytest.skip(f"recorded, not judged: {summary}")
+    judgement = evidence.judged(merge_rules(merges, thresholds, reference.name))
     assert not judgement.failed, judgement.message
 
 

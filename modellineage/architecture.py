@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from .boundary import count_value, fragment, real_value
+from .boundary import count_value, quote, real_value
 from .naming import NameMap, canonicalize
 
 __all__ = [
@@ -127,7 +127,7 @@ class _Reader:
 
     def _bad(self, key: str, value: Any) -> None:
         if all(k != key for k, _ in self.invalid):
-            self.invalid.append((key, fragment(repr(value), 40)))
+            self.invalid.append((key, quote(value)))
 
     def count(self, *keys: str) -> int | None:
         key, value = self.first(*keys)

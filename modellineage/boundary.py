@@ -5,7 +5,8 @@ A model folder is hostile: whatever a parser (``json``, ``tokenizers``, ``senten
 100,000 nested brackets, a Rust panic (pyo3's ``PanicException`` derives from ``BaseException``) — becomes
 the library's typed error naming the file (:func:`guard`), so the audits that needed the file fail with
 one line and every other audit still runs. Messages quote at most a short escaped fragment
-(:func:`fragment`), never file content at length.
+(:func:`quote`, :func:`modellineage.errors.excerpt`), never file content at length; files are opened
+through :mod:`modellineage.confine`.
 
 Work and memory must scale with the bytes present, not with counts a file declares, so the readers here
 refuse files and entry counts above the safety limits below before a parser allocates for them (a
@@ -24,7 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import CorruptCheckpoint, LineageError
+from . import confine
+from .errors import CorruptCheckpoint, LineageError, describe, excerpt
 
 #: Largest JSON file read (config.json, safetensors index, tokenizer.json, tokenizer side files, tekken,
 #: vocab.json). The largest real ones are tokenizer.json files of ~33 MB (Gemma-3, 262,144 tokens);
@@ -43,31 +45,21 @@ MAX_JSON_DEPTH = 64
 #: is XLM-V's 901,629 tokens; the largest merge lists a few hundred thousand rules. The tokenizers library
 #: holds ~0.4 GiB per million tokens (measured), so 2,000,000 keeps a maximal file under 2 GiB.
 MAX_TOKENIZER_ENTRIES = 2_000_000
-#: Longest fragment of a file, or of a parser's message about it, quoted in an error message.
-FRAGMENT_CHARS = 80
+#: Longest rendering of a non-string value (a shape, a number) quoted whole in a message.
+FRAGMENT_CHARS = 40
 
 # Interrupts are the auditor's, never the file's: they pass through every guard.
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
-def fragment(value: object, limit: int = FRAGMENT_CHARS) -> str:
-    """A short, escaped rendering of ``value`` for an error message (control characters escaped)."""
-    text = value if isinstance(value, str) else repr(value)
-    if len(text) > limit:
-        text = text[:limit] + "…"
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def quote(value: object, limit: int = FRAGMENT_CHARS) -> str:
-    """``repr(value)`` shortened and escaped: a name or value taken from a file, for a message."""
-    return fragment(repr(value), limit)
-
-
-def describe(exc: BaseException) -> str:
-    """``TypeName: short escaped message`` of an exception raised by a parser."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    return f"{name}: {fragment(message)}" if message else name
+def quote(value: object) -> str:
+    """A value read from a file (a name, a number, a shape), short and escaped, for a message: a string as
+    :func:`modellineage.errors.excerpt` shows it, anything else as its ``repr`` when that is short plain
+    ASCII, else an excerpt of it."""
+    if isinstance(value, str):
+        return excerpt(value)
+    text = repr(value)
+    return text if len(text) <= FRAGMENT_CHARS and text.isascii() and text.isprintable() else excerpt(text)
 
 
 @contextmanager
@@ -108,14 +100,17 @@ def rust_call(path: Path | str, what: str, error: type[LineageError] = CorruptCh
             os.environ["RUST_BACKTRACE"] = before
 
 
-def check_size(path: Path, limit: int, what: str) -> int:
-    """The file's size; refuses a file above ``limit`` bytes before anything reads it."""
-    with guard(path, f"cannot read {what}"):
-        size = path.stat().st_size
-    if size > limit:
-        raise CorruptCheckpoint(f"{path}: {what} is {size:,} bytes, above the safety limit of {limit:,} bytes "
-                                f"(modellineage.boundary)")
-    return size
+def read_bytes(path: Path, what: str, limit: int = MAX_TOKENIZER_FILE_BYTES) -> bytes:
+    """The whole file (opened through :mod:`modellineage.confine`), refused above ``limit`` bytes before
+    anything is read."""
+    with confine.open_file(path) as fh:
+        with guard(path, f"cannot read {what}"):
+            size = os.fstat(fh.fileno()).st_size
+        if size > limit:
+            raise CorruptCheckpoint(f"{path}: {what} is {size:,} bytes, above the safety limit of {limit:,} "
+                                    f"bytes (modellineage.boundary)")
+        with guard(path, f"cannot read {what}"):
+            return fh.read()
 
 
 def check_count(path: Path, count: int, what: str, limit: int = MAX_TOKENIZER_ENTRIES) -> int:
@@ -124,13 +119,6 @@ def check_count(path: Path, count: int, what: str, limit: int = MAX_TOKENIZER_EN
         raise CorruptCheckpoint(f"{path}: {count:,} {what}, above the safety limit of {limit:,} "
                                 f"(MAX_TOKENIZER_ENTRIES, modellineage.boundary)")
     return count
-
-
-def read_bytes(path: Path, what: str, limit: int = MAX_TOKENIZER_FILE_BYTES) -> bytes:
-    """The whole file, at most ``limit`` bytes."""
-    check_size(path, limit, what)
-    with guard(path, f"cannot read {what}"):
-        return path.read_bytes()
 
 
 def read_text(path: Path, what: str, limit: int = MAX_TOKENIZER_FILE_BYTES) -> str:
@@ -209,6 +197,6 @@ def real_value(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-__all__ = ["MAX_JSON_BYTES", "MAX_TOKENIZER_FILE_BYTES", "MAX_SENTENCEPIECE_BYTES", "MAX_JSON_DEPTH", "MAX_TOKENIZER_ENTRIES", "fragment", "quote",
-           "describe", "guard", "rust_call", "check_size", "check_count", "read_bytes", "read_text", "loads_json", "read_json",
-           "check_depth", "count_value", "real_value"]
+__all__ = ["MAX_JSON_BYTES", "MAX_TOKENIZER_FILE_BYTES", "MAX_SENTENCEPIECE_BYTES", "MAX_JSON_DEPTH",
+           "MAX_TOKENIZER_ENTRIES", "quote", "guard", "rust_call", "check_count", "read_bytes", "read_text",
+           "loads_json", "read_json", "check_depth", "count_value", "real_value"]

@@ -128,9 +128,16 @@ class OverlapEstimate:
     def contained_stderr(self) -> float:
         return self.share_of_target_stderr if self.smaller == "target" else self.share_of_other_stderr
 
+    @property
+    def size_ratio(self) -> float:
+        """Distinct tokens of the larger set over the smaller set's (≥ 1; inf when the smaller is empty)."""
+        small, large = sorted((self.target_distinct, self.other_distinct))
+        return large / small if small else math.inf
+
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out.update(smaller=self.smaller, contained_share=self.contained_share, contained_stderr=self.contained_stderr)
+        out.update(smaller=self.smaller, contained_share=self.contained_share, contained_stderr=self.contained_stderr,
+                   size_ratio=self.size_ratio)
         return out
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import confine
 from .errors import CorruptCheckpoint, SourceNotFound
 from .tensors import TensorInfo, read_header
 
@@ -146,7 +147,7 @@ def _stream(path: Path, expected_size: int | None, chunk_bytes: int, sink: Calla
     buf = bytearray(chunk_bytes)
     view = memoryview(buf)
     offset = 0
-    with open(path, "rb", buffering=0) as fh:
+    with confine.open_file(path) as fh:
         while True:
             n = fh.readinto(view)
             if not n:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
+from . import confine
 from .architecture import ArchConfig, WeightFacts, facts_from_weights, normalise_config
 from .boundary import guard, read_json
 from .errors import LineageError
@@ -49,7 +50,10 @@ class DigestCache:
         except LineageError as exc:
             key = Path(path).resolve()
             if key not in self._plain:
-                self._plain[key] = sha256_file(Path(path).absolute())
+                try:
+                    self._plain[key] = sha256_file(Path(path).absolute())
+                except LineageError as again:  # not readable at all (e.g. replaced since the source was listed)
+                    return FileDigest(str(Path(path).absolute()), 0, "", ()), str(again)
             return self._plain[key], str(exc)
 
     def __contains__(self, path: Path) -> bool:
@@ -69,7 +73,8 @@ class Model:
 
     @cached_property
     def config(self) -> dict | None:
-        """The raw config.json, or None when the source has none."""
+        """The raw config.json, or None when the source has none (Refused when its config.json was refused)."""
+        self.source.check_readable("config")
         path = self.source.config_file
         if path is None:
             return None
@@ -130,6 +135,7 @@ class Model:
         from .errors import UnsupportedFormat
         from .vocab import _PRIORITY, load_from_files
 
+        self.source.check_readable("tokenizer")
         if not self.source.tokenizer_files:
             raise UnsupportedFormat(f"{self.source.root}: no tokenizer files ("
                                     + ", ".join(p.replace("vocab.json", "vocab.json + merges.txt") for p in _PRIORITY)

@@ -34,6 +34,7 @@ else:  # pragma: no cover
 
 from .boundary import guard
 from .errors import PlanError
+from .sources import named_path
 
 RELATIONS = ("independent", "derived")
 FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence", "catalog", "compute")
@@ -174,7 +175,7 @@ def override_plan(
         raise PlanError(f"--expect: {expect!r} is not allowed; use one of {list(RELATIONS)}")
     if target is not None:
         path = Path(target).expanduser()
-        source = str(path.resolve()) if path.exists() else target
+        source = str(named_path(path)) if path.exists() or path.is_symlink() else target
         stem = re.sub(r"[^A-Za-z0-9._+-]", "-", path.name or "target").strip("-.") or "target"
         plan = replace(plan, target_source=source, target_name=stem if _NAME.match(stem) else "target")
     if references:
@@ -187,7 +188,8 @@ def override_plan(
                 raise PlanError(f"--reference {item!r}: expected NAME=SOURCE")
             _name(name, f"--reference {item!r}")
             path = Path(source).expanduser()
-            parsed.append(Reference(name=name, source=str(path.resolve()) if path.exists() else source, expect=expect))
+            named = path.exists() or path.is_symlink()  # a linked file stays named as given: sources vet the link
+            parsed.append(Reference(name=name, source=str(named_path(path)) if named else source, expect=expect))
         plan = replace(plan, references=tuple(parsed))
     elif expect is not None:
         plan = replace(plan, references=tuple(replace(r, expect=expect, family_expect={}) for r in plan.references))

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .boundary import fragment, loads_json, quote
+from . import confine
+from .boundary import loads_json, quote
 from .errors import CorruptCheckpoint, IncompatibleShapes, NonFiniteWeights, SourceNotFound, UnsupportedFormat
 
 __all__ = [
@@ -207,10 +208,10 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int, size: in
         )
     shape = entry["shape"]
     if not isinstance(shape, list) or len(shape) > _MAX_RANK or not all(_is_int(d) and 0 <= d < 2**63 for d in shape):
-        raise CorruptCheckpoint(f"{path}: tensor {quote(name)} has invalid shape {fragment(shape)}")
+        raise CorruptCheckpoint(f"{path}: tensor {quote(name)} has invalid shape {quote(shape)}")
     offsets = entry["data_offsets"]
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) and 0 <= o < 2**63 for o in offsets)):
-        raise CorruptCheckpoint(f"{path}: tensor {quote(name)} has invalid data_offsets {fragment(offsets)}")
+        raise CorruptCheckpoint(f"{path}: tensor {quote(name)} has invalid data_offsets {quote(offsets)}")
     begin, end = offsets
     if end < begin:
         raise CorruptCheckpoint(f"{path}: tensor {quote(name)} has data_offsets {offsets!r} that end before they begin")
@@ -219,12 +220,12 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int, size: in
         # A zero-size tensor holds no bytes, so its other axes are only declared: bounded by the file's
         # size like every stored tensor's, so no consumer loops over rows that are not there.
         raise CorruptCheckpoint(
-            f"{path}: tensor {quote(name)} is empty but declares shape {fragment(tuple(shape))}, whose other axes "
+            f"{path}: tensor {quote(name)} is empty but declares shape {quote(tuple(shape))}, whose other axes "
             f"span more elements than the file has bytes ({size})"
         )
     if end - begin != expected:
         raise CorruptCheckpoint(
-            f"{path}: tensor {quote(name)} ({dtype} {fragment(tuple(shape))}) needs {expected} bytes "
+            f"{path}: tensor {quote(name)} ({dtype} {quote(tuple(shape))}) needs {expected} bytes "
             f"but data_offsets {offsets!r} span {end - begin}"
         )
     if data_start + end > size:
@@ -252,7 +253,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     path = Path(path)
     if not path.is_file():
         raise SourceNotFound(f"{path}: no such file")
-    with open(path, "rb") as fh:
+    with confine.open_file(path) as fh:
         size = os.fstat(fh.fileno()).st_size
         if size < 8:
             raise CorruptCheckpoint(f"{path}: file is {size} bytes, too short for a safetensors header (8 bytes)")
@@ -507,10 +508,7 @@ class TensorStore:
             with self._lock:
                 fd = self._fds.get(path)
                 if fd is None:
-                    try:
-                        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-                    except FileNotFoundError:
-                        raise SourceNotFound(f"{path}: no such file (it existed when the store was opened)") from None
+                    fd = confine.open_fd(path)  # a regular file, the one the source vetted
                     self._fds[path] = fd
         return fd
 

@@ -7,9 +7,11 @@ the raw-string figures are reported beside them. Orderings are by id, so records
 
 Measures: ``measure_overlap`` (share of reference, share of target, Jaccard; raw and normalised),
 ``measure_id_alignment`` (same-id agreement, id-offset histogram, runs of constant offset),
-``measure_merges`` (shared merge rules, rank correlation, longest common prefix),
+``measure_merges`` (shared merge rules as a share of each list and of the shorter one, Spearman and Kendall
+correlation of the shared rules' ranks, longest common prefix; ``merge_order`` on two plain lists),
 ``measure_special_tokens`` (bos/eos/pad/unk and added tokens side by side), ``measure_extension``
-(target ⊇ reference + K, or the reverse, and where the added ids sit), ``measure_encoding`` (identical
+(target ⊇ reference + K, or the reverse: containment of each side and of the smaller one, the size ratio,
+and where the added ids sit), ``measure_encoding`` (identical
 piece sequences and token-boundary F1 on a probe corpus, see ``load_probes``).
 """
 
@@ -159,6 +161,48 @@ def measure_id_alignment(target: Vocabulary, reference: Vocabulary, *, bins: int
 
 # ----------------------------------------------------------------------------------------- merges
 @dataclass(frozen=True)
+class MergeOrder:
+    """Shared merge rules of two merge lists and whether they were learnt in the same relative order."""
+
+    shared: int
+    share_of_reference: float       # of the reference's distinct rules
+    share_of_target: float
+    share_of_shorter: float         # of the shorter list's distinct rules ("most reference rules reappear")
+    spearman: float | None          # rank correlation of the shared rules' positions (None: < 3 shared)
+    kendall: float | None
+    common_prefix: int              # leading rules identical in order
+
+
+def merge_order(target_merges: Sequence, reference_merges: Sequence) -> MergeOrder:
+    """Shared rules and the Spearman / Kendall correlation of their positions in the two lists.
+
+    The correlations are computed over the shared rules only (each list's position of each shared rule,
+    first occurrence), so rules one side interleaves or appends do not lower them: a list that keeps
+    every reference rule in order and inserts new ones anywhere has Kendall τ = 1. Lists are sequences
+    of hashable rules (``(left, right)`` byte pairs); usable on prefixes of merge lists (calibration).
+    """
+    t_rank = first_ids(target_merges, range(len(target_merges)))
+    r_rank = first_ids(reference_merges, range(len(reference_merges)))
+    pairs = [(r, t_rank[m]) for m, r in r_rank.items() if m in t_rank]
+    s_ref, s_tgt, _ = _ratios(len(pairs), len(r_rank), len(t_rank))
+    shorter = min(len(r_rank), len(t_rank))
+    spearman = kendall = None
+    if len(pairs) >= 3:
+        from scipy.stats import kendalltau, spearmanr
+
+        x, y = np.array(pairs, dtype=np.int64).T
+        rho, tau = spearmanr(x, y).statistic, kendalltau(x, y).statistic
+        spearman = None if rho != rho else float(rho)  # NaN (constant input) -> None
+        kendall = None if tau != tau else float(tau)
+    prefix = 0
+    for a, b in zip(target_merges, reference_merges):
+        if a != b:
+            break
+        prefix += 1
+    return MergeOrder(len(pairs), s_ref, s_tgt, len(pairs) / shorter if shorter else 0.0, spearman, kendall, prefix)
+
+
+@dataclass(frozen=True)
 class MergeComparison:
     """Shared merge rules and whether they were learnt in the same order."""
 
@@ -175,11 +219,13 @@ class MergeComparison:
     target_origin: str
     reference_origin: str
     files: dict
+    share_of_shorter: float = 0.0   # shared rules as a share of the shorter list
 
     def as_dict(self) -> dict:
         return {"target_merges": self.target_merges, "reference_merges": self.reference_merges,
                 "shared": self.shared, "share_of_reference": self.share_of_reference,
-                "share_of_target": self.share_of_target, "spearman": self.spearman, "kendall": self.kendall,
+                "share_of_target": self.share_of_target, "share_of_shorter": self.share_of_shorter,
+                "spearman": self.spearman, "kendall": self.kendall,
                 "common_prefix": self.common_prefix,
                 "first_difference": list(self.first_difference) if self.first_difference else None,
                 "first_rules": [list(r) for r in self.first_rules],
@@ -191,7 +237,7 @@ def _rule(pair: tuple[bytes, bytes] | None) -> str:
 
 
 def measure_merges(target: Vocabulary, reference: Vocabulary, *, examples: int = EXAMPLES) -> MergeComparison:
-    """Shared merge rules, Spearman/Kendall correlation of their ranks, longest common prefix.
+    """Shared merge rules, Spearman/Kendall correlation of their ranks (``merge_order``), longest common prefix.
 
     Raises UnsupportedFormat naming the file when one side has no merges (Unigram, WordPiece).
     """
@@ -199,32 +245,17 @@ def measure_merges(target: Vocabulary, reference: Vocabulary, *, examples: int =
         if v.merges is None:
             raise UnsupportedFormat(f"{v.path}: a {v.model_type} vocabulary has no merge rules to compare")
     t_m, r_m = target.merges, reference.merges
-    t_rank, r_rank = first_ids(t_m, range(len(t_m))), first_ids(r_m, range(len(r_m)))
-    shared = [m for m in r_rank if m in t_rank]
-    s_ref, s_tgt, _ = _ratios(len(shared), len(r_rank), len(t_rank))
-    spearman = kendall = None
-    if len(shared) >= 3:
-        from scipy.stats import kendalltau, spearmanr
-
-        x = [r_rank[m] for m in shared]
-        y = [t_rank[m] for m in shared]
-        rho = spearmanr(x, y).statistic
-        tau = kendalltau(x, y).statistic
-        spearman = None if rho != rho else float(rho)  # NaN (constant input) -> None
-        kendall = None if tau != tau else float(tau)
-    prefix = 0
-    for a, b in zip(t_m, r_m):
-        if a != b:
-            break
-        prefix += 1
+    order = merge_order(t_m, r_m)
+    prefix = order.common_prefix
     first_diff = None
     if prefix < max(len(t_m), len(r_m)):
         first_diff = (prefix, _rule(t_m[prefix] if prefix < len(t_m) else None),
                       _rule(r_m[prefix] if prefix < len(r_m) else None))
     rules = tuple((i, _rule(t_m[i] if i < len(t_m) else None), _rule(r_m[i] if i < len(r_m) else None))
                   for i in range(min(examples, max(len(t_m), len(r_m)))))
-    return MergeComparison(len(t_m), len(r_m), len(shared), s_ref, s_tgt, spearman, kendall, prefix, first_diff, rules,
-                           target.merges_origin, reference.merges_origin, _sides(target, reference))
+    return MergeComparison(len(t_m), len(r_m), order.shared, order.share_of_reference, order.share_of_target,
+                           order.spearman, order.kendall, prefix, first_diff, rules, target.merges_origin,
+                           reference.merges_origin, _sides(target, reference), order.share_of_shorter)
 
 
 # ----------------------------------------------------------------------------------------- special tokens
@@ -282,9 +313,29 @@ class Extension:
     dominant_share: float           # share of the reference at the dominant id offset
     shift_runs: tuple               # (first ref id, last ref id, offset, count): where the ids moved
     files: dict
+    reference_size: int = 0         # distinct normalised tokens
+    target_size: int = 0
+
+    @property
+    def smaller(self) -> str:
+        """The side with fewer distinct tokens: ``"reference"`` (also on a tie) or ``"target"``."""
+        return "reference" if self.reference_size <= self.target_size else "target"
+
+    @property
+    def contained_share(self) -> float:
+        """Share of the smaller vocabulary found in the larger one."""
+        return self.reference_in_target if self.smaller == "reference" else self.target_in_reference
+
+    @property
+    def size_ratio(self) -> float:
+        """Distinct tokens of the larger side over the smaller side's (≥ 1; inf when the smaller is empty)."""
+        small, large = sorted((self.reference_size, self.target_size))
+        return large / small if small else float("inf")
 
     def as_dict(self) -> dict:
         return {"reference_in_target": self.reference_in_target, "target_in_reference": self.target_in_reference,
+                "reference_size": self.reference_size, "target_size": self.target_size, "smaller": self.smaller,
+                "contained_share": self.contained_share, "size_ratio": self.size_ratio,
                 "added": self.added, "removed": self.removed, "contained": self.contained,
                 "added_id_runs": [{"target_ids": [a, b], "count": c} for a, b, c in self.added_id_runs],
                 "dominant_offset": self.dominant_offset, "dominant_share": self.dominant_share,
@@ -323,7 +374,7 @@ def measure_extension(target: Vocabulary, reference: Vocabulary, *, alignment: I
     alignment = alignment or measure_id_alignment(target, reference)
     return Extension(shared / len(r_ids) if r_ids else 0.0, shared / len(t_ids) if t_ids else 0.0, added, removed,
                      contained, tuple(tuple(r) for r in runs), alignment.dominant_offset, alignment.dominant_share,
-                     tuple(r for r in alignment.runs if r[3] > 1), _sides(target, reference))
+                     tuple(r for r in alignment.runs if r[3] > 1), _sides(target, reference), len(r_ids), len(t_ids))
 
 
 # ----------------------------------------------------------------------------------------- probes

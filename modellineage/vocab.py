@@ -52,9 +52,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .boundary import (MAX_JSON_BYTES, MAX_SENTENCEPIECE_BYTES, check_count, describe, guard, loads_json, quote,
-                       read_bytes, read_json, read_text, rust_call)
-from .errors import CorruptCheckpoint, UnsupportedFormat
+from . import confine
+from .boundary import (MAX_JSON_BYTES, MAX_SENTENCEPIECE_BYTES, check_count, guard, loads_json, quote, read_bytes,
+                       read_json, read_text, rust_call)
+from .errors import CorruptCheckpoint, Refused, UnsupportedFormat, describe
 from .sources import TOKENIZER_SIDE_FILES
 
 # The pre-tokenisation regex used to encode with a bare tiktoken rank file (the file carries none):
@@ -225,7 +226,7 @@ def text_pieces(text: str, offsets: Iterable[tuple[int, int]]) -> list[bytes]:
 
 
 def _fail(path: Path, what: str, exc: BaseException | None = None) -> CorruptCheckpoint:
-    detail = f" ({describe(exc)})" if exc is not None else ""
+    detail = f" ({describe(exc)})" if exc is not None else ""  # parsers quote the file: an excerpt only
     return CorruptCheckpoint(f"{path}: {what}{detail}")
 
 
@@ -501,14 +502,24 @@ def load_vocabulary(path: Path | str) -> Vocabulary:
         UnsupportedFormat: no tokenizer file, or a format this module does not read.
         CorruptCheckpoint: the file is of a known kind but broken (names the file and the defect).
     """
+    from .sources import list_folder
+
     path = Path(path)
-    if path.is_dir():
-        return load_from_files(sorted(p for p in path.iterdir() if p.is_file()), where=path)
+    if path.is_dir():  # listed and vetted as a model source's folder is (modellineage.confine)
+        files, refused = list_folder(path)
+        refused = [r for r in refused if r.role == "tokenizer"]
+        if refused:
+            raise Refused(f"{path}: " + "; ".join(r.message for r in refused))
+        return load_from_files(files, where=path)
     if not path.is_file():
         raise UnsupportedFormat(f"{path}: no such tokenizer file")
     files = [path]
-    if path.name == "vocab.json" and (path.parent / "merges.txt").is_file():  # the pair is one tokenizer
-        files.append(path.parent / "merges.txt")
+    merges = path.parent / "merges.txt"
+    if path.name == "vocab.json" and (merges.exists() or merges.is_symlink()):  # the pair is one tokenizer
+        refusal = confine.vet(merges, confine.bounds_for(path.parent), entry=merges.name, role="tokenizer")
+        if refusal is not None:
+            raise Refused(f"{path.parent}: {refusal.message}")
+        files.append(merges)
     return load_from_files(files, where=path.parent, explicit=path)
 
 
@@ -557,19 +568,28 @@ def _pick_main(files: Sequence[Path]) -> Path | None:
 
 def _looks_like_tiktoken(path: Path) -> bool:
     """A tiktoken rank file is text lines `<base64> <rank>`; SentencePiece is a binary protobuf."""
-    with guard(path, "cannot read the tokenizer file"), open(path, "rb") as fh:
+    with confine.open_file(path) as fh:
         head = fh.read(4096)
     lines = head.split(b"\n")[:8]
     lines = [ln for ln in lines[:-1] if ln] or lines[:1]
     return bool(lines) and all(re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", ln.strip()) for ln in lines)
 
 
-def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
-    """``<base64 token> <rank>`` lines, as ``tiktoken.load.load_tiktoken_bpe`` reads them.
+def _load_tiktoken(path: Path) -> Vocabulary:
+    ranks = _tiktoken_ranks(path)
+    if not ranks:
+        raise _fail(path, "the vocabulary is empty (no ranks)")
+    return _from_ranks(path, ranks, "tiktoken", CL100K_PATTERN,
+                       notes=("encoding uses the cl100k_base pre-tokenisation pattern (a rank file carries none)",))
 
-    Read here rather than with that function: it caches files under the temp directory keyed by their
-    path, so it could return a stale or foreign copy of a path and would copy a hostile file there; and
-    its error quotes the offending line.
+
+def _tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    """A tiktoken rank file, parsed as ``tiktoken.load.load_tiktoken_bpe`` does (``<base64> <rank>`` lines),
+    from bytes read through :mod:`modellineage.boundary` (bounded; opened by :mod:`modellineage.confine`).
+
+    Not with that function: it opens the path itself, caches files under the temp directory keyed by their
+    path (so it could return a stale or foreign copy of a path, and copies a hostile file there), and its
+    error message quotes the whole offending line.
     """
     import base64
     import binascii
@@ -582,20 +602,12 @@ def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit() or len(parts[1]) > 10:
-            raise _fail(path, f"not a valid tiktoken rank file: line {number} is not '<base64 token> <rank>'")
+            raise _fail(path, f"not a valid tiktoken rank file: line {number} is not '<base64> <rank>'")
         try:
             ranks[base64.b64decode(parts[0], validate=True)] = int(parts[1])
         except (binascii.Error, ValueError):
             raise _fail(path, f"not a valid tiktoken rank file: line {number} holds no valid base64 token") from None
     return ranks
-
-
-def _load_tiktoken(path: Path) -> Vocabulary:
-    ranks = _read_tiktoken_ranks(path)
-    if not ranks:
-        raise _fail(path, "the vocabulary is empty (no ranks)")
-    return _from_ranks(path, ranks, "tiktoken", CL100K_PATTERN,
-                       notes=("encoding uses the cl100k_base pre-tokenisation pattern (a rank file carries none)",))
 
 
 def _from_ranks(path: Path, ranks: dict[bytes, int], fmt: str, pattern: str, *, specials: dict[str, int] | None = None,
@@ -632,7 +644,7 @@ def _tiktoken_encoder(path: Path, ranks: dict[bytes, int], pattern: str) -> Call
         enc = tiktoken.Encoding(name=f"modellineage:{path.name}", pat_str=pattern, mergeable_ranks=ranks,
                                 special_tokens={})
     except Exception as exc:  # tiktoken rejects rank sets it cannot encode with (e.g. gaps)
-        note = f"tiktoken refused the ranks for encoding: {exc}"
+        note = f"tiktoken refused the ranks for encoding ({describe(exc)})"
         raise _fail(path, note) from None
     decode = enc.decode_single_token_bytes
     return lambda text: [decode(t) for t in enc.encode_ordinary(text)]
@@ -848,13 +860,17 @@ def _load_vocab_merges(vocab_path: Path, merges_path: Path) -> Vocabulary:
     check_count(merges_path, text.count("\n"), "merge rules")
     rules = [ln for ln in text.splitlines() if ln and not ln.startswith("#version")]
     del text
+    malformed = next((r for r in rules if r.count(" ") != 1), None)
+    if malformed is not None:
+        raise _fail(merges_path, f"malformed merge rule {quote(malformed)} (expected 'left right')")
     missing = [r for r in rules[:200000] if any(part not in vocab for part in r.split(" ", 1))
                or "".join(r.split(" ", 1)) not in vocab]
     if missing:
         raise _fail(merges_path, f"{len(missing)} merge rule(s) name tokens missing from {vocab_path.name}, "
                                  f"e.g. {quote(missing[0])}")
+    # from what was read above, as BPE.from_file would read the two files (it would open them itself)
     with rust_call(merges_path, f"does not fit {vocab_path.name} (merges need tokens the vocab lacks?)"):
-        bpe = models.BPE.from_file(str(vocab_path), str(merges_path))
+        bpe = models.BPE(vocab, [tuple(r.split(" ", 1)) for r in rules])
     tok = Tokenizer(bpe)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -887,8 +903,9 @@ def _load_wordpiece_txt(path: Path) -> Vocabulary:
     if not tokens:
         raise _fail(path, "the vocabulary is empty")
     unk = "[UNK]" if "[UNK]" in tokens else tokens[0]
+    # the map WordPiece.from_file would read (line -> index, trailing whitespace trimmed, last wins)
     with rust_call(path, "the tokenizers library cannot read this vocab.txt"):
-        wp = models.WordPiece.from_file(str(path), unk_token=unk)
+        wp = models.WordPiece({t.rstrip(): i for i, t in enumerate(tokens)}, unk_token=unk)
     tok = Tokenizer(wp)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     special = {i for i, t in enumerate(tokens) if t.startswith("[") and t.endswith("]") and len(t) > 2}
@@ -975,11 +992,12 @@ def _gguf_metadata(path: Path, prefix: str = "tokenizer.") -> dict[str, object]:
     against :data:`MAX_TOKENIZER_ENTRIES` and the bytes left in the file before anything is read for it.
     """
     import io
+    import os
     import struct
 
-    size = path.stat().st_size
     out: dict[str, object] = {}
-    with open(path, "rb") as raw:
+    with confine.open_file(path) as raw:
+        size = os.fstat(raw.fileno()).st_size
         fh = io.BufferedReader(raw, buffer_size=1 << 20)
 
         def take(n: int) -> bytes:
@@ -1132,7 +1150,8 @@ def _with_side_files(vocab: Vocabulary, side: dict[str, Path], implied: dict[str
         special = special if special is not None else text in named
         if i in raw_of:
             if raw_of[i] != text:
-                clashes.append(f"{where} puts {quote(text)} at id {i}, which {vocab.path.name} holds as {quote(raw_of[i])}")
+                clashes.append(f"{where} puts {quote(text)} at id {i}, which {vocab.path.name} holds as "
+                               f"{quote(raw_of[i])}")
             elif special and i not in special_ids:
                 special_ids.add(i)
                 marked += 1
@@ -1177,8 +1196,7 @@ def _side_added_tokens(config: dict[str, dict], side: dict[str, Path]) -> dict[i
             text = _token_text(entry)
             i = int(key) if key.isascii() and key.isdigit() and len(key) <= 10 else None
             if i is None or text is None:
-                raise _fail(side["tokenizer_config.json"],
-                            f"added_tokens_decoder entry {quote(key)} is not id -> token")
+                raise _fail(side["tokenizer_config.json"], f"added_tokens_decoder entry {quote(key)} is not id -> token")
             out[i] = (text, bool(entry.get("special")) if isinstance(entry, dict) else None, "tokenizer_config.json")
     if "added_tokens.json" in config:
         check_count(side["added_tokens.json"], len(config["added_tokens.json"]), "added tokens")

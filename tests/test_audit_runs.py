@@ -111,7 +111,7 @@ def test_finetune_tokenizer_claimed_independent_of_base_fails(tmp_path):
     for audit in ("test_vocabulary_overlap", "test_id_alignment", "test_vocabulary_extension", "test_merge_rules"):
         assert results[f"{audit}[base]"] == "failed", audit
     message = record(evidence, "test_vocabulary_overlap[base]")["message"]
-    assert "= 100.00%, band 'reused'" in message and "thresholds.toml [tokenizer].extension_min_overlap" in message
+    assert "Jaccard 100.00%, band 'reused'" in message and "thresholds.toml [tokenizer].extension_min_overlap" in message
     html = (tmp_path / "run.html").read_text()
     assert "First shared tokens" in html and "Id-offset histogram" in html
 

@@ -261,7 +261,8 @@ def catalog_bounds():
     from pathlib import Path
 
     th = load_thresholds(Path(__file__).resolve().parents[1] / "thresholds.toml")
-    return th["tokenizer", "extension_min_overlap"], th["tokenizer", "contained_min_share"]
+    return tuple(th["tokenizer", key] for key in ("extension_min_overlap", "contained_min_share",
+                                                   "contained_max_size_ratio", "contained_min_tokens"))
 
 
 # each real tokenizer against the catalog without its own entries (and Mistral v1/v3, one family)
@@ -293,7 +294,7 @@ def _qwen_extended(real_vocabularies) -> set[bytes]:
 
 
 def test_an_extended_or_pruned_catalog_tokenizer_fails_the_catalog_check(real_vocabularies, catalog_bounds):
-    extension, contained = catalog_bounds
+    extension, contained, *_ = catalog_bounds
     qwen = sorted(real_vocabularies["qwen"])
     pruned = {t for i, t in enumerate(qwen) if i % 20 >= 3}  # 85% of Qwen's tokens
     for name, tokens, kind in [("qwen+40k", _qwen_extended(real_vocabularies), "an extension: target ⊇ qwen-151643"),
@@ -302,7 +303,7 @@ def test_an_extended_or_pruned_catalog_tokenizer_fails_the_catalog_check(real_vo
         qwen_match = next(m for m in matches if m.tokenizer_id == "qwen-151643")
         assert qwen_match.overlap.jaccard < extension.value  # the Jaccard band alone lets both through
         assert qwen_match.overlap.contained_share >= contained.value
-        judgement = not_a_catalog_tokenizer(name, matches, extension, contained)
+        judgement = not_a_catalog_tokenizer(name, matches, *catalog_bounds)
         assert judgement.failed and kind in judgement.message, judgement.message
         assert "thresholds.toml [tokenizer].contained_min_share" in judgement.message
 

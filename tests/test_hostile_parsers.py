@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from modellineage.architecture import check_config_against_weights, facts_from_weights, normalise_config
-from modellineage.boundary import (MAX_JSON_DEPTH, MAX_TOKENIZER_ENTRIES, fragment, guard, loads_json, read_json,
+from modellineage.boundary import (MAX_JSON_DEPTH, MAX_TOKENIZER_ENTRIES, guard, loads_json, quote, read_json,
                                    rust_call)
 from modellineage.errors import CorruptCheckpoint, LineageError, UnsupportedFormat
 from modellineage.model import Model
@@ -180,7 +180,7 @@ def test_layer_gaps_are_listed_from_the_indices_present(bounded_memory):
 @pytest.mark.parametrize("text, reason", [
     ("[" * 100_000 + "]" * 100_000, "not valid JSON (RecursionError"),
     ("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1), f"nests deeper than {MAX_JSON_DEPTH} levels"),
-    ('{"a": ' + "7" * 5000 + "}", "not valid JSON (ValueError: Exceeds the limit"),
+    ('{"a": ' + "7" * 5000 + "}", "not valid JSON (ValueError: 'Exceeds the limit"),
     ("[1, 2]", "is JSON but not an object (found array)"),
     ('"\\ud800 text"', "is JSON but not an object (found string)"),
     ("{\"a\": 1", "not valid JSON (JSONDecodeError"),
@@ -230,8 +230,11 @@ def test_a_rust_panic_is_one_typed_line_without_a_backtrace(tmp_path, capfd, mon
     assert "stack backtrace" not in err and len(err.splitlines()) <= 4, err
 
 
-def test_fragment_escapes_and_shortens():
-    assert fragment("a\nb\x1b[31m" + "x" * 500) == "a\\nb\\x1b[31m" + "x" * 72 + "…"
+def test_quote_shows_values_short_and_escaped():
+    assert quote([1024, 64]) == "[1024, 64]" and quote(float("nan")) == "nan"
+    assert quote("a\nb") == "'a\\nb'"
+    long = quote([1] * 1000)
+    assert len(long) < 80 and "chars" in long
 
 
 # ----------------------------------------------------------------------------------------- config.json
@@ -252,7 +255,7 @@ def test_invalid_config_values_are_absent_and_reported(key, value):
         raw["qk_nope_head_dim"] = 32
     cfg = normalise_config(raw)
     assert key in dict(cfg.invalid), cfg.invalid
-    assert len(dict(cfg.invalid)[key]) <= 50
+    assert len(dict(cfg.invalid)[key]) <= 80
     model = Model("m", resolve_source(str(DEMO / "base")))
     agreements = check_config_against_weights(cfg, model.weight_facts)
     bad = [a for a in agreements if a.field == key]
@@ -392,10 +395,10 @@ def test_gguf_metadata_reader_agrees_with_the_gguf_library(tmp_path):
 def test_tiktoken_reader_agrees_with_tiktoken(tmp_path):
     from tiktoken.load import load_tiktoken_bpe
 
-    from modellineage.vocab import _read_tiktoken_ranks
+    from modellineage.vocab import _tiktoken_ranks
 
     path = real("qwen")
-    assert _read_tiktoken_ranks(path) == load_tiktoken_bpe(str(path))
+    assert _tiktoken_ranks(path) == load_tiktoken_bpe(str(path))
 
 
 # ----------------------------------------------------------------------------------------- end to end

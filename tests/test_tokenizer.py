@@ -13,7 +13,7 @@ import pytest
 
 from audits.criteria import load_thresholds
 from audits.tokenizer_criteria import (EXTENSION, INDEPENDENT, REUSED, extension_detected, id_alignment,
-                                       merge_prefix, not_an_extension, overlap_band, vocabulary_overlap)
+                                       merge_rules, not_an_extension, overlap_band, vocabulary_overlap)
 from modellineage.errors import CorruptCheckpoint, UnsupportedFormat
 from modellineage.evidence import to_jsonable
 from modellineage.tokenizer import (Probe, boundary_f1, compare_tokenizers, load_probes, measure_encoding,
@@ -31,9 +31,10 @@ def verdicts(target, reference):
     """(band, overlap judgement under independent, under derived, extension judgement) for a pair."""
     overlap, alignment = measure_overlap(target, reference), measure_id_alignment(target, reference)
     ext = measure_extension(target, reference, alignment=alignment)
+    merges = measure_merges(target, reference) if target.merges and reference.merges else None
     return (overlap_band(overlap.jaccard, THRESHOLDS),
-            vocabulary_overlap(overlap, alignment, THRESHOLDS, "ref", "independent"),
-            vocabulary_overlap(overlap, alignment, THRESHOLDS, "ref", "derived"),
+            vocabulary_overlap(overlap, alignment, ext, merges, THRESHOLDS, "ref", "independent"),
+            vocabulary_overlap(overlap, alignment, ext, merges, THRESHOLDS, "ref", "derived"),
             not_an_extension(ext, alignment, THRESHOLDS, "ref"))
 
 
@@ -59,7 +60,7 @@ def test_mistral_v1_merges_are_v3_merges():
     merges = measure_merges(real_vocab("mistral-v3"), real_vocab("mistral-v1"))
     assert merges.shared == merges.reference_merges == merges.common_prefix > 20000
     assert merges.spearman == pytest.approx(1.0) and merges.kendall == pytest.approx(1.0)
-    assert merge_prefix(merges, THRESHOLDS, "v1").failed
+    assert merge_rules(merges, THRESHOLDS, "v1").failed
 
 
 def test_qwen_and_deepseek_read_as_independent():
@@ -70,7 +71,7 @@ def test_qwen_and_deepseek_read_as_independent():
     alignment = measure_id_alignment(qwen, ds)
     assert not id_alignment(alignment, THRESHOLDS, "deepseek").failed
     merges = measure_merges(qwen, ds)
-    assert merges.common_prefix < 100 and not merge_prefix(merges, THRESHOLDS, "deepseek").failed
+    assert merges.common_prefix < 100 and not merge_rules(merges, THRESHOLDS, "deepseek").failed
     enc = measure_encoding(qwen, ds, PROBES)
     assert enc.identical_share < 0.5 and enc.mean_boundary_f1 < 0.95
 
@@ -119,7 +120,7 @@ def test_a_large_extension_below_90_percent_still_reads_as_derived_through_its_i
     """Chinese-LLaMA-style: many tokens added, overlap < 90%, but every reference id kept."""
     target, ref = trained["tempest+400"], trained["tempest"]
     band, as_independent, as_derived, extension = verdicts(target, ref)
-    assert band == INDEPENDENT and not as_derived.failed and "ids aligned" in as_derived.message
+    assert band == INDEPENDENT and not as_derived.failed and "carried by containment, id alignment" in as_derived.message
     assert extension.failed  # under `independent` the kept ids still give it away
     assert extension_detected(measure_extension(target, ref), measure_id_alignment(target, ref), THRESHOLDS)
 
