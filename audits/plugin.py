@@ -1,7 +1,9 @@
 """The pytest layer: options, the audit plan, lazy model fixtures, evidence JSON and the HTML report.
 
-Loaded by the root ``conftest.py``. It becomes active only for an *audit run* — when the command
-line points into ``audits/`` or passes one of the audit options — so ``pytest tests/`` is untouched.
+Loaded as the ``pytest11`` entry point ``audits.plugin`` (pyproject.toml), before pytest reads the
+command line for test paths: ``--target DIR`` is an option, never a test path whose conftest.py pytest
+would import. It becomes active only for an *audit run* — when the command line points into
+``audits/`` or passes one of the audit options — so ``pytest tests/`` is untouched.
 """
 
 from __future__ import annotations
