@@ -129,7 +129,8 @@ def inputs_html(inputs: Sequence[Mapping[str, Any]], versions: Mapping[str, Any]
 
     pytest-html's own environment table is hidden: the versions that matter are listed here instead.
     """
-    rows = [[i["model"], i["path"], f"{i['size']:,}", i["sha256"], i.get("error", "")] for i in inputs]
+    rows = [[i["model"], i["path"], "" if i.get("size") is None else f"{i['size']:,}", i.get("sha256") or "",
+             i.get("error", "")] for i in inputs]
     hide = "<style>#environment-header,#environment{display:none}</style>"
     return (hide + f"<h2>Inputs</h2><p>Every number above comes from these files; the full record is {esc(evidence)}.</p>"
             + table(["model", "file", "bytes", "SHA-256", "problem"], rows)
