@@ -27,7 +27,7 @@ from modellineage.model import DigestCache, Model
 from modellineage.plan import FAMILIES, AuditPlan, Reference, load_plan, override_plan
 from modellineage.sources import resolve_source
 
-from .criteria import Judgement, Thresholds, load_thresholds
+from .criteria import Judgement, Thresholds, catalog_coverage, claim_coverage, load_thresholds
 
 AUDITS_DIR = Path(__file__).resolve().parent
 ROOT = AUDITS_DIR.parent
@@ -58,6 +58,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--sample", metavar="FRACTION", type=_sample_fraction, default=None,
                     help="weight audits read a seeded random share of rows per tensor (e.g. 0.1) and report "
                          "95%% bootstrap intervals; default: every row")
+    group.addoption("--allow-untested", action="store_true", default=False,
+                    help="accept a claim that no audit could measure and judge (sets [options].allow_untested); "
+                         "by default such a claim fails the run")
 
 
 def _sample_fraction(text: str) -> float:
@@ -90,7 +93,8 @@ def once(cache: dict, key, compute):
         raise found
     return found
 
-_AUDIT_OPTIONS = ("audit", "target", "reference", "expect", "thresholds", "evidence", "against_catalog")
+_AUDIT_OPTIONS = ("audit", "target", "reference", "expect", "thresholds", "evidence", "against_catalog",
+                  "allow_untested")
 
 
 def _is_audit_run(config: pytest.Config) -> bool:
@@ -175,6 +179,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register markers; for an audit run, load plan and thresholds and default the HTML report."""
     for family in FAMILIES:
         config.addinivalue_line("markers", f"{family}: {family} evidence (provenance audit family)")
+    config.addinivalue_line("markers", "claims: was every claim tested by an audit (runs last)")
     if not _is_audit_run(config) or hasattr(config, "workerinput"):
         return
     if (config.getoption("numprocesses", None) or 0) not in (0, "0"):
@@ -186,6 +191,7 @@ def pytest_configure(config: pytest.Config) -> None:
         plan = None if cli_only else load_plan(Path(audit_file) if audit_file else root / "audit.toml")
         plan = override_plan(plan, target=config.getoption("target"), references=config.getoption("reference"),
                              expect=config.getoption("expect"), against_catalog=config.getoption("against_catalog"),
+                             allow_untested=config.getoption("allow_untested"),
                              base_dir=Path(config.invocation_params.dir))
         thresholds = load_thresholds(Path(config.getoption("thresholds") or root / "thresholds.toml"))
         evidence_path = Path(config.invocation_params.dir) / (config.getoption("evidence")
@@ -281,6 +287,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "subject" in metafunc.fixturenames:
         names = session.subjects
         metafunc.parametrize("subject", names, ids=names, indirect=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """The claim-coverage audits (audits/test_claims.py) run last, after every audit they count, and stay
+    selected under ``-m FAMILY`` (they then count that family's audits)."""
+    if _session(config) is None:
+        return
+    claims = [item for item in items if item.get_closest_marker("claims")]
+    if not claims:
+        return
+    for item in claims:
+        for family in FAMILIES:
+            item.add_marker(family)
+    items[:] = [item for item in items if not item.get_closest_marker("claims")] + claims
 
 
 # ----------------------------------------------------------------------------------------- fixtures
@@ -383,7 +404,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     session = _session(item.config)
     if session is None:
         return
-    family = next((m.name for m in item.iter_markers() if m.name in FAMILIES), "other")
+    family = "claims" if item.get_closest_marker("claims") else \
+        next((m.name for m in item.iter_markers() if m.name in FAMILIES), "other")
     params = getattr(getattr(item, "callspec", None), "params", {})
     ref = params.get("reference")
     subject = ref.name if isinstance(ref, Reference) else params.get("subject", session.plan.target_name)
@@ -603,9 +625,19 @@ def _evidence_document(audit: AuditSession, root: Path, exitstatus: int) -> dict
         "audits": sorted((r.as_dict() for r in audit.records), key=lambda r: r["nodeid"]),
         "seeds": dict(sorted(audit.seeds.items())),
         "exit_status": int(exitstatus),
+        "claim_coverage": _claim_coverage(audit),
     }
     audit.inputs, audit.versions = inputs, document["tool"]
     return document
+
+
+def _claim_coverage(audit: AuditSession) -> list[dict]:
+    """Per claim (each reference's relation and refinements, then [catalog]): the audits that judged it."""
+    records = [r.as_dict() for r in audit.records if r.family != "claims"]
+    found = [c for ref in audit.plan.references for c in claim_coverage(ref, records)]
+    catalog = catalog_coverage(audit.plan.catalog, audit.plan.target_name, records)
+    found += [catalog] if catalog is not None else []
+    return [c.as_dict() | {"label": c.label} for c in found]
 
 
 def _relative_plan(plan: AuditPlan, root: Path) -> dict:
@@ -650,6 +682,8 @@ def pytest_html_results_summary(prefix: list, summary: list, postfix: list, sess
                       f"{html.escape(ev.display_path(written, root))} are not a verdict.</p>")
     try:
         records = ev.within([ev.to_jsonable(r) for r in audit.records], root)
+        prefix.append(report.claims_html(ev.within(_claim_coverage(audit), root),
+                                         allow_untested=audit.plan.allow_untested))
         prefix.append(report.summary_html(audit.plan.as_dict(), records))
         postfix.append(report.inputs_html(audit.inputs, audit.versions, ev.display_path(written, root)))
     except Exception as exc:  # the report is still written, with the reason the summary is missing
