@@ -158,6 +158,7 @@ class AuditSession:
         self.collection_errors: list[str] = []  # node ids whose collection failed
         self.incomplete: str | None = None  # why this run's evidence is partial (None: complete)
         self.problems: list[str] = []  # what went wrong while writing evidence or report (terminal summary)
+        self.reached: set[str] = set()  # node ids of the audits that reached an outcome
 
     def model(self, name: str) -> Model:
         """The model of that name, opened on first use (reading nothing yet)."""
@@ -289,18 +290,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("subject", names, ids=names, indirect=True)
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
-    """The claim-coverage audits (audits/test_claims.py) run last, after every audit they count, and stay
-    selected under ``-m FAMILY`` (they then count that family's audits)."""
+    """The claim-coverage audits (audits/test_claims.py, marker ``claims``) run last, after every audit they
+    count (trylast: after pytest groups items by session-scoped parameters, which would interleave them). ``-m FAMILY`` deselects them like any other family: a one-family run is not the gate."""
     if _session(config) is None:
         return
     claims = [item for item in items if item.get_closest_marker("claims")]
     if not claims:
         return
-    for item in claims:
-        for family in FAMILIES:
-            item.add_marker(family)
     items[:] = [item for item in items if not item.get_closest_marker("claims")] + claims
 
 
@@ -420,6 +418,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     rep = outcome.get_result()
     record = item.stash.get(RECORD_KEY, None)
+    audit = _session(item.config)
+    if audit is not None and (rep.when == "call" or (rep.when == "setup" and not rep.passed)):
+        audit.reached.add(item.nodeid)  # also an item skipped before its record was opened (skip marks)
     if call.excinfo is not None and call.excinfo.errisinstance(LineageError):
         message = str(call.excinfo.value)
         if call.excinfo.errisinstance(SKIP_ERRORS):
@@ -474,7 +475,7 @@ def _incomplete_reason(session: pytest.Session, audit: AuditSession, exitstatus:
         return "pytest reported an internal error"
     if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         return f"the run ended with exit status {int(exitstatus)} ({pytest.ExitCode(exitstatus).name})"
-    reached = {r.nodeid for r in audit.records if r.outcome != "not run"}
+    reached = audit.reached
     missing = [item.nodeid for item in session.items if item.nodeid not in reached]
     if missing:
         return (f"{len(missing)} of {len(session.items)} selected audits reached no outcome "
@@ -501,7 +502,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
         except Exception as exc:  # pytest-html (or another plugin) failed while writing its report
             audit.problems.append(f"the HTML report could not be written: {_describe(exc)}; "
                                   f"{audit.html_path} was left as it was")
-            _fail(session, pytest.ExitCode.INTERNAL_ERROR)
+            _fail(session, pytest.ExitCode.INTERNAL_ERROR, force=True)
             if audit.html_tmp is not None:
                 _remove(audit.html_tmp)  # whatever part of it was written
             return None
@@ -515,9 +516,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
         audit.close()
 
 
-def _fail(session: pytest.Session, code: int) -> None:
-    """Make the run's exit status non-zero (keep a non-zero status it already has)."""
-    if session.exitstatus in (pytest.ExitCode.OK, 0):
+def _fail(session: pytest.Session, code: int, *, force: bool = False) -> None:
+    """Make the run's exit status non-zero: keep a non-zero status it already has, unless ``force`` (a
+    verdict whose evidence or report could not be written must not read as an ordinary claim failure)."""
+    if force or session.exitstatus in (pytest.ExitCode.OK, 0):
         session.exitstatus = code
 
 
@@ -535,23 +537,24 @@ def _write_evidence(session: pytest.Session, audit: AuditSession, exitstatus: in
     try:
         audit.incomplete = _incomplete_reason(session, audit, exitstatus)
         document = _evidence_document(audit, root, exitstatus)
+        if audit.incomplete is not None:
+            document.update(complete=False, incomplete_reason=audit.incomplete)
+        text = ev.dumps(ev.within(ev.to_jsonable(document), root))
     except Exception as exc:  # a bug while assembling the evidence: still leave a partial file behind
         audit.incomplete = f"the evidence could not be assembled: {_describe(exc)}"
-        document = {"schema": ev.SCHEMA, "complete": False, "incomplete_reason": audit.incomplete,
-                    "exit_status": int(exitstatus)}
+        text = ev.dumps({"schema": ev.SCHEMA, "complete": False, "incomplete_reason": audit.incomplete,
+                         "exit_status": int(exitstatus)})
         _fail(session, pytest.ExitCode.INTERNAL_ERROR)
     if audit.incomplete is not None:
-        document["complete"] = False
-        document["incomplete_reason"] = audit.incomplete
         _fail(session, pytest.ExitCode.INTERRUPTED)
     target = audit.evidence_path if audit.incomplete is None else ev.partial_path(audit.evidence_path)
     try:
-        text = ev.dumps(ev.within(ev.to_jsonable(document), root))
         ev.write_atomic(target, text)
     except Exception as exc:  # full disk, folder gone or read-only: the previous evidence is untouched
         audit.problems.append(f"evidence could not be written to {target}: {_describe(exc)}; "
                               f"{audit.evidence_path} was left as it was")
-        _fail(session, pytest.ExitCode.INTERNAL_ERROR)
+        audit.incomplete = audit.incomplete or "the evidence could not be written"  # the report is partial too
+        _fail(session, pytest.ExitCode.INTERNAL_ERROR, force=True)
         return
     if audit.incomplete is None:
         _remove(ev.partial_path(audit.evidence_path))

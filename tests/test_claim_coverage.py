@@ -81,9 +81,9 @@ def test_an_accepted_untested_claim_passes_with_the_count_shown(how: str, minilm
 def test_every_demo_claim_is_tested(tmp_path: Path) -> None:
     """The bundled demo: each claim (both references, the scratch tokenizer refinement, [catalog]) is judged.
 
-    Run under ``-m``: the claim audits stay selected, run after the audits they count (they would count 0
-    otherwise and fail) and count the selected families."""
-    proc, evidence = run_audit(tmp_path, "-m", "weights or tokenizer or catalog or independence or reuse")
+    Run under ``-m``, with the claim audits selected by their own marker: they run after the audits they
+    count (they would count 0 otherwise and fail)."""
+    proc, evidence = run_audit(tmp_path, "-m", "weights or tokenizer or catalog or independence or reuse or claims")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     counts = {(c["subject"], c["refinement"]): c["tested_by"] for c in evidence["claim_coverage"]}
     assert set(counts) == {("base", None), ("scratch", None), ("scratch", "tokenizer"), ("catalog", None)}
@@ -105,3 +105,4 @@ def test_options_table_is_validated(tmp_path: Path) -> None:
     assert load_plan(plan).allow_untested is False
     assert override_plan(load_plan(plan), allow_untested=True).allow_untested is True
     assert json.loads(json.dumps(load_plan(plan).as_dict()))["options"] == {}
+
