@@ -206,7 +206,9 @@ def pytest_configure(config: pytest.Config) -> None:
     _lock_evidence(config, session.evidence_path)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(_CollectionWatch(session), "modellineage-collection-watch")
-    if config.pluginmanager.hasplugin("html") or _html_available():
+    # pytest-html registered (as an entry point, or by `-p pytest_html.plugin` under
+    # PYTEST_DISABLE_PLUGIN_AUTOLOAD); without it (`-p no:html`) the run writes evidence only.
+    if config.pluginmanager.hasplugin("html") or config.pluginmanager.hasplugin("pytest_html.plugin"):
         if not config.getoption("htmlpath", None):
             config.option.htmlpath = str(root / "reports" / "audit.html")
         config.option.self_contained_html = True
@@ -263,14 +265,6 @@ def _configure_progress(config: pytest.Config) -> None:
     except (AttributeError, OSError, ValueError):  # stderr replaced by something without a descriptor
         stream = None
     progress.configure(enabled=config.get_verbosity() >= 0 and stream is not None, stream=stream)
-
-
-def _html_available() -> bool:
-    try:
-        import pytest_html  # noqa: F401
-    except ImportError:  # pragma: no cover
-        return False
-    return True
 
 
 def _session(config: pytest.Config) -> AuditSession | None:

@@ -111,3 +111,23 @@ def test_auto_map_code_is_never_imported(tmp_path: Path) -> None:
     assert_contained(run, markers=tuple(planted))
     families = {a["family"] for a in run.evidence["audits"] if a["outcome"] != "skipped"}
     assert {"architecture", "tokenizer", "weights", "independence"} <= families
+
+
+def test_without_plugin_autoload_the_run_stops_before_any_folder_code(tmp_path: Path, monkeypatch) -> None:
+    """PYTEST_DISABLE_PLUGIN_AUTOLOAD: the root conftest.py stops the run (exit 4, saying how to load the
+    plugin) before pytest imports the target's conftest.py; `-p audits.plugin` then audits as usual."""
+    markers = tmp_path / "markers"
+    inside = ROOT / f"hostile-{uuid.uuid4().hex[:12]}"
+    try:
+        target, ref, _, planted = _folders(inside, markers)
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+        args = ("--target", str(target), "--reference", f"r={ref}", "--expect", "independent", "-m", "architecture")
+        stopped = run_audit(tmp_path, *args, name="stopped")
+        assert stopped.proc.returncode == 4, stopped.output[-4000:]
+        assert "-p audits.plugin" in stopped.output and "PYTEST_DISABLE_PLUGIN_AUTOLOAD" in stopped.output
+        assert list(markers.iterdir()) == []
+        loaded = run_audit(tmp_path, *args, "-p", "audits.plugin", "-p", "pytest_metadata.plugin", "-p",
+                           "pytest_html.plugin", name="loaded")
+        assert_contained(loaded, markers=tuple(planted))
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
