@@ -414,3 +414,101 @@ def not_a_catalog_tokenizer(model: str, matches, extension: Bound, contained: Bo
                    f"{_one(closest)} ({bands})")
     measured = 1.0 if closest.identical else round(closest.overlap.contained_share, 6)
     return Judgement(name, measured, bound_text, source, bool(hits), message)
+
+
+# ----------------------------------------------------------------------------------------- claim coverage
+#: Families whose audits compare the target with a reference (catalog and compute audit the target alone).
+REFERENCE_FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence")
+
+
+@dataclass(frozen=True)
+class ClaimCoverage:
+    """How many audits of this run measured and judged one claim (a reference's relation, or [catalog]).
+
+    ``refinement`` names the family of a per-family refinement (``tokenizer = "derived"``); the default
+    claim of a reference covers every other family. Judged: the audit passed or failed with a judgement
+    (not skipped, not merely recorded).
+    """
+
+    subject: str  # reference name, or "catalog"
+    relation: str
+    refinement: str | None
+    families: tuple[str, ...]
+    judged_by: tuple[str, ...]  # node ids
+    not_judged: tuple[tuple[str, str, str], ...]  # (node id, outcome, reason)
+
+    @property
+    def label(self) -> str:
+        if self.subject == "catalog":
+            return f"claimed {self.relation} of every catalog model ([catalog])"
+        scope = f" ({self.refinement} evidence)" if self.refinement else ""
+        return f"claimed {self.relation} from {self.subject}{scope}"
+
+    @property
+    def tested(self) -> int:
+        return len(self.judged_by)
+
+    def as_dict(self) -> dict:
+        return {"subject": self.subject, "relation": self.relation, "refinement": self.refinement,
+                "families": list(self.families), "tested_by": self.tested, "judged_by": list(self.judged_by),
+                "not_judged": [{"audit": n, "outcome": o, "reason": r} for n, o, r in self.not_judged]}
+
+
+def _covered(subject: str, relation: str, refinement: str | None, families, records) -> ClaimCoverage:
+    judged, not_judged = [], []
+    for r in sorted(records, key=lambda r: r["nodeid"]):
+        if r["family"] not in families:
+            continue
+        if r["outcome"] in ("passed", "failed") and r.get("judgement") is not None:
+            judged.append(r["nodeid"])
+        else:
+            not_judged.append((r["nodeid"], r["outcome"], r.get("message") or "recorded, not judged"))
+    return ClaimCoverage(subject, relation, refinement, tuple(families), tuple(judged), tuple(not_judged))
+
+
+def claim_coverage(reference, records) -> list[ClaimCoverage]:
+    """The claims a plan reference makes (its default relation, then each refinement) and which audits of
+    this run judged each. ``records`` are evidence records (dicts with nodeid, family, subject, outcome,
+    judgement, message)."""
+    # Audits parametrized by this reference (they carry its expectation), not audits of the model on its own.
+    mine = [r for r in records if r["subject"] == reference.name and r.get("expectation") is not None]
+    refined = {f: rel for f, rel in reference.family_expect.items() if f != "expect"}
+    found = []
+    default = tuple(f for f in REFERENCE_FAMILIES if f not in refined)
+    if default:
+        found.append(_covered(reference.name, reference.expect, None, default, mine))
+    for family in sorted(refined):
+        found.append(_covered(reference.name, refined[family], family, (family,), mine))
+    return found
+
+
+def catalog_coverage(catalog_plan, target: str, records) -> ClaimCoverage | None:
+    """The [catalog] claim (``expect = "independent"``) and the catalog audits that judged it, or None."""
+    if catalog_plan.get("expect") is None:
+        return None
+    mine = [r for r in records if r["subject"] == target]
+    return _covered("catalog", catalog_plan["expect"], None, ("catalog",), mine)
+
+
+def claims_tested(coverage, allow_untested: bool) -> Judgement:
+    """Every claim was measured and judged by at least one audit, unless untested claims are accepted."""
+    untested = [c for c in coverage if c.tested == 0]
+    counts = "; ".join(f"{c.label}: tested by {c.tested} audit{'s' if c.tested != 1 else ''}" for c in coverage)
+    source = "[options].allow_untested / --allow-untested (default: an untested claim fails)"
+    if not untested:
+        return Judgement("every claim was tested", min(c.tested for c in coverage), "≥ 1 audit", source, False,
+                         counts)
+
+    def why(c: ClaimCoverage) -> str:
+        reasons = "; ".join(f"{n.split('::')[-1]} {'informational, not judged' if o == 'passed' else o}: "
+                            f"{r if len(r) <= 200 else r[:200] + '…'}" for n, o, r in c.not_judged[:6])
+        return (f"{c.label}: tested by 0 audits — no audit of {', '.join(c.families)} could measure and judge it"
+                + (f" ({reasons}{' ...' if len(c.not_judged) > 6 else ''})" if reasons else " (none ran)"))
+
+    detail = " | ".join(why(c) for c in untested)
+    if allow_untested:
+        return Judgement("every claim was tested", 0, "≥ 1 audit", source, False,
+                         f"accepted as untested (allow_untested): {detail}")
+    return Judgement("every claim was tested", 0, "≥ 1 audit", source, True,
+                     f"{detail}. Nothing examined this claim, so it cannot pass; to accept an untested claim set "
+                     f"[options] allow_untested = true in the plan or pass --allow-untested")

@@ -1,15 +1,19 @@
 """The pytest layer: options, the audit plan, lazy model fixtures, evidence JSON and the HTML report.
 
-Loaded by the root ``conftest.py``. It becomes active only for an *audit run* — when the command
-line points into ``audits/`` or passes one of the audit options — so ``pytest tests/`` is untouched.
+Loaded as the ``pytest11`` entry point ``audits.plugin`` (pyproject.toml), before pytest reads the
+command line for test paths: ``--target DIR`` is an option, never a test path whose conftest.py pytest
+would import. It becomes active only for an *audit run* — when the command line points into
+``audits/`` or passes one of the audit options — so ``pytest tests/`` is untouched.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import html
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from modellineage.model import DigestCache, Model
 from modellineage.plan import FAMILIES, AuditPlan, Reference, load_plan, override_plan
 from modellineage.sources import resolve_source
 
-from .criteria import Judgement, Thresholds, load_thresholds
+from .criteria import Judgement, Thresholds, catalog_coverage, claim_coverage, load_thresholds
 
 AUDITS_DIR = Path(__file__).resolve().parent
 ROOT = AUDITS_DIR.parent
@@ -54,6 +58,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--sample", metavar="FRACTION", type=_sample_fraction, default=None,
                     help="weight audits read a seeded random share of rows per tensor (e.g. 0.1) and report "
                          "95%% bootstrap intervals; default: every row")
+    group.addoption("--allow-untested", action="store_true", default=False,
+                    help="accept a claim that no audit could measure and judge (sets [options].allow_untested); "
+                         "by default such a claim fails the run")
 
 
 def _sample_fraction(text: str) -> float:
@@ -86,7 +93,8 @@ def once(cache: dict, key, compute):
         raise found
     return found
 
-_AUDIT_OPTIONS = ("audit", "target", "reference", "expect", "thresholds", "evidence", "against_catalog")
+_AUDIT_OPTIONS = ("audit", "target", "reference", "expect", "thresholds", "evidence", "against_catalog",
+                  "allow_untested")
 
 
 def _is_audit_run(config: pytest.Config) -> bool:
@@ -145,6 +153,12 @@ class AuditSession:
         self.sample: float | None = None  # --sample: share of rows the weight audits read
         self.inputs: list[dict] = []  # filled when the evidence is written, shown in the report
         self.versions: dict[str, str | None] = {}
+        self.html_path: Path | None = None  # where the report goes (pytest-html writes a temporary file first)
+        self.html_tmp: Path | None = None
+        self.collection_errors: list[str] = []  # node ids whose collection failed
+        self.incomplete: str | None = None  # why this run's evidence is partial (None: complete)
+        self.problems: list[str] = []  # what went wrong while writing evidence or report (terminal summary)
+        self.reached: set[str] = set()  # node ids of the audits that reached an outcome
 
     def model(self, name: str) -> Model:
         """The model of that name, opened on first use (reading nothing yet)."""
@@ -166,6 +180,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register markers; for an audit run, load plan and thresholds and default the HTML report."""
     for family in FAMILIES:
         config.addinivalue_line("markers", f"{family}: {family} evidence (provenance audit family)")
+    config.addinivalue_line("markers", "claims: was every claim tested by an audit (runs last)")
     if not _is_audit_run(config) or hasattr(config, "workerinput"):
         return
     if (config.getoption("numprocesses", None) or 0) not in (0, "0"):
@@ -177,21 +192,67 @@ def pytest_configure(config: pytest.Config) -> None:
         plan = None if cli_only else load_plan(Path(audit_file) if audit_file else root / "audit.toml")
         plan = override_plan(plan, target=config.getoption("target"), references=config.getoption("reference"),
                              expect=config.getoption("expect"), against_catalog=config.getoption("against_catalog"),
+                             allow_untested=config.getoption("allow_untested"),
                              base_dir=Path(config.invocation_params.dir))
         thresholds = load_thresholds(Path(config.getoption("thresholds") or root / "thresholds.toml"))
-        evidence_path = Path(config.getoption("evidence") or root / "reports" / "evidence.json")
+        evidence_path = Path(config.invocation_params.dir) / (config.getoption("evidence")
+                                                              or root / "reports" / "evidence.json")
         session = AuditSession(plan, thresholds, evidence_path, config.getoption("allow_download"))
         session.sample = config.getoption("sample", None)
         if session.sample is not None:
             session.seeds["weights.sample"] = SAMPLE_SEED
     except LineageError as exc:
         raise pytest.UsageError(str(exc)) from None
+    _lock_evidence(config, session.evidence_path)
     config.stash[SESSION_KEY] = session
-    if config.pluginmanager.hasplugin("html") or _html_available():
+    config.pluginmanager.register(_CollectionWatch(session), "modellineage-collection-watch")
+    # pytest-html registered (as an entry point, or by `-p pytest_html.plugin` under
+    # PYTEST_DISABLE_PLUGIN_AUTOLOAD); without it (`-p no:html`) the run writes evidence only.
+    if config.pluginmanager.hasplugin("html") or config.pluginmanager.hasplugin("pytest_html.plugin"):
         if not config.getoption("htmlpath", None):
             config.option.htmlpath = str(root / "reports" / "audit.html")
         config.option.self_contained_html = True
+        # pytest-html writes the report in place; it writes a hidden file beside it instead, which
+        # session finish renames over the report only when the run completed (see _place_report).
+        session.html_path = Path.cwd() / Path(os.path.expandvars(config.option.htmlpath)).expanduser()
+        _check_writable(session.html_path, "the HTML report")
+        session.html_tmp = session.html_path.with_name(f".{session.html_path.name}.{os.getpid()}.tmp")
+        config.option.htmlpath = str(session.html_tmp)
     _configure_progress(config)
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """A usage error now, not a lost report at the end, when ``path``'s folder cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise pytest.UsageError(f"cannot write {what} to {path}: {exc.strerror or type(exc).__name__} "
+                                f"({exc.filename or path.parent}); pass another path") from None
+
+
+def _lock_evidence(config: pytest.Config, evidence_path: Path) -> None:
+    """Hold ``<evidence>.lock`` for the whole run; a second run on the same evidence path fails fast.
+
+    Failing fast rather than waiting: a run can take hours on large models, and a CI job silently
+    queued behind another is worse than one that says which file is busy and how to choose another.
+    The lock is released when the run ends (or its process dies); the lock file stays.
+    """
+    _check_writable(evidence_path, "evidence")
+    lock_path = evidence_path.with_name(evidence_path.name + ".lock")
+    try:
+        handle = open(lock_path, "a+b")
+    except OSError as exc:
+        raise pytest.UsageError(f"cannot write evidence to {evidence_path}: cannot open its lock file "
+                                f"{lock_path} ({exc.strerror or type(exc).__name__})") from None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise pytest.UsageError(f"another audit run is writing {evidence_path} (it holds {lock_path}); wait for "
+                                "it to finish, or give this run its own --evidence PATH and --html PATH") from None
+    config.add_cleanup(handle.close)
 
 
 def _configure_progress(config: pytest.Config) -> None:
@@ -204,14 +265,6 @@ def _configure_progress(config: pytest.Config) -> None:
     except (AttributeError, OSError, ValueError):  # stderr replaced by something without a descriptor
         stream = None
     progress.configure(enabled=config.get_verbosity() >= 0 and stream is not None, stream=stream)
-
-
-def _html_available() -> bool:
-    try:
-        import pytest_html  # noqa: F401
-    except ImportError:  # pragma: no cover
-        return False
-    return True
 
 
 def _session(config: pytest.Config) -> AuditSession | None:
@@ -229,6 +282,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "subject" in metafunc.fixturenames:
         names = session.subjects
         metafunc.parametrize("subject", names, ids=names, indirect=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """The claim-coverage audits (audits/test_claims.py, marker ``claims``) run last, after every audit they
+    count (trylast: after pytest groups items by session-scoped parameters, which would interleave them). ``-m FAMILY`` deselects them like any other family: a one-family run is not the gate."""
+    if _session(config) is None:
+        return
+    claims = [item for item in items if item.get_closest_marker("claims")]
+    if not claims:
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("claims")] + claims
 
 
 # ----------------------------------------------------------------------------------------- fixtures
@@ -331,7 +396,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     session = _session(item.config)
     if session is None:
         return
-    family = next((m.name for m in item.iter_markers() if m.name in FAMILIES), "other")
+    family = "claims" if item.get_closest_marker("claims") else \
+        next((m.name for m in item.iter_markers() if m.name in FAMILIES), "other")
     params = getattr(getattr(item, "callspec", None), "params", {})
     ref = params.get("reference")
     subject = ref.name if isinstance(ref, Reference) else params.get("subject", session.plan.target_name)
@@ -346,6 +412,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     rep = outcome.get_result()
     record = item.stash.get(RECORD_KEY, None)
+    audit = _session(item.config)
+    if audit is not None and (rep.when == "call" or (rep.when == "setup" and not rep.passed)):
+        audit.reached.add(item.nodeid)  # also an item skipped before its record was opened (skip marks)
     if call.excinfo is not None and call.excinfo.errisinstance(LineageError):
         message = str(call.excinfo.value)
         if call.excinfo.errisinstance(SKIP_ERRORS):
@@ -378,23 +447,170 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 # ----------------------------------------------------------------------------------------- outputs
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write evidence.json: plan, thresholds, every record, every input file with its SHA-256."""
+class _CollectionWatch:
+    """Remembers collection errors: the audits of that module never ran, so the evidence is not complete."""
+
+    def __init__(self, audit: AuditSession) -> None:
+        self.audit = audit
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.audit.collection_errors.append(report.nodeid or "(session)")
+
+
+def _incomplete_reason(session: pytest.Session, audit: AuditSession, exitstatus: int) -> str | None:
+    """Why this run's evidence would not be complete, or None when every selected audit reached an outcome."""
+    errors = sorted(set(audit.collection_errors))
+    if errors:
+        return f"{len(errors)} collection error(s) ({', '.join(errors[:5])}): their audits never ran"
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "the run was interrupted (Ctrl-C, or stopped before every audit ran)"
+    if exitstatus == pytest.ExitCode.INTERNAL_ERROR:
+        return "pytest reported an internal error"
+    if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return f"the run ended with exit status {int(exitstatus)} ({pytest.ExitCode(exitstatus).name})"
+    reached = audit.reached
+    missing = [item.nodeid for item in session.items if item.nodeid not in reached]
+    if missing:
+        return (f"{len(missing)} of {len(session.items)} selected audits reached no outcome "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
+    """Write the evidence, let pytest-html write its report, then put the report in place.
+
+    Evidence is written whole (temporary file + rename). A run in which not every selected audit reached
+    an outcome never replaces the last complete evidence or report: it writes ``evidence.partial.json``
+    (``"complete": false`` and why) and ``<report>.partial.html``, and exits non-zero. Nothing that goes
+    wrong here (an input file that vanished, a full disk, a bug) ends as a traceback without evidence.
+    """
     audit = _session(session.config)
     if audit is None:
-        return
+        return (yield)
+    try:
+        _write_evidence(session, audit, exitstatus)
+        try:
+            result = yield
+        except Exception as exc:  # pytest-html (or another plugin) failed while writing its report
+            audit.problems.append(f"the HTML report could not be written: {_describe(exc)}; "
+                                  f"{audit.html_path} was left as it was")
+            _fail(session, pytest.ExitCode.INTERNAL_ERROR, force=True)
+            if audit.html_tmp is not None:
+                _remove(audit.html_tmp)  # whatever part of it was written
+            return None
+        except BaseException:
+            if audit.html_tmp is not None:
+                _remove(audit.html_tmp)
+            raise
+        _place_report(session, audit)
+        return result
+    finally:
+        audit.close()
+
+
+def _fail(session: pytest.Session, code: int, *, force: bool = False) -> None:
+    """Make the run's exit status non-zero: keep a non-zero status it already has, unless ``force`` (a
+    verdict whose evidence or report could not be written must not read as an ordinary claim failure)."""
+    if force or session.exitstatus in (pytest.ExitCode.OK, 0):
+        session.exitstatus = code
+
+
+def _describe(exc: BaseException) -> str:
+    """One line about an exception, without quoting file contents (an OSError names only its file)."""
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc.strerror or 'error'} ({exc.filename})"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _write_evidence(session: pytest.Session, audit: AuditSession, exitstatus: int) -> None:
+    """evidence.json when the run completed, else evidence.partial.json; never raises an Exception."""
     root = Path(session.config.rootpath)
+    try:
+        audit.incomplete = _incomplete_reason(session, audit, exitstatus)
+        document = _evidence_document(audit, root, exitstatus)
+        if audit.incomplete is not None:
+            document.update(complete=False, incomplete_reason=audit.incomplete)
+        text = ev.dumps(ev.within(ev.to_jsonable(document), root))
+    except Exception as exc:  # a bug while assembling the evidence: still leave a partial file behind
+        audit.incomplete = f"the evidence could not be assembled: {_describe(exc)}"
+        text = ev.dumps({"schema": ev.SCHEMA, "complete": False, "incomplete_reason": audit.incomplete,
+                         "exit_status": int(exitstatus)})
+        _fail(session, pytest.ExitCode.INTERNAL_ERROR)
+    if audit.incomplete is not None:
+        _fail(session, pytest.ExitCode.INTERRUPTED)
+    target = audit.evidence_path if audit.incomplete is None else ev.partial_path(audit.evidence_path)
+    try:
+        ev.write_atomic(target, text)
+    except Exception as exc:  # full disk, folder gone or read-only: the previous evidence is untouched
+        audit.problems.append(f"evidence could not be written to {target}: {_describe(exc)}; "
+                              f"{audit.evidence_path} was left as it was")
+        audit.incomplete = audit.incomplete or "the evidence could not be written"  # the report is partial too
+        _fail(session, pytest.ExitCode.INTERNAL_ERROR, force=True)
+        return
+    if audit.incomplete is None:
+        _remove(ev.partial_path(audit.evidence_path))
+    else:
+        audit.problems.append(f"evidence is incomplete: {audit.incomplete}. Wrote {target}; "
+                              f"{audit.evidence_path} (the last complete evidence) was left as it was")
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _place_report(session: pytest.Session, audit: AuditSession) -> None:
+    """Rename pytest-html's temporary report over the report (complete run) or to ``<name>.partial.html``."""
+    if audit.html_tmp is None or audit.html_path is None or not session.config.option.htmlpath:
+        return
+    final = audit.html_path if audit.incomplete is None else ev.partial_path(audit.html_path)
+    if not audit.html_tmp.exists():
+        audit.problems.append(f"no HTML report was written; {audit.html_path} was left as it was")
+        _fail(session, pytest.ExitCode.INTERNAL_ERROR)
+        return
+    try:
+        os.replace(audit.html_tmp, final)
+    except OSError as exc:
+        audit.problems.append(f"the HTML report could not be moved to {final}: {_describe(exc)}")
+        _remove(audit.html_tmp)
+        _fail(session, pytest.ExitCode.INTERNAL_ERROR)
+        return
+    if audit.incomplete is None:
+        _remove(ev.partial_path(audit.html_path))
+    for plugin in session.config.pluginmanager.get_plugins():  # pytest-html names its file in the summary
+        if getattr(plugin, "_report_path", None) == audit.html_tmp:
+            plugin._report_path = final
+
+
+def _file_inputs(audit: AuditSession, root: Path) -> list[dict]:
+    """Every input file with size and SHA-256; a file that vanished or cannot be read is recorded as such."""
     inputs = []
     for name in audit.subjects:
-        model = audit.model(name)
-        for digest, error in model.file_digests():
-            entry = {"model": name, "path": ev.display_path(digest.path, root),
-                     "size": digest.size, "sha256": digest.sha256}
-            if error:
-                entry["error"] = error
+        for path in audit.sources[name].files():
+            entry = {"model": name, "path": ev.display_path(path, root)}
+            try:
+                digest, error = audit.digests.file_digest(path, label=f"{name}/{path.name}")
+            except Exception as exc:  # noqa: BLE001 - vanished, unreadable, a parser bug: recorded per file
+                entry.update(size=None, sha256=None, error=f"cannot read: {_describe(exc)}")
+            else:
+                entry.update(size=digest.size, sha256=digest.sha256)
+                if error:
+                    entry["error"] = error
             inputs.append(entry)
+    return inputs
+
+
+def _evidence_document(audit: AuditSession, root: Path, exitstatus: int) -> dict:
+    """The evidence document: plan, thresholds, every record, every input file with its SHA-256."""
+    inputs = _file_inputs(audit, root)
     document = {
         "schema": ev.SCHEMA,
+        "complete": True,
         "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tool": ev.library_versions(),
         "machine": ev.machine_info(),
@@ -406,11 +622,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "audits": sorted((r.as_dict() for r in audit.records), key=lambda r: r["nodeid"]),
         "seeds": dict(sorted(audit.seeds.items())),
         "exit_status": int(exitstatus),
+        "claim_coverage": _claim_coverage(audit),
     }
     audit.inputs, audit.versions = inputs, document["tool"]
-    audit.evidence_path.parent.mkdir(parents=True, exist_ok=True)
-    audit.evidence_path.write_text(ev.dumps(ev.within(ev.to_jsonable(document), root)), encoding="utf-8")
-    audit.close()
+    return document
+
+
+def _claim_coverage(audit: AuditSession) -> list[dict]:
+    """Per claim (each reference's relation and refinements, then [catalog]): the audits that judged it."""
+    records = [r.as_dict() for r in audit.records if r.family != "claims"]
+    found = [c for ref in audit.plan.references for c in claim_coverage(ref, records)]
+    catalog = catalog_coverage(audit.plan.catalog, audit.plan.target_name, records)
+    found += [catalog] if catalog is not None else []
+    return [c.as_dict() | {"label": c.label} for c in found]
 
 
 def _relative_plan(plan: AuditPlan, root: Path) -> dict:
@@ -428,8 +652,12 @@ def _relative_source(data: dict, root: Path) -> dict:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """Name the evidence file, like pytest-html names its report."""
     audit = _session(config)
-    if audit is not None:
-        terminalreporter.write_sep("-", f"Evidence: {audit.evidence_path}")
+    if audit is None:
+        return
+    for problem in audit.problems:
+        terminalreporter.write_line(f"ERROR: {problem}", red=True)
+    written = audit.evidence_path if audit.incomplete is None else ev.partial_path(audit.evidence_path)
+    terminalreporter.write_sep("-", f"Evidence{'' if audit.incomplete is None else ' (incomplete)'}: {written}")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -444,10 +672,22 @@ def pytest_html_results_summary(prefix: list, summary: list, postfix: list, sess
     audit = _session(session.config)
     if audit is None:
         return
-    records = ev.within([ev.to_jsonable(r) for r in audit.records], Path(session.config.rootpath))
-    prefix.append(report.summary_html(audit.plan.as_dict(), records))
-    postfix.append(report.inputs_html(audit.inputs, audit.versions, ev.display_path(audit.evidence_path,
-                                                                                    Path(session.config.rootpath))))
+    root = Path(session.config.rootpath)
+    written = audit.evidence_path if audit.incomplete is None else ev.partial_path(audit.evidence_path)
+    if audit.incomplete is not None:
+        prefix.append(f"<p><strong>Incomplete run: {html.escape(audit.incomplete)}.</strong> This report and "
+                      f"{html.escape(ev.display_path(written, root))} are not a verdict.</p>")
+    try:
+        records = ev.within([ev.to_jsonable(r) for r in audit.records], root)
+        prefix.append(report.claims_html(ev.within(_claim_coverage(audit), root),
+                                         allow_untested=audit.plan.allow_untested))
+        prefix.append(report.summary_html(audit.plan.as_dict(), records))
+        postfix.append(report.inputs_html(audit.inputs, audit.versions, ev.display_path(written, root)))
+    except Exception as exc:  # the report is still written, with the reason the summary is missing
+        audit.problems.append(f"the report's summary could not be built: {_describe(exc)}")
+        prefix.append(f"<p><strong>The summary could not be built ({html.escape(_describe(exc))}); "
+                      f"see {html.escape(ev.display_path(written, root))}.</strong></p>")
+        _fail(session, pytest.ExitCode.INTERNAL_ERROR)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -4,6 +4,11 @@ Everything that varies between identical runs (the wall-clock time) lives in one
 ``generated_at``; durations are not recorded. Keys are sorted, lists keep a stable order chosen by
 the writer, floats use Python's shortest round-trip repr, and non-finite floats are written as the
 strings "NaN", "Infinity" and "-Infinity" so that the file stays strict JSON.
+
+A document is written whole or not at all (:func:`write_atomic`: a temporary file beside it, fsync,
+rename). ``"complete": true`` marks evidence of a run in which every selected audit reached an outcome;
+a run that did not (interrupted, collection errors, an error while writing) never replaces it and
+writes ``<name>.partial.json`` (:func:`partial_path`) with ``"complete": false`` and the reason instead.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import sys
 from importlib import metadata
@@ -101,3 +107,45 @@ def display_path(path: Path | str, root: Path) -> str:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+def partial_path(path: Path) -> Path:
+    """Where the evidence of a run that did not complete goes: ``evidence.json`` -> ``evidence.partial.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: readers see the old file or the new one, never a part.
+
+    The text goes to a hidden temporary file in the same directory, is flushed to disk (fsync) and
+    renamed over ``path``; on any failure (a full disk, an interrupt) the temporary file is removed and
+    ``path`` is left as it was.
+
+    Raises:
+        OSError: the directory cannot be written (the caller says so; ``path`` is untouched).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -15,6 +15,9 @@ An audit plan is a TOML file::
     [claims]                     # facts the audits check (see CLAIMS); a key no audit checks is an error
     parameters = 8030261248
 
+    [options]
+    allow_untested = false       # true: a claim that no audit could measure does not fail the run (see OPTIONS)
+
 Relative sources are resolved against the plan file's folder. Every error names the file, the key
 and what is allowed.
 """
@@ -40,7 +43,12 @@ RELATIONS = ("independent", "derived")
 FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence", "catalog", "compute")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _REFERENCE_KEYS = {"name", "source", "expect", *FAMILIES}
-_TOP_KEYS = {"target", "reference", "claims", "catalog"}
+_TOP_KEYS = {"target", "reference", "claims", "catalog", "options"}
+# How the run treats what it finds, as opposed to what is claimed.
+OPTIONS = {
+    "allow_untested": "true accepts a relation claim (or [catalog] claim) that no audit could measure and judge; "
+                      "by default such a claim fails the run (also --allow-untested)",
+}
 # Every claim an audit checks, with what it means. A claim no audit checks would pass unverified, so an
 # unknown key (often a typo: `gpu_hour`) is an error rather than silently ignored.
 CLAIMS = {
@@ -79,6 +87,7 @@ class AuditPlan:
     references: tuple[Reference, ...] = ()
     claims: Mapping[str, Any] = field(default_factory=dict)
     catalog: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -95,7 +104,13 @@ class AuditPlan:
             "references": [r.as_dict() for r in self.references],
             "claims": dict(sorted(self.claims.items())),
             "catalog": dict(sorted(self.catalog.items())),
+            "options": dict(sorted(self.options.items())),
         }
+
+    @property
+    def allow_untested(self) -> bool:
+        """Whether a claim no audit could test is accepted ([options].allow_untested or --allow-untested)."""
+        return bool(self.options.get("allow_untested", False))
 
 
 def load_plan(path: Path) -> AuditPlan:
@@ -148,6 +163,7 @@ def plan_from_mapping(data: Mapping[str, Any], *, origin: str, base_dir: Path, p
         references=refs,
         claims=_claims(data.get("claims", {}), origin),
         catalog=_catalog(data.get("catalog", {}), origin),
+        options=_options(data.get("options", {}), origin),
         path=path,
         base_dir=base_dir,
     )
@@ -160,13 +176,14 @@ def override_plan(
     references: list[str] | None = None,
     expect: str | None = None,
     against_catalog: str | None = None,
+    allow_untested: bool = False,
     base_dir: Path | None = None,
 ) -> AuditPlan:
     """Apply command-line options to a plan (or build one from them alone).
 
     ``--reference NAME=SOURCE`` replaces the plan's references; ``--expect`` sets every reference's
     expectation and drops per-family refinements, so the command line says exactly what is claimed;
-    ``--against-catalog`` sets ``[catalog].expect``.
+    ``--against-catalog`` sets ``[catalog].expect``; ``--allow-untested`` sets ``[options].allow_untested``.
     """
     cwd = base_dir or Path.cwd()
     if plan is None:
@@ -195,6 +212,8 @@ def override_plan(
         plan = replace(plan, references=tuple(replace(r, expect=expect, family_expect={}) for r in plan.references))
     if against_catalog is not None:
         plan = replace(plan, catalog=_catalog({**plan.catalog, "expect": against_catalog}, "--against-catalog"))
+    if allow_untested:
+        plan = replace(plan, options={**plan.options, "allow_untested": True})
     if target is not None and plan.target_name in {r.name for r in plan.references}:
         plan = replace(plan, target_name="target")
     names = [plan.target_name] + [r.name for r in plan.references]
@@ -215,13 +234,19 @@ def _name(value: Any, where: str) -> str:
     return value
 
 
+def _known_table(raw: Any, origin: str, section: str, known: Mapping[str, str], why: str = "") -> dict:
+    """A plan table whose keys must all be in ``known`` (key -> what it means); the error lists them."""
+    table = dict(_table(raw, f"{origin}: [{section}]"))
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise PlanError(f"{origin}: [{section}] has unknown key(s) {unknown}{why}; allowed: "
+                        + "; ".join(f"{k} ({v})" for k, v in known.items()))
+    return table
+
+
 def _claims(raw: Any, origin: str) -> dict:
     """[claims]: known keys only, numbers positive, gpu_hours with gpu_type, gpu_type a known accelerator."""
-    table = dict(_table(raw, f"{origin}: [claims]"))
-    unknown = sorted(set(table) - set(CLAIMS))
-    if unknown:
-        raise PlanError(f"{origin}: [claims] has unknown key(s) {unknown} that no audit checks; allowed: "
-                        + "; ".join(f"{k} ({v})" for k, v in CLAIMS.items()))
+    table = _known_table(raw, origin, "claims", CLAIMS, " that no audit checks")
     for key in ("parameters", "active_parameters", "training_tokens", "gpu_hours"):
         value = table.get(key)
         if key in table and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
@@ -250,6 +275,15 @@ def _catalog(raw: Any, origin: str) -> dict:
         raise PlanError(f"{origin}: [catalog] has unknown key(s) {unknown}; allowed: ['expect']")
     if "expect" in table and table["expect"] != "independent":
         raise PlanError(f"{origin}: [catalog].expect = {table['expect']!r} is not allowed; use 'independent'")
+    return table
+
+
+def _options(raw: Any, origin: str) -> dict:
+    """[options]: known keys only (OPTIONS), each a boolean."""
+    table = _known_table(raw, origin, "options", OPTIONS)
+    for key, value in table.items():
+        if not isinstance(value, bool):
+            raise PlanError(f"{origin}: [options].{key} = {value!r} must be true or false")
     return table
 
 

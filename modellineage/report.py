@@ -129,8 +129,26 @@ def inputs_html(inputs: Sequence[Mapping[str, Any]], versions: Mapping[str, Any]
 
     pytest-html's own environment table is hidden: the versions that matter are listed here instead.
     """
-    rows = [[i["model"], i["path"], f"{i['size']:,}", i["sha256"], i.get("error", "")] for i in inputs]
+    rows = [[i["model"], i["path"], "" if i.get("size") is None else f"{i['size']:,}", i.get("sha256") or "",
+             i.get("error", "")] for i in inputs]
     hide = "<style>#environment-header,#environment{display:none}</style>"
     return (hide + f"<h2>Inputs</h2><p>Every number above comes from these files; the full record is {esc(evidence)}.</p>"
             + table(["model", "file", "bytes", "SHA-256", "problem"], rows)
             + table(["library", "version"], sorted(versions.items()), caption="Versions"))
+
+
+def claims_html(coverage: Sequence[Mapping[str, Any]], *, allow_untested: bool = False) -> str:
+    """One row per claim: how many audits measured and judged it, and why the others did not.
+
+    ``coverage`` items are claim-coverage records (``label``, ``tested_by``, ``judged_by``, ``not_judged``).
+    """
+    rows = []
+    for c in coverage:
+        count = c["tested_by"]
+        verdict = (f'<b style="color:#1a7f37">{count}</b>' if count
+                   else f'<b style="color:{"#9a6700" if allow_untested else "#cf222e"}">0 — untested</b>')
+        judged = ", ".join(_audit_name(n) + n[n.find("["):] if "[" in n else _audit_name(n) for n in c["judged_by"])
+        skipped = "; ".join(f"{_audit_name(s['audit'])}: {s['reason']}" for s in c["not_judged"][:6])
+        rows.append([esc(c["label"]), verdict, esc(judged or "—"), esc(skipped or "—")])
+    return table(["claim", "tested by (audits that measured and judged it)", "judged by", "not judged (why)"],
+                 rows, caption="Claims and the audits that tested them", raw_columns=(0, 1, 2, 3))
