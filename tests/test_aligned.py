@@ -19,12 +19,15 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import html as html_lib  # noqa: E402
+
 from audits.criteria import load_thresholds  # noqa: E402
 from modellineage.aligned import compare_aligned  # noqa: E402
 from modellineage.independence import measure_independence  # noqa: E402
 from modellineage.model import Model  # noqa: E402
 from modellineage.similarity import compare_weights, summarise  # noqa: E402
 from modellineage.sources import resolve_source  # noqa: E402
+from modellineage.verdicts import combine  # noqa: E402
 
 from .reparametrise import hide_origin  # noqa: E402
 from .test_audit_runs import outcomes, record, run_audit  # noqa: E402
@@ -138,6 +141,12 @@ def test_audit_judges_the_hidden_copy_on_aligned_figures(hidden, tmp_path):
     proc, evidence, sim = _audit(tmp_path, hidden["finetune"], "independent")
     assert proc.returncode == 1 and sim["outcome"] == "failed"
     assert outcomes(evidence)["test_independence_pvalue[base]"] == "failed"
+    # similarity (aligned) and independence agree on derived; the signature match, by name, finds nothing and is
+    # outranked, said in one sentence
+    (combined,) = combine("base", evidence["audits"])
+    assert combined.verdict == "derived" and combined.deciding.family == "independence"
+    assert [f.audit for f in combined.contradicted_by] == ["test_no_tensor_signature_matches"]
+    assert combined.sentence in html_lib.unescape((tmp_path / "independent.html").read_text())
 
 
 def test_audit_keeps_the_hidden_independent_model_independent(hidden, tmp_path):
