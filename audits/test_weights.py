@@ -8,7 +8,7 @@ pair under the chosen correspondence (``--sample F``: a seeded share of rows, wi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -155,29 +155,43 @@ class _Judged:
 
 def _judged_figures(comp: WeightComparison, aligned: AlignedComparison | None, why: str, early_share, alpha: float,
                     ) -> _Judged:
-    """Name-aligned figures, unless the independence test's alignment is significant (p < α): then the aligned
-    figures of the tensors whose alignment was not fitted on their own values (o, down, lm_head: no selection
-    bias, see modellineage.aligned)."""
-    def early_of(pairs):
+    """Name-aligned figures; when the independence test's alignment is significant (p < α), per category the
+    higher of the name-aligned figure and the aligned figure of the tensors whose alignment was not fitted on
+    their own values (o, down, lm_head: no selection bias, see modellineage.aligned). Both are unbiased; the
+    fitted tensors' aligned figures (embedding, q/k/v, gate, up) are reported, never judged."""
+    def early_of(pairs, label_suffix=""):
         idx = early_layer_indices(sorted({p.layer for p in pairs if p.layer is not None}), early_share)
         chosen = [p for p in pairs if p.layer in idx and p.category != EXPERT_CATEGORY]
-        return summarise(chosen, lambda p: f"early layers ({', '.join(map(str, idx))})")[0] if chosen else None
+        label = f"early layers ({', '.join(map(str, idx))}){label_suffix}"
+        return summarise(chosen, lambda p: label)[0] if chosen else None
 
+    def higher(named, candidate):
+        if candidate is None or not math.isfinite(candidate.mean_centred):
+            return named
+        if named is None or not math.isfinite(named.mean_centred) or candidate.mean_centred > named.mean_centred:
+            return candidate
+        return named
+
+    name_early = early_of(comp.pairs)
     if aligned is None:
-        return _Judged(comp.by_category, early_of(comp.pairs), False, alpha,
+        return _Judged(comp.by_category, name_early, False, alpha,
                        f"judged on name-aligned figures ({why})" if why else "")
     pv = aligned.quality.pvalue
     if not pv.p < alpha:
-        return _Judged(comp.by_category, early_of(comp.pairs), False, alpha,
+        return _Judged(comp.by_category, name_early, False, alpha,
                        f"judged on name-aligned figures: the independence test's alignment is not significant "
-                       f"(p = {_p_text(pv)} ≥ α = {alpha:.3g}), so aligned figures are selection, not evidence")
+                       f"(p = {_p_text(pv)} ≥ α = {alpha:.3g}), so aligned figures are not judged")
     held_out = [p for p in aligned.comparison.pairs if p.key not in set(aligned.fitted)]
-    named = ", ".join(f"{g.group} {g.mean_centred:.3f}" for g in comp.by_category)
-    return _Judged(summarise(held_out, lambda p: p.category), early_of(held_out), True, alpha,
-                   f"judged on aligned figures: the independence test's alignment is significant "
-                   f"(p = {_p_text(pv)} < α = {alpha:.3g}); tensors not fitted by the alignment (o, down, lm_head) "
-                   f"after undoing residual permutation/signs, folded gains, head and neuron matching and "
-                   f"rescaling; name-aligned: {named}")
+    chosen = {g.group: g for g in comp.by_category}
+    for g in summarise(held_out, lambda p: p.category):
+        chosen[g.group] = higher(chosen.get(g.group), replace(g, group=f"{g.group} (aligned)"))
+    early = higher(name_early, early_of(held_out, " (aligned)"))
+    aligned_text = ", ".join(f"{g.group} {g.mean_centred:.3f}" for g in summarise(held_out, lambda p: p.category))
+    return _Judged(tuple(chosen.values()), early, True, alpha,
+                   f"alignment significant (independence p = {_p_text(pv)} < α = {alpha:.3g}): each category judged "
+                   f"on the higher of its name-aligned figure and its aligned figure over the tensors the alignment "
+                   f"was not fitted on (o, down, lm_head after undoing residual permutation/signs, folded gains, "
+                   f"head and neuron matching and rescaling: {aligned_text})")
 
 
 def _fmt(x: float) -> str:
@@ -259,7 +273,7 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
     if reference.expectation("weights") == "derived":  # every category may show derivation, upcycled experts too
         judgement = weights_derived(reference.name, categories, thresholds["weights", "derived_min_centred"], how)
     else:  # routed experts are the claim of test_moe_experts
-        judged_cats = [g for g in categories if g.group != EXPERT_CATEGORY]
+        judged_cats = [g for g in categories if g.group.removesuffix(" (aligned)") != EXPERT_CATEGORY]
         how = "; ".join(x for x in (m.alignment_text, "routed experts: judged by test_moe_experts"
                                     if len(judged_cats) < len(categories) else "", judged.text) if x)
         judgement = weights_independent(reference.name, judged_cats, early, thresholds["weights", "independent_max_centred"],
@@ -390,8 +404,9 @@ def _aligned_table(comp: WeightComparison, aligned: AlignedComparison | None, ju
         + report.table(["category", "name-aligned centred", "aligned centred (all)",
                         "aligned centred (not fitted: o, down, lm_head)"], rows,
                        caption="Centred similarity before and after the alignment (judged: "
-                               + ("aligned, not fitted" if judged.significant else "name-aligned") + "; the fitted "
-                               "tensors' aligned figures include the matching's own selection)")
+                               + ("per category the higher of name-aligned and aligned, not fitted"
+                                  if judged.significant else "name-aligned") + "; the fitted tensors' aligned figures "
+                               "include the matching's own selection and are never judged)")
 
 
 def _token_tables(comp: WeightComparison, embeddings: dict) -> str:

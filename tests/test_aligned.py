@@ -135,7 +135,7 @@ def test_audit_judges_the_hidden_copy_on_aligned_figures(hidden, tmp_path):
     proc, _, sim = _audit(tmp_path, hidden["finetune"], "derived")
     assert proc.returncode == 0, proc.stdout
     assert sim["measurements"]["aligned_similarity"]["judged_on"] == "aligned"
-    assert "judged on aligned figures" in sim["message"] and "name-aligned: embedding" in sim["message"]
+    assert "alignment significant" in sim["message"] and "lm_head (aligned) 0.9" in sim["message"]
     named = {g["group"]: g["mean_centred"] for g in sim["measurements"]["weight_similarity"]["by_category"]}
     assert max(abs(v) for v in named.values() if isinstance(v, float)) < 0.2  # ... reported beside the verdict
     proc, evidence, sim = _audit(tmp_path, hidden["finetune"], "independent")
