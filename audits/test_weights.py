@@ -157,8 +157,8 @@ def _judged_figures(comp: WeightComparison, aligned: AlignedComparison | None, w
                     ) -> _Judged:
     """Name-aligned figures; when the independence test's alignment is significant (p < α), per category the
     higher of the name-aligned figure and the aligned figure of the tensors whose alignment was not fitted on
-    their own values (o, down, lm_head: no selection bias, see modellineage.aligned). Both are unbiased; the
-    fitted tensors' aligned figures (embedding, q/k/v, gate, up) are reported, never judged."""
+    them (o, down: no selection bias, see modellineage.aligned). Both are unbiased; the fitted tensors' aligned
+    figures (embedding, lm_head, q/k/v, gate, up) are reported, never judged."""
     def early_of(pairs, label_suffix=""):
         idx = early_layer_indices(sorted({p.layer for p in pairs if p.layer is not None}), early_share)
         chosen = [p for p in pairs if p.layer in idx and p.category != EXPERT_CATEGORY]
@@ -190,7 +190,7 @@ def _judged_figures(comp: WeightComparison, aligned: AlignedComparison | None, w
     return _Judged(tuple(chosen.values()), early, True, alpha,
                    f"alignment significant (independence p = {_p_text(pv)} < α = {alpha:.3g}): each category judged "
                    f"on the higher of its name-aligned figure and its aligned figure over the tensors the alignment "
-                   f"was not fitted on (o, down, lm_head after undoing residual permutation/signs, folded gains, "
+                   f"was not fitted on (o, down after undoing residual permutation/signs, folded gains, "
                    f"head and neuron matching and rescaling: {aligned_text})")
 
 
@@ -402,7 +402,7 @@ def _aligned_table(comp: WeightComparison, aligned: AlignedComparison | None, ju
           f"{q.neuron_gate_cos:.3f} ({q.neuron_order_kept:.0%})", heads, len(aligned.folded)]],
         caption="The independence test's alignment (residual permutation/signs, folded gains, heads, neurons)") \
         + report.table(["category", "name-aligned centred", "aligned centred (all)",
-                        "aligned centred (not fitted: o, down, lm_head)"], rows,
+                        "aligned centred (not fitted: o, down)"], rows,
                        caption="Centred similarity before and after the alignment (judged: "
                                + ("per category the higher of name-aligned and aligned, not fitted"
                                   if judged.significant else "name-aligned") + "; the fitted tensors' aligned figures "
