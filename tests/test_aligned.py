@@ -114,6 +114,21 @@ def test_aligning_an_independent_pair_does_not_make_it_derived(hidden):
     assert fitted["embedding"] > 0.1 and max(fitted.values()) < DERIVED_MIN, fitted
 
 
+@pytest.mark.parametrize("which", ["finetune", "scratch"])
+def test_aligned_figures_do_not_see_the_re_parametrisation(hidden, which):
+    """The alignment undoes the hiding: o and down compare alike before and after it, derived or independent."""
+    base = _model(DEMO / "base", "base")
+
+    def held_out(model):
+        aligned = compare_aligned(model, base, measure_independence(model, base))
+        return {p.key: p.similarity.centred_cosine for p in aligned.comparison.pairs if p.key not in aligned.fitted}
+
+    plain, hidden_copy = held_out(_model(DEMO / which, which)), held_out(_model(hidden[which], "hidden"))
+    assert plain.keys() == hidden_copy.keys() and len(plain) == 8
+    for key, value in plain.items():
+        assert hidden_copy[key] == pytest.approx(value, abs=1e-3), key
+
+
 def test_plain_finetune_aligned_equals_name_aligned():
     """Nothing to undo: the alignment is the identity and the aligned figures are the name-aligned ones."""
     target, base = _model(DEMO / "finetune", "finetune"), _model(DEMO / "base", "base")
