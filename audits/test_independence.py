@@ -14,16 +14,14 @@ import math
 import pytest
 
 from modellineage import report
-from modellineage.independence import measure_independence
-
 from .criteria import _p_text, independence_alpha, independence_pvalue
+from .shared import independence_test
 
 pytestmark = pytest.mark.independence
 
 
-def test_independence_pvalue(target, reference, thresholds, evidence, audit_session):
-    test = evidence.measured("independence", measure_independence(target, reference.model, seed=0))
-    audit_session.seeds["independence"] = test.seed
+def test_independence_pvalue(target, reference, thresholds, evidence, audit_session, pytestconfig):
+    test = evidence.measured("independence", independence_test(pytestconfig, target, reference, audit_session))
     bound = thresholds["independence", "alpha"]
     n_refs = len(audit_session.plan.references)
     alpha = independence_alpha(bound, n_refs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modellineage import report
-from modellineage.reuse import measure_exact_reuse
+from modellineage.reuse import constant_replacements, measure_exact_reuse
 
 from .criteria import no_exact_reuse
 
@@ -16,9 +16,14 @@ def test_no_exact_tensor_reuse(target, reference, thresholds, evidence):
     reuse = evidence.measured("exact_reuse", measure_exact_reuse(
         target.tensor_digests(), reference.model.tensor_digests(), buffers=target.name_map.buffers,
         layer_of=target.name_map.layer_of))
+    constants = evidence.measured("constant_where_reference_trained", constant_replacements(target, reference.model))
     evidence.says(f"The target reuses {reuse.reused_count} of its {reuse.counted_tensors} non-constant tensors "
-                  f"byte for byte from {reference.name} ({reuse.reused_bytes_share:.1%} of those bytes).")
-    evidence.html(_reuse_table(reuse, reference.name))
+                  f"byte for byte from {reference.name} ({reuse.reused_bytes_share:.1%} of those bytes)."
+                  + (f" {len(constants)} target tensor(s) hold one value where {reference.name}'s are trained "
+                     f"(zeroed, reset or folded; evidence of neither derivation nor independence): "
+                     + "; ".join(c.line for c in constants[:4]) + (" ..." if len(constants) > 4 else "") + "."
+                     if constants else ""))
+    evidence.html(_reuse_table(reuse, reference.name) + _constant_table(constants, reference.name))
     if reuse.by_layer:
         labels = [row.label for row in reuse.by_layer]
         shares = [row.reused / row.counted for row in reuse.by_layer]
@@ -47,6 +52,16 @@ def _reuse_table(reuse, reference: str) -> str:
     more = f" (first 50 of {reuse.reused_count})" if reuse.reused_count > 50 else ""
     return head + report.table(["target tensor", f"identical in {reference}", "bytes", "same name"], rows,
                                caption="Byte-identical tensors" + more)
+
+
+def _constant_table(constants, reference: str) -> str:
+    if not constants:
+        return ""
+    return report.table(["target tensor", "file", "value", f"{reference} tensor (not constant)", "file"],
+                        [[c.target_tensor, c.target_file, f"{c.value:g}", c.reference_tensor, c.reference_file]
+                         for c in constants[:50]],
+                        caption=f"Constant target tensors where {reference}'s are trained (recorded, not judged: a "
+                                "zeroed or reset tensor is evidence of neither derivation nor independence)")
 
 
 def _kinds(counts: dict) -> str:

@@ -8,21 +8,24 @@ pair under the chosen correspondence (``--sample F``: a seeded share of rows, wi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 
 from modellineage import report, weight_plots
+from modellineage.aligned import AlignedComparison, compare_aligned
 from modellineage.alignment import (LayerCorrespondence, correspond_layers, detect_upcycling, match_experts,
                                     project_layers)
 from modellineage.embeddings import embedding_stats, shared_token_rows, vocabulary_of
 from modellineage.signatures import compare_signatures, model_signatures
+from modellineage.errors import IncompatibleShapes, UnsupportedFormat
 from modellineage.similarity import WeightComparison, compare_weights, summarise
 
-from .criteria import (early_layer_indices, experts_independent, no_signature_matches, weights_derived,
-                       weights_independent)
+from .criteria import (_p_text, early_layer_indices, experts_independent, independence_alpha, no_signature_matches,
+                       weights_derived, weights_independent)
 from .plugin import SAMPLE_SEED, once
+from .shared import independence_test
 
 pytestmark = pytest.mark.weights
 
@@ -123,6 +126,74 @@ def _measure(target, reference, thresholds, audit_session, cache) -> _Measured:
                      experts, detect_upcycling(ts, rs, layer_map), project_layers(ts, rs), embeddings, row_info)
 
 
+def measure_aligned(target, reference, audit_session, config, cache) -> tuple[AlignedComparison | None, str]:
+    """The weight comparison in the frame the independence test aligned (once per session), or None and why."""
+    def compute():
+        try:
+            test = independence_test(config, target, reference, audit_session)
+        except (UnsupportedFormat, IncompatibleShapes) as exc:
+            return None, f"the independence test found no alignment: {exc}"
+        rows, _ = _row_alignments(target, reference.model)
+        try:
+            return compare_aligned(target, reference.model, test, token_rows=rows), ""
+        except IncompatibleShapes as exc:
+            return None, str(exc)
+
+    return once(cache, (reference.name, "aligned"), compute)
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """Which figures the weight verdict reads: name-aligned, or aligned when the alignment is significant."""
+
+    categories: tuple
+    early: object
+    significant: bool
+    alpha: float
+    text: str
+
+
+def _judged_figures(comp: WeightComparison, aligned: AlignedComparison | None, why: str, early_share, alpha: float,
+                    ) -> _Judged:
+    """Name-aligned figures; when the independence test's alignment is significant (p < α), per category the
+    higher of the name-aligned figure and the aligned figure of the tensors whose alignment was not fitted on
+    them (o, down: no selection bias, see modellineage.aligned). Both are unbiased; the fitted tensors' aligned
+    figures (embedding, lm_head, q/k/v, gate, up) are reported, never judged."""
+    def early_of(pairs, label_suffix=""):
+        idx = early_layer_indices(sorted({p.layer for p in pairs if p.layer is not None}), early_share)
+        chosen = [p for p in pairs if p.layer in idx and p.category != EXPERT_CATEGORY]
+        label = f"early layers ({', '.join(map(str, idx))}){label_suffix}"
+        return summarise(chosen, lambda p: label)[0] if chosen else None
+
+    def higher(named, candidate):
+        if candidate is None or not math.isfinite(candidate.mean_centred):
+            return named
+        if named is None or not math.isfinite(named.mean_centred) or candidate.mean_centred > named.mean_centred:
+            return candidate
+        return named
+
+    name_early = early_of(comp.pairs)
+    if aligned is None:
+        return _Judged(comp.by_category, name_early, False, alpha,
+                       f"judged on name-aligned figures ({why})" if why else "")
+    pv = aligned.quality.pvalue
+    if not pv.p < alpha:
+        return _Judged(comp.by_category, name_early, False, alpha,
+                       f"judged on name-aligned figures: the independence test's alignment is not significant "
+                       f"(p = {_p_text(pv)} ≥ α = {alpha:.3g}), so aligned figures are not judged")
+    held_out = [p for p in aligned.comparison.pairs if p.key not in set(aligned.fitted)]
+    chosen = {g.group: g for g in comp.by_category}
+    for g in summarise(held_out, lambda p: p.category):
+        chosen[g.group] = higher(chosen.get(g.group), replace(g, group=f"{g.group} (aligned)"))
+    early = higher(name_early, early_of(held_out, " (aligned)"))
+    aligned_text = ", ".join(f"{g.group} {g.mean_centred:.3f}" for g in summarise(held_out, lambda p: p.category))
+    return _Judged(tuple(chosen.values()), early, True, alpha,
+                   f"alignment significant (independence p = {_p_text(pv)} < α = {alpha:.3g}): each category judged "
+                   f"on the higher of its name-aligned figure and its aligned figure over the tensors the alignment "
+                   f"was not fitted on (o, down after undoing residual permutation/signs, folded gains, "
+                   f"head and neuron matching and rescaling: {aligned_text})")
+
+
 def _fmt(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
 
@@ -131,23 +202,23 @@ def _ci(ci) -> str:
     return "exact" if ci.exact else f"{ci.low:.3f}–{ci.high:.3f}"
 
 
-def test_weight_similarity(target, reference, thresholds, evidence, audit_session, weights_cache):
+def test_weight_similarity(target, reference, thresholds, evidence, audit_session, weights_cache, pytestconfig):
     m = measure(target, reference, thresholds, audit_session, weights_cache)
     comp = m.comparison
     evidence.measured("weight_similarity", comp)
     evidence.measured("layer_correspondence", m.layers)
     evidence.measured("embedding_rows", m.row_alignment)
     evidence.measured("embedding_stats", m.embeddings)
-    categories = comp.by_category
-    layers = [g.layer for g in comp.by_layer]
-    early_idx = early_layer_indices(layers, thresholds["weights", "early_layer_share"])
-    early = None
+    aligned, why = measure_aligned(target, reference, audit_session, pytestconfig, weights_cache)
+    alpha = independence_alpha(thresholds["independence", "alpha"], len(audit_session.plan.references))
     # the early-layer profile is the dense stack's: routed experts (judged by test_moe_experts) would outnumber it
-    early_pairs = [p for p in comp.pairs if p.layer in early_idx and p.category != EXPERT_CATEGORY]
-    if early_pairs:
-        label = f"early layers ({', '.join(map(str, early_idx))})"
-        early = summarise(early_pairs, lambda p: label)[0]
+    judged = _judged_figures(comp, aligned, why, thresholds["weights", "early_layer_share"], alpha)
+    categories, early = judged.categories, judged.early
     evidence.measured("early_layers", early)
+    evidence.measured("aligned_similarity", {
+        "significant": judged.significant, "alpha": alpha, "judged_on": "aligned" if judged.significant else "name",
+        "why_not": why or None, "judged_categories": categories,
+        "aligned": aligned})
 
     # norm-gain trap: raw high, centred low (bounds from thresholds.toml)
     raw_min = thresholds["weights", "trap_min_raw_cosine"]
@@ -170,8 +241,10 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
     if m.alignment_text:
         callouts.append(f"Layer correspondence beats index alignment ({m.layers.aligned_score:.2f} vs "
                         f"{m.layers.index_score:.2f} summed similarity): {m.alignment_text}.")
-    evidence.html("".join(f"<p>{report.esc(c)}</p>" for c in callouts) + _tables(comp, categories, early)
-                  + _token_tables(comp, m.embeddings))
+    if judged.text:
+        callouts.append(judged.text[0].upper() + judged.text[1:] + ".")
+    evidence.html("".join(f"<p>{report.esc(c)}</p>" for c in callouts) + _tables(comp, comp.by_category, early)
+                  + _aligned_table(comp, aligned, judged) + _token_tables(comp, m.embeddings))
     profile = comp.by_layer_and_category()
     if profile:
         evidence.png(weight_plots.layer_profile(profile, title=f"Similarity to {reference.name} by layer "
@@ -184,22 +257,26 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
         evidence.png(weight_plots.layer_pca(m.projection, target=target.name, reference=reference.name), "layer PCA")
         evidence.measured("layer_pca", m.projection)
 
-    worst = max((g for g in categories if math.isfinite(g.mean_centred)), key=lambda g: g.mean_centred, default=None)
+    worst = max((g for g in comp.by_category if math.isfinite(g.mean_centred)), key=lambda g: g.mean_centred,
+                 default=None)
+    top = max((g for g in categories if math.isfinite(g.mean_centred)), key=lambda g: g.mean_centred, default=None)
     evidence.says(f"Against {reference.name}, the highest mean centred weight similarity is "
                   f"{worst.mean_centred:.3f} ({worst.group}) over {len(comp.pairs)} tensor pairs"
                   + (f"; {len(traps)} tensor(s) show the norm-gain trap (raw high, centred low)" if traps else "")
-                  + (f"; {m.alignment_text}" if m.alignment_text else "") + "." if worst else
+                  + (f"; {m.alignment_text}" if m.alignment_text else "")
+                  + (f"; after the independence test's alignment (significant) the highest is {top.mean_centred:.3f} "
+                     f"({top.group})" if judged.significant and top else "") + "." if worst else
                   f"No centred similarity is defined against {reference.name}.")
     dense = sum(p.against_dense for p in comp.pairs)
     how = "; ".join(x for x in (m.alignment_text, f"{dense} routed-expert tensors compared with the reference's "
-                                "dense MLP (upcycling check)" if dense else "") if x)
+                                "dense MLP (upcycling check)" if dense else "", judged.text) if x)
     if reference.expectation("weights") == "derived":  # every category may show derivation, upcycled experts too
         judgement = weights_derived(reference.name, categories, thresholds["weights", "derived_min_centred"], how)
     else:  # routed experts are the claim of test_moe_experts
-        judged = [g for g in categories if g.group != EXPERT_CATEGORY]
+        judged_cats = [g for g in categories if g.group.removesuffix(" (aligned)") != EXPERT_CATEGORY]
         how = "; ".join(x for x in (m.alignment_text, "routed experts: judged by test_moe_experts"
-                                    if len(judged) < len(categories) else "") if x)
-        judgement = weights_independent(reference.name, judged, early, thresholds["weights", "independent_max_centred"],
+                                    if len(judged_cats) < len(categories) else "", judged.text) if x)
+        judgement = weights_independent(reference.name, judged_cats, early, thresholds["weights", "independent_max_centred"],
                                         thresholds["weights", "independent_max_embedding_centred"], how)
     evidence.judged(judgement)
     assert not judgement.failed, judgement.message
@@ -299,6 +376,37 @@ def _tables(comp: WeightComparison, categories, early) -> str:
         html += report.table(["tensor", "not compared because"], [[s.key, s.reason] for s in comp.skipped[:40]],
                              caption=f"Not compared ({len(comp.skipped)})")
     return html
+
+
+def _aligned_table(comp: WeightComparison, aligned: AlignedComparison | None, judged: _Judged) -> str:
+    """Name-aligned against aligned figures per category, and the alignment's quality."""
+    if aligned is None:
+        return ""
+    q = aligned.quality
+    fitted = set(aligned.fitted)
+    everything = {g.group: g for g in aligned.comparison.by_category}
+    held = {g.group: g for g in summarise([p for p in aligned.comparison.pairs if p.key not in fitted],
+                                          lambda p: p.category)}
+    named = {g.group: g for g in comp.by_category}
+    rows = [[cat, _fmt(named[cat].mean_centred) if cat in named else "—",
+             _fmt(everything[cat].mean_centred) if cat in everything else "—",
+             _fmt(held[cat].mean_centred) if cat in held else "—"]
+            for cat in dict.fromkeys(list(named) + list(everything))]
+    heads = ("—" if q.heads_matched_similarity is None
+             else f"{q.heads_as_stored_similarity:.3f} → {q.heads_matched_similarity:.3f}")
+    return report.table(
+        ["alignment p", "significant", "residual dims: mean |corr| (same index, flipped)", "neurons: gate cos "
+         "(order kept)", "heads: stored → matched", "folded norms"],
+        [[_p_text(q.pvalue), f"{'yes' if judged.significant else 'no'} (α = {judged.alpha:.3g})",
+          f"{q.hidden_matched_abs_corr:.3f} ({q.hidden_identity_share:.0%}, {q.hidden_negative_share:.0%})",
+          f"{q.neuron_gate_cos:.3f} ({q.neuron_order_kept:.0%})", heads, len(aligned.folded)]],
+        caption="The independence test's alignment (residual permutation/signs, folded gains, heads, neurons)") \
+        + report.table(["category", "name-aligned centred", "aligned centred (all)",
+                        "aligned centred (not fitted: o, down)"], rows,
+                       caption="Centred similarity before and after the alignment (judged: "
+                               + ("per category the higher of name-aligned and aligned, not fitted"
+                                  if judged.significant else "name-aligned") + "; the fitted tensors' aligned figures "
+                               "include the matching's own selection and are never judged)")
 
 
 def _token_tables(comp: WeightComparison, embeddings: dict) -> str:

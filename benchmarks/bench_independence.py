@@ -6,9 +6,12 @@ plus 10% noise, MLP neurons, query heads within KV groups and residual dimension
 rescaled through the norm gains) and an *independent* model, then times
 :func:`modellineage.independence.measure_independence` for both pairs and reports peak RSS.
 
+With ``--aligned`` it also times :func:`modellineage.aligned.compare_aligned` (the weight audit's
+similarity in the frame the test aligned) on both pairs and prints its not-fitted category means.
+
 Usage::
 
-    python benchmarks/bench_independence.py --workdir /tmp/bench_indep [--layers 1]
+    python benchmarks/bench_independence.py --workdir /tmp/bench_indep [--layers 1] [--aligned]
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default="/tmp/bench_independence")
     ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--aligned", action="store_true", help="also time the aligned weight comparison")
     args = ap.parse_args(argv)
     work = Path(args.workdir)
     if not (work / "independent" / "model.safetensors").exists():
@@ -116,6 +120,17 @@ def main(argv: list[str] | None = None) -> int:
               f"p = 10^{result.combined.log10_p:.1f}, rho {unit.rho:+.3f}, matcher {unit.matcher}, "
               f"sketch {result.features}, heads stored→matched "
               f"{result.layers[0].attention.as_stored_similarity:.2f}→{result.layers[0].attention.matched_similarity:.2f}")
+        if args.aligned:
+            from modellineage.aligned import compare_aligned
+            from modellineage.similarity import summarise
+
+            t0 = time.perf_counter()
+            aligned = compare_aligned(target, ref, result)
+            fitted = set(aligned.fitted)
+            means = {g.group: round(g.mean_centred, 3) for g in summarise(
+                [p for p in aligned.comparison.pairs if p.key not in fitted], lambda p: p.category)}
+            print(f"{'':12s} aligned comparison: {time.perf_counter() - t0:.1f}s, "
+                  f"{aligned.comparison.bytes_read / 2**20:.0f} MiB read, not-fitted centred {means}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MiB")
     return 0

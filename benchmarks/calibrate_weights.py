@@ -16,9 +16,20 @@ derived = each fine-tune against its base. For every pair: the per-category mean
 (``modellineage.similarity.compare_weights``), and for the token matrices (embedding, lm_head) the
 element-wise centred cosine, its row-centred, column-centred and top-component-deflated variants (to
 test the per-token-offset explanation) and the rotation null (``PairSimilarity.rotation_null_sd``,
-``rotation_z``). Writes a JSON summary:
+``rotation_z``).
 
-    .venv/bin/python benchmarks/calibrate_weights.py --bases 8 --out benchmarks/results/calibrate_weights.json
+Aligned figures (issue 14): for every pair also the independence test (``measure_independence``, seed 0)
+and the centred similarity in the frame it aligned (``modellineage.aligned.compare_aligned``), split
+into the tensors the alignment was fitted on (embedding, q/k/v, gate, up) and those it was not (o,
+down, lm_head). A matching fitted on noise makes the fitted tensors of an independent pair look
+similar; this run measures how much, and checks that the not-fitted ones stay in the independent
+band. ``hidden`` pairs apply the tests' output-preserving re-parametrisation (``tests/reparametrise.py``
+``hide_origin``: neurons and heads permuted, q/k, v/o, up/down rescaled with signs, gains folded to
+ones, residual permuted and sign-flipped; logits checked) to every fine-tune and compare it with its
+own base (derived) and every other base (independent). Writes a JSON summary (run as a module so the
+checkout's packages are imported):
+
+    .venv/bin/python -m benchmarks.calibrate_weights --bases 8 --out benchmarks/results/calibrate_weights.json
 
 CPU only, one thread, deterministic (the demo's settings).
 """
@@ -41,6 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fixtures" / "demo"
 TOKEN_KEYS = ("embed.weight", "lm_head.weight")
+TOKEN_DETAIL = True  # the token-matrix variants (off for the re-parametrised pairs: their columns are permuted)
 
 
 def _build_demo():
@@ -84,13 +96,34 @@ def _deflate(a: np.ndarray) -> np.ndarray:
     return a - s[0] * np.outer(u[:, 0], vt[0])
 
 
+def _means(pairs) -> dict:
+    from modellineage.similarity import summarise
+
+    return {g.group: round(g.mean_centred, 4) for g in summarise(pairs, lambda p: p.category)
+            if math.isfinite(g.mean_centred)}
+
+
 def measure(a: Path, b: Path) -> dict:
-    """Category means of one pair, and the token-matrix variants (tiny models: read whole here)."""
+    """Category means of one pair (name-aligned and aligned), the independence test's p-value, and the
+    token-matrix variants (tiny models: read whole here)."""
+    from modellineage.aligned import compare_aligned
+    from modellineage.independence import measure_independence
     from modellineage.similarity import compare_weights
 
     ta, tb = _model(a, "a"), _model(b, "b")
     comp = compare_weights(ta, tb)
-    out = {"categories": {g.group: round(g.mean_centred, 4) for g in comp.by_category}, "token_matrices": {}}
+    test = measure_independence(ta, tb, seed=0)
+    aligned = compare_aligned(ta, tb, test)
+    fitted = set(aligned.fitted)
+    out = {"categories": _means(comp.pairs), "token_matrices": {},
+           "independence_log10_p": round(test.combined.log10_p, 3),
+           "aligned": {"not_fitted": _means(p for p in aligned.comparison.pairs if p.key not in fitted),
+                       "fitted": _means(p for p in aligned.comparison.pairs if p.key in fitted),
+                       "all": _means(aligned.comparison.pairs)},
+           "alignment": {"hidden_matched_abs_corr": round(aligned.quality.hidden_matched_abs_corr, 4),
+                         "neuron_gate_cos": round(aligned.quality.neuron_gate_cos, 4)}}
+    if not TOKEN_DETAIL:
+        return out
     for p in comp.pairs:
         if p.key not in TOKEN_KEYS:
             continue
@@ -114,6 +147,44 @@ def _stats(values: list[float]) -> dict:
             "max_abs": round(float(np.abs(v).max()), 4)}
 
 
+def _aligned_summary(independent: list[dict], derived: list[dict]) -> dict:
+    """Aligned category means: largest over independent pairs, smallest over derived; p-values of both."""
+    out = {}
+    for part in ("not_fitted", "fitted", "all"):
+        cats = sorted({c for r in independent + derived for c in r["aligned"][part]})
+        out[part] = {"independent_max": {c: max(r["aligned"][part][c] for r in independent if c in r["aligned"][part])
+                                         for c in cats},
+                     "derived_min": {c: min(r["aligned"][part][c] for r in derived if c in r["aligned"][part])
+                                     for c in cats if any(c in r["aligned"][part] for r in derived)}}
+    ps = [r["independence_log10_p"] for r in independent]
+    out["independent_log10_p"] = {"min": min(ps), "below_alpha_1e-3": sum(p < -3 for p in ps), "n": len(ps)}
+    out["derived_log10_p_max"] = max(r["independence_log10_p"] for r in derived)
+    return out
+
+
+def hide(source: Path, out: Path, seed: int) -> Path:
+    """``source`` re-parametrised by the tests' ``hide_origin`` (same function: logits checked), saved as the demo saves."""
+    import shutil
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from tests.reparametrise import hide_origin
+
+    model = LlamaForCausalLM.from_pretrained(str(source)).eval()
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    hide_origin(sd, np.random.default_rng(seed))
+    hidden = LlamaForCausalLM.from_pretrained(str(source)).eval()
+    hidden.load_state_dict(sd)
+    probe = torch.arange(5, 69).reshape(1, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(hidden(probe).logits, model(probe).logits, atol=1e-4, rtol=1e-4)
+    hidden.save_pretrained(out)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / f, out / f)
+    return out
+
+
 def summarise(independent: list[dict], derived: list[dict]) -> dict:
     cats = sorted({c for r in independent + derived for c in r["categories"]})
     base_pairs = [r for r in independent if r["kind"] == "base~base"]
@@ -122,6 +193,7 @@ def summarise(independent: list[dict], derived: list[dict]) -> dict:
         "independent_max": {c: max(r["categories"][c] for r in independent) for c in cats},
         "independent_max_base_pairs": {c: max(r["categories"][c] for r in base_pairs) for c in cats},
         "derived_min": {c: min(r["categories"][c] for r in derived) for c in cats},
+        "aligned": _aligned_summary(independent, derived),
         "token_matrices": {},
     }
     for key in TOKEN_KEYS:
@@ -180,9 +252,16 @@ def main() -> None:
         independent.append({"pair": f"ft{i}~ft{j}", "kind": "ft~ft", **measure(tunes[i], tunes[j])})
     for i in range(args.bases):
         derived.append({"pair": f"ft{i}~base{i}", "kind": "ft~own base", **measure(tunes[i], bases[i])})
-    for row in independent + derived:
-        print(row["pair"], row["categories"],
-              {k: (v["centred"], v["rotation_z"]) for k, v in row["token_matrices"].items()})
+    global TOKEN_DETAIL
+    TOKEN_DETAIL = False
+    hidden = [hide(t, work / f"hidden{s}", 1000 + s) for s, t in enumerate(tunes)]
+    hidden_independent = [{"pair": f"hidden-ft{i}~base{j}", "kind": "hidden ft~other base",
+                           **measure(hidden[i], bases[j])} for i, j in itertools.permutations(range(args.bases), 2)]
+    hidden_derived = [{"pair": f"hidden-ft{i}~base{i}", "kind": "hidden ft~own base", **measure(hidden[i], bases[i])}
+                      for i in range(args.bases)]
+    for row in independent + derived + hidden_independent + hidden_derived:
+        print(row["pair"], row["categories"], "aligned not fitted", row["aligned"]["not_fitted"],
+              "log10 p", row["independence_log10_p"])
     import tokenizers
     import transformers
 
@@ -194,7 +273,14 @@ def main() -> None:
         "reproduced_demo_models": reproduced,
         "final_train_loss": {k: round(v, 4) for k, v in losses.items()},
         **summarise(independent, derived),
-        "pairs": {"independent": independent, "derived": derived},
+        "hidden": {"independent_pairs": len(hidden_independent), "derived_pairs": len(hidden_derived),
+                   "name_aligned_independent_max": {c: max(r["categories"].get(c, -1) for r in hidden_independent)
+                                                    for c in hidden_derived[0]["categories"]},
+                   "name_aligned_derived_max": {c: max(r["categories"][c] for r in hidden_derived)
+                                                for c in hidden_derived[0]["categories"]},
+                   "aligned": _aligned_summary(hidden_independent, hidden_derived)},
+        "pairs": {"independent": independent, "derived": derived, "hidden_independent": hidden_independent,
+                  "hidden_derived": hidden_derived},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "tokenizers": tokenizers.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
@@ -203,6 +289,8 @@ def main() -> None:
     print("reproduced demo models:", reproduced)
     print("independent, largest category mean:", summary["independent_max"])
     print("derived, smallest category mean:   ", summary["derived_min"])
+    print("aligned:", json.dumps(summary["aligned"]))
+    print("hidden:", json.dumps(summary["hidden"]))
     for key in TOKEN_KEYS:
         tm = summary["token_matrices"][key]
         print(key, "independent centred", tm["centred"]["independent"], "z", tm["rotation_z"]["independent"],

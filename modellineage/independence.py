@@ -159,6 +159,11 @@ class UnitResult:
     tensors: tuple[str, ...]
     gate_up_coupling: tuple[float, float] = (0.0, 0.0)
     """Mean |cos(gate row, up row)| within a neuron, target and reference (removed before the up matching)."""
+    permutation: tuple[int, ...] = field(default=(), repr=False)
+    """π_gate: target neuron ``i`` ↔ reference neuron ``permutation[i]`` (the alignment
+    :mod:`modellineage.aligned` re-uses; summarised, not listed, in :meth:`as_dict`)."""
+    roles: tuple[str, str, str] = ("mlp_gate", "mlp_up", "mlp_down")
+    """Canonical roles of the unit's gate, up and down projections."""
 
     @property
     def label(self) -> str:
@@ -466,7 +471,12 @@ def _mlp_unit(target, reference, layer: int, expert: int | None, ref_expert: int
                       rho=pv.statistic, pvalue=pv, gate_matched_cos=float(np.mean(sims_g)),
                       up_matched_abs_cos=float(np.mean(np.abs(sims_u))),
                       neuron_order_kept=float(np.mean(pi_g == np.arange(pi_g.size))), matcher=matcher,
-                      tensors=sources, gate_up_coupling=(coupling_t, coupling_r))
+                      tensors=sources, gate_up_coupling=(coupling_t, coupling_r),
+                      permutation=tuple(int(x) for x in pi_g),
+                      roles=(gate_role, up_role, _DOWN_ROLE[gate_role]))
+
+
+_DOWN_ROLE = {"mlp_gate": "mlp_down", "shared_gate": "shared_down", "expert_gate": "expert_down"}
 
 
 def _decoupled(up: np.ndarray, gate_unit: np.ndarray, decouple: bool = True) -> tuple[np.ndarray, float]:

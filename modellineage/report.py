@@ -11,6 +11,8 @@ import io
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
+from .verdicts import combine
+
 VERDICT_STYLE = {
     "passed": ("holds", "#1a7f37"),
     "failed": ("FAILS", "#cf222e"),
@@ -77,7 +79,8 @@ def summary_html(plan: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) 
         claim = f"expected <b>{esc(ref['expect'])}</b>" + (f" (refined — {esc(refinements)})" if refinements else "")
         verdict = (f"<b style='color:#cf222e'>Claims that fail: {esc(', '.join(failed))}.</b>" if failed
                    else "All audited claims hold." if mine else "No audit ran for this reference.")
-        parts.append(f"<p><b>{esc(name)}</b> — {claim}. {esc(' '.join(sentences))} {verdict}</p>")
+        combined = " ".join(v.sentence for v in combine(name, mine))  # modellineage.verdicts: the documented rule
+        parts.append(f"<p><b>{esc(name)}</b> — {claim}. {esc(' '.join(sentences))} {verdict} {esc(combined)}</p>")
     return "".join(parts)
 
 

@@ -9,6 +9,11 @@ evidence of copying. Three kinds of tensor are kept out of that count and report
   ``attn.bias``, BERT's ``position_ids``), computed from the config rather than trained — the
   caller passes them from ``NameMap.buffers``, where canonical naming recognises them;
 - integer and boolean tensors, which are listed and hashed but are not weights.
+
+A constant target tensor where the reference's counterpart (same canonical key) is trained — a tensor
+zeroed or set to one value, e.g. norm gains set to ones after folding them into the next layer — is
+listed on its own (:func:`constant_replacements`): it is neither reuse nor evidence of independence,
+but a reader should see which tensor of which file it is.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from typing import Callable, Collection, Sequence
 
 from .hashing import TensorDigest
 from .tensors import FLOAT_DTYPES
+
+__all__ = ["excluded_kind", "ReusedTensor", "LayerReuse", "ExactReuse", "ConstantTensor", "measure_exact_reuse",
+           "constant_replacements"]
 
 
 def excluded_kind(digest: TensorDigest, buffers: Collection[str] = ()) -> str | None:
@@ -150,3 +158,55 @@ def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[Tens
         by_layer=tuple(LayerReuse(layer, reused, n) for layer, (reused, n)
                        in sorted(per_layer.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0))),
     )
+
+
+@dataclass(frozen=True)
+class ConstantTensor:
+    """A target tensor holding one value where the reference's tensor of the same canonical key varies."""
+
+    key: str
+    target_tensor: str
+    target_file: str
+    value: float
+    reference_tensor: str
+    reference_file: str
+
+    @property
+    def line(self) -> str:
+        return (f"{self.target_tensor} in {self.target_file} is constant ({self.value:g} everywhere) where the "
+                f"reference's {self.reference_tensor} ({self.reference_file}) is not")
+
+    def as_dict(self) -> dict:
+        return {"key": self.key, "target_tensor": self.target_tensor, "target_file": self.target_file,
+                "value": self.value, "reference_tensor": self.reference_tensor,
+                "reference_file": self.reference_file}
+
+
+def constant_replacements(target, reference) -> tuple[ConstantTensor, ...]:
+    """Target tensors that are constant where the reference's counterpart is a non-constant float tensor.
+
+    Counterparts are whole tensors under the same canonical key (:mod:`modellineage.naming`); buffers
+    and non-float tensors are left out on either side. Reads one row of each constant tensor for its value.
+
+    Args:
+        target, reference: :class:`modellineage.model.Model` handles (their per-tensor digests are cached).
+    """
+    t_dig = {d.name: d for d in target.tensor_digests()}
+    r_dig = {d.name: d for d in reference.tensor_digests()}
+    t_buf, r_buf = target.name_map.buffers, reference.name_map.buffers
+    r_refs = reference.name_map.refs
+    found = []
+    for key, tref in target.name_map.refs.items():
+        rref = r_refs.get(key)
+        if rref is None or not tref.is_whole or not rref.is_whole:
+            continue
+        td, rd = t_dig.get(tref.source), r_dig.get(rref.source)
+        if td is None or rd is None or excluded_kind(td, t_buf) != "constant" or excluded_kind(rd, r_buf) is not None:
+            continue
+        if not td.nbytes:
+            continue
+        first = target.store.read_row_range(tref.source, 0, 1)
+        found.append(ConstantTensor(key, tref.source, target.store.info(tref.source).file.name,
+                                    float(first.reshape(-1)[0]), rref.source,
+                                    reference.store.info(rref.source).file.name))
+    return tuple(found)

@@ -22,9 +22,11 @@ from modellineage.metrics import similarity  # noqa: E402
 from modellineage.model import Model  # noqa: E402
 from modellineage.sources import resolve_source  # noqa: E402
 
+from .reparametrise import (CFG, everything, flip_signs, permute_mlp, permute_residual,  # noqa: E402
+                            rescale_channels, shuffle_heads)
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fixtures" / "demo"
-CFG = dict(layers=4, hidden=64, inter=172, heads=4, kv=2, head_dim=16)
 NAIVE_MAX = 0.2  # a naive comparison "detects" nothing when |centred cosine| of the touched tensors is below this
 
 
@@ -47,121 +49,6 @@ def base_sd():
 @pytest.fixture(scope="module")
 def base_model():
     return _model(DEMO / "base", "base")
-
-
-# ----------------------------------------------------------------------------------------- transformations
-def _L(i: int, rest: str) -> str:
-    return f"model.layers.{i}.{rest}"
-
-
-def permute_mlp(sd, rng):
-    for i in range(CFG["layers"]):
-        p = torch.from_numpy(rng.permutation(CFG["inter"]))
-        sd[_L(i, "mlp.gate_proj.weight")] = sd[_L(i, "mlp.gate_proj.weight")][p]
-        sd[_L(i, "mlp.up_proj.weight")] = sd[_L(i, "mlp.up_proj.weight")][p]
-        sd[_L(i, "mlp.down_proj.weight")] = sd[_L(i, "mlp.down_proj.weight")][:, p]
-    return {"mlp"}
-
-
-def _readers(i: int) -> dict[str, list[str]]:
-    return {_L(i, "input_layernorm.weight"): [_L(i, f"self_attn.{x}_proj.weight") for x in "qkv"],
-            _L(i, "post_attention_layernorm.weight"): [_L(i, f"mlp.{x}_proj.weight") for x in ("gate", "up")]}
-
-
-def permute_residual(sd, rng):
-    p = torch.from_numpy(rng.permutation(CFG["hidden"]))
-    sd["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"][:, p]
-    sd["lm_head.weight"] = sd["lm_head.weight"][:, p]
-    sd["model.norm.weight"] = sd["model.norm.weight"][p]
-    for i in range(CFG["layers"]):
-        for norm, readers in _readers(i).items():
-            sd[norm] = sd[norm][p]
-            for r in readers:
-                sd[r] = sd[r][:, p]
-        for w in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
-            sd[_L(i, w)] = sd[_L(i, w)][p]
-    return {"all"}
-
-
-def _scales(rng, n):
-    return torch.from_numpy(rng.choice([-1.0, 1.0], n) * np.exp(rng.uniform(np.log(0.25), np.log(4.0), n))).float()
-
-
-def rescale_channels(sd, rng):
-    """Norm gain g → g·s, every reader's column → column / s (s with random sign and size 1/4..4)."""
-    groups = {"model.norm.weight": ["lm_head.weight"]}
-    for i in range(CFG["layers"]):
-        groups.update(_readers(i))
-    for norm, readers in groups.items():
-        s = _scales(rng, CFG["hidden"])
-        sd[norm] = sd[norm] * s
-        for r in readers:
-            sd[r] = sd[r] / s
-    return {"norm", "q", "k", "v", "gate", "up", "lm_head"}
-
-
-def shuffle_heads(sd, rng):
-    """KV heads permuted (k, v rows with their query group) and query heads permuted within each KV group
-    (q rows, o columns); non-identity at both levels. Returns the touched roles and, per layer, the query
-    head order: target head h is original head order[h]."""
-    hd, kv, group = CFG["head_dim"], CFG["kv"], CFG["heads"] // CFG["kv"]
-    applied = []
-
-    def shuffled(n):
-        p = rng.permutation(n)
-        while n > 1 and np.all(p == np.arange(n)):
-            p = rng.permutation(n)
-        return p
-
-    def rows(heads):
-        return torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in heads])
-
-    for i in range(CFG["layers"]):
-        kv_order = shuffled(kv)
-        order = [int(g) * group + int(x) for g in kv_order for x in shuffled(group)]
-        for w in ("k", "v"):
-            sd[_L(i, f"self_attn.{w}_proj.weight")] = sd[_L(i, f"self_attn.{w}_proj.weight")][rows(kv_order)]
-        sd[_L(i, "self_attn.q_proj.weight")] = sd[_L(i, "self_attn.q_proj.weight")][rows(order)]
-        sd[_L(i, "self_attn.o_proj.weight")] = sd[_L(i, "self_attn.o_proj.weight")][:, rows(order)]
-        applied.append(order)
-    return {"q", "k", "v", "o"}, applied
-
-
-def flip_signs(sd, rng):
-    """Sign flips the function allows: MLP neuron (up row + down column), v channel (v row + o column),
-    residual dimension (embedding column, o/down rows and every norm gain)."""
-    for i in range(CFG["layers"]):
-        s = torch.from_numpy(rng.choice([-1.0, 1.0], CFG["inter"])).float()
-        sd[_L(i, "mlp.up_proj.weight")] = sd[_L(i, "mlp.up_proj.weight")] * s[:, None]
-        sd[_L(i, "mlp.down_proj.weight")] = sd[_L(i, "mlp.down_proj.weight")] * s[None, :]
-        v = torch.from_numpy(rng.choice([-1.0, 1.0], CFG["kv"] * CFG["head_dim"])).float()
-        sd[_L(i, "self_attn.v_proj.weight")] = sd[_L(i, "self_attn.v_proj.weight")] * v[:, None]
-        sd[_L(i, "self_attn.o_proj.weight")] = sd[_L(i, "self_attn.o_proj.weight")] * _o_signs(v)[None, :]
-    r = torch.from_numpy(rng.choice([-1.0, 1.0], CFG["hidden"])).float()
-    sd["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"] * r[None, :]
-    sd["model.norm.weight"] = sd["model.norm.weight"] * r
-    for i in range(CFG["layers"]):
-        for norm in _readers(i):
-            sd[norm] = sd[norm] * r
-        for w in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
-            sd[_L(i, w)] = sd[_L(i, w)] * r[:, None]
-    return {"up", "down", "v", "o", "embed", "norm"}
-
-
-def _o_signs(v_signs):
-    """o_proj column of query head h, channel c reads value head h // group, channel c."""
-    hd, group = CFG["head_dim"], CFG["heads"] // CFG["kv"]
-    per_kv = v_signs.reshape(CFG["kv"], hd)
-    return torch.cat([per_kv[h // group] for h in range(CFG["heads"])])
-
-
-def everything(sd, rng):
-    permute_mlp(sd, rng)
-    shuffle_heads(sd, rng)
-    rescale_channels(sd, rng)
-    flip_signs(sd, rng)
-    permute_residual(sd, rng)
-    return {"all"}
 
 
 # ----------------------------------------------------------------------------------------- helpers
