@@ -19,7 +19,7 @@ from modellineage.alignment import (LayerCorrespondence, correspond_layers, dete
                                     project_layers)
 from modellineage.embeddings import embedding_stats, shared_token_rows, vocabulary_of
 from modellineage.signatures import compare_signatures, model_signatures
-from modellineage.errors import IncompatibleShapes, UnsupportedFormat
+from modellineage.errors import LineageError
 from modellineage.similarity import WeightComparison, compare_weights, summarise
 
 from .criteria import (_p_text, early_layer_indices, experts_independent, independence_alpha, no_signature_matches,
@@ -131,12 +131,12 @@ def measure_aligned(target, reference, audit_session, config, cache) -> tuple[Al
     def compute():
         try:
             test = independence_test(config, target, reference, audit_session)
-        except (UnsupportedFormat, IncompatibleShapes) as exc:
+        except LineageError as exc:  # no alignment (no shared tokens, refused tokenizer, ...): name-aligned only
             return None, f"the independence test found no alignment: {exc}"
         rows, _ = _row_alignments(target, reference.model)
         try:
             return compare_aligned(target, reference.model, test, token_rows=rows), ""
-        except IncompatibleShapes as exc:
+        except LineageError as exc:
             return None, str(exc)
 
     return once(cache, (reference.name, "aligned"), compute)
