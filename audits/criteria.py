@@ -364,7 +364,7 @@ def not_a_catalog_tokenizer(model: str, matches, extension: Bound, contained: Bo
     smaller one is, and only where it is evidence on its own (audits.tokenizer_criteria): the larger side
     at most `max_ratio` times the smaller, the smaller at least `min_tokens` tokens. Beyond that ratio
     independent vocabularies contain most of a smaller one too (a 248k vocabulary holds 0.955 of Mistral
-    v1's 32k tokens); the estimate (Laplace-smoothed, modellineage.fingerprint) does not call a handful of
+    v1's 32k tokens); the estimate (Laplace-smoothed, modellineage.tokenizer.fingerprint) does not call a handful of
     sampled tokens "contained".
     """
     bound_text = (f"Jaccard < {extension.value:g} and contained share < {contained.value:g} (size ratio ≤ "

@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 
-from modellineage import evidence as ev
-from modellineage import progress, report
 from modellineage.errors import IncompatibleShapes, LineageError, PlanError, UnsupportedFormat
-from modellineage.model import DigestCache, Model
 from modellineage.plan import FAMILIES, AuditPlan, Reference, load_plan, override_plan
-from modellineage.sources import resolve_source
+from modellineage.reading import progress
+from modellineage.reading.model import DigestCache, Model
+from modellineage.reading.sources import resolve_source
+from modellineage.reporting import evidence as ev
+from modellineage.reporting import report
 
 from .criteria import Judgement, Thresholds, catalog_coverage, claim_coverage, load_thresholds
 

@@ -1,7 +1,7 @@
 """Measurements more than one evidence family uses, computed once per (target, reference) pair.
 
 The independence test's alignment (residual dimensions, neurons, heads) is also what the weight
-audit undoes before its *aligned* similarity figures (:mod:`modellineage.aligned`), so both audits
+audit undoes before its *aligned* similarity figures (:mod:`modellineage.weights.aligned`), so both audits
 ask :func:`independence_test` and the second one reads it from the session's cache. The cache lives
 in ``config.stash``: one per pytest session (also for in-process runs such as ``pytester``).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from modellineage.independence import IndependenceTest, measure_independence
+from modellineage.independence.matching import IndependenceTest, measure_independence
 
 from .plugin import once
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from modellineage import report
-from modellineage.architecture import check_config_against_weights, compare_configs
+from modellineage.architecture.compare import check_config_against_weights, compare_configs
 from modellineage.errors import UnsupportedFormat
+from modellineage.reporting import report
 
 from .criteria import config_matches_weights, parameter_claim, weights_finite
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from modellineage import report
-from modellineage.catalog import fingerprint_tokens, load_catalog, nearest_architectures, nearest_tokenizers, \
-    vocabulary_tokens
+from modellineage.reporting import report
+from modellineage.catalog.entries import (fingerprint_tokens, load_catalog, nearest_architectures,
+                                          nearest_tokenizers, vocabulary_tokens)
 from modellineage.errors import LineageError, UnsupportedFormat
 
 from .criteria import not_a_catalog_tokenizer

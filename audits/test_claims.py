@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from modellineage import report
+from modellineage.reporting import report
 
 from .criteria import catalog_coverage, claim_coverage, claims_tested
 

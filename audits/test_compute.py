@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import pytest
 
-from modellineage import report
-from modellineage.compute import (count_active_parameters, gpu_days, implied_utilisation, plain_claim, plain_count,
-                                  plain_flops, plain_summary, plain_utilisation, reference_accelerator,
-                                  training_compute)
+from modellineage.compute.estimate import (
+    count_active_parameters,
+    gpu_days,
+    implied_utilisation,
+    plain_claim,
+    plain_count,
+    plain_flops,
+    plain_summary,
+    plain_utilisation,
+    reference_accelerator,
+    training_compute,
+)
 from modellineage.errors import UnsupportedFormat
+from modellineage.reporting import report
 
 from .criteria import active_parameter_claim, plausible_utilisation
 

@@ -13,7 +13,8 @@ import math
 
 import pytest
 
-from modellineage import report
+from modellineage.reporting import report
+
 from .criteria import _p_text, independence_alpha, independence_pvalue
 from .shared import independence_test
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from modellineage import report
-from modellineage.reuse import constant_replacements, measure_exact_reuse
+from modellineage.reporting import report
+from modellineage.weights.reuse import constant_replacements, measure_exact_reuse
 
 from .criteria import no_exact_reuse
 

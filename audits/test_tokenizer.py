@@ -17,14 +17,27 @@ from typing import Callable
 
 import pytest
 
-from modellineage import report
 from modellineage.errors import UnsupportedFormat
-from modellineage.tokenizer import (load_probes, measure_encoding, measure_extension, measure_id_alignment,
-                                    measure_merges, measure_overlap, measure_special_tokens)
+from modellineage.reporting import report
+from modellineage.tokenizer.compare import (
+    load_probes,
+    measure_encoding,
+    measure_extension,
+    measure_id_alignment,
+    measure_merges,
+    measure_overlap,
+    measure_special_tokens,
+)
 
 from .plugin import once
-from .tokenizer_criteria import (derivation_signals, id_alignment, merge_rules, not_an_extension,
-                                 verdict_sentence, vocabulary_overlap)
+from .tokenizer_criteria import (
+    derivation_signals,
+    id_alignment,
+    merge_rules,
+    not_an_extension,
+    verdict_sentence,
+    vocabulary_overlap,
+)
 
 pytestmark = pytest.mark.tokenizer
 PROBES = Path(__file__).resolve().parents[1] / "fixtures" / "probes"

@@ -13,17 +13,30 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from modellineage import report, weight_plots
-from modellineage.aligned import AlignedComparison, compare_aligned
-from modellineage.alignment import (LayerCorrespondence, correspond_layers, detect_upcycling, match_experts,
-                                    project_layers)
-from modellineage.embeddings import embedding_stats, shared_token_rows, vocabulary_of
-from modellineage.signatures import compare_signatures, model_signatures
 from modellineage.errors import LineageError
-from modellineage.similarity import WeightComparison, compare_weights, summarise
+from modellineage.reporting import plots as weight_plots
+from modellineage.reporting import report
+from modellineage.weights.aligned import AlignedComparison, compare_aligned
+from modellineage.weights.alignment import (
+    LayerCorrespondence,
+    correspond_layers,
+    detect_upcycling,
+    match_experts,
+    project_layers,
+)
+from modellineage.weights.embeddings import embedding_stats, shared_token_rows, vocabulary_of
+from modellineage.weights.signatures import compare_signatures, model_signatures
+from modellineage.weights.similarity import WeightComparison, compare_weights, summarise
 
-from .criteria import (_p_text, early_layer_indices, experts_independent, independence_alpha, no_signature_matches,
-                       weights_derived, weights_independent)
+from .criteria import (
+    _p_text,
+    early_layer_indices,
+    experts_independent,
+    independence_alpha,
+    no_signature_matches,
+    weights_derived,
+    weights_independent,
+)
 from .plugin import SAMPLE_SEED, once
 from .shared import independence_test
 
@@ -157,7 +170,7 @@ def _judged_figures(comp: WeightComparison, aligned: AlignedComparison | None, w
                     ) -> _Judged:
     """Name-aligned figures; when the independence test's alignment is significant (p < α), per category the
     higher of the name-aligned figure and the aligned figure of the tensors whose alignment was not fitted on
-    them (o, down: no selection bias, see modellineage.aligned). Both are unbiased; the fitted tensors' aligned
+    them (o, down: no selection bias, see modellineage.weights.aligned). Both are unbiased; the fitted tensors' aligned
     figures (embedding, lm_head, q/k/v, gate, up) are reported, never judged."""
     def early_of(pairs, label_suffix=""):
         idx = early_layer_indices(sorted({p.layer for p in pairs if p.layer is not None}), early_share)

@@ -128,8 +128,8 @@ def _status_kib(key: str) -> int:
 
 def child(spec: dict) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from modellineage.hashing import scan_safetensors
-    from modellineage.tensors import TensorStore
+    from modellineage.reading.hashing import scan_safetensors
+    from modellineage.reading.tensors import TensorStore
 
     baseline = _status_kib("VmHWM")
     models = [[Path(p) for p in files] for files in spec["models"]]

@@ -6,7 +6,7 @@ plus 10% noise, MLP neurons, query heads within KV groups and residual dimension
 rescaled through the norm gains) and an *independent* model, then times
 :func:`modellineage.independence.measure_independence` for both pairs and reports peak RSS.
 
-With ``--aligned`` it also times :func:`modellineage.aligned.compare_aligned` (the weight audit's
+With ``--aligned`` it also times :func:`modellineage.weights.aligned.compare_aligned` (the weight audit's
 similarity in the frame the test aligned) on both pairs and prints its not-fitted category means.
 
 Usage::
@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         _save(_random_model(np.random.default_rng(1), args.layers), work / "independent", args.layers)
         print(f"wrote synthetic models in {time.perf_counter() - t0:.0f}s")
 
-    from modellineage.independence import measure_independence
-    from modellineage.model import Model
-    from modellineage.sources import resolve_source
+    from modellineage.independence.matching import measure_independence
+    from modellineage.reading.model import Model
+    from modellineage.reading.sources import resolve_source
 
     pairs = [(i, i) for i in range(VOCAB)]
     ref = Model("reference", resolve_source(str(work / "reference")))
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
               f"sketch {result.features}, heads stored→matched "
               f"{result.layers[0].attention.as_stored_similarity:.2f}→{result.layers[0].attention.matched_similarity:.2f}")
         if args.aligned:
-            from modellineage.aligned import compare_aligned
-            from modellineage.similarity import summarise
+            from modellineage.weights.aligned import compare_aligned
+            from modellineage.weights.similarity import summarise
 
             t0 = time.perf_counter()
             aligned = compare_aligned(target, ref, result)

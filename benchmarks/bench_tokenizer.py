@@ -31,12 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 from audits.criteria import load_thresholds  # noqa: E402
 from audits.tokenizer_criteria import carried_by, derivation_signals  # noqa: E402
-from modellineage.evidence import dumps  # noqa: E402
-from modellineage.tokenizer import (compare_tokenizers, load_probes, measure_encoding,  # noqa: E402
-                                    measure_extension, measure_id_alignment, measure_merges, measure_overlap,
-                                    measure_special_tokens, merge_order)
-from modellineage.catalog_tools import package_file  # noqa: E402
-from modellineage.vocab import load_vocabulary  # noqa: E402
+from modellineage.reporting.evidence import dumps  # noqa: E402
+from modellineage.tokenizer.compare import (compare_tokenizers, load_probes, measure_encoding,  # noqa: E402
+                                            measure_extension, measure_id_alignment, measure_merges,
+                                            measure_overlap, measure_special_tokens, merge_order)
+from modellineage.catalog.tools import package_file  # noqa: E402
+from modellineage.tokenizer.vocab import load_vocabulary  # noqa: E402
 
 FILES = {
     "mistral-v1": ("mistral_common", "data/tokenizer.model.v1"),

@@ -189,8 +189,8 @@ def _audit(target: Path, reference: Path, sample: float | None) -> tuple[dict, d
 
     import audits.test_weights as tw
     from audits.criteria import load_thresholds
-    from modellineage.model import Model
-    from modellineage.sources import resolve_source
+    from modellineage.reading.model import Model
+    from modellineage.reading.sources import resolve_source
 
     phases: dict[str, float] = {}
 
@@ -234,7 +234,7 @@ def child(spec: dict) -> dict:
         import scipy.optimize  # noqa: F401  (imported before the I/O counters start: its files are not model bytes)
 
         import audits.test_weights  # noqa: F401
-        from modellineage import vocab  # noqa: F401
+        from modellineage.tokenizer import vocab  # noqa: F401
         fields, phases = _audit(target, reference, 0.1 if mode == "sample" else None)
         result.update(fields, phases={k: round(v, 3) for k, v in phases.items()})
     elif mode == "read":

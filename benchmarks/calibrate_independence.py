@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "fixtures"))
 
 def _pvalues(a, b) -> dict:
     """Both statistics for one pair: the audited (decoupled) one and the plain φ_MATCH."""
-    from modellineage.independence import measure_independence
+    from modellineage.independence.matching import measure_independence
 
     t1 = time.perf_counter()
     result = measure_independence(a, b, seed=0)
@@ -67,8 +67,8 @@ def train_pair(args: tuple[int, int, int, str, bool, bool]) -> dict:
     from tokenizers import Tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from modellineage.model import Model
-    from modellineage.sources import resolve_source
+    from modellineage.reading.model import Model
+    from modellineage.reading.sources import resolve_source
 
     torch.set_num_threads(1)
     tok = Tokenizer.from_file(str(ROOT / "fixtures" / "demo" / "base" / "tokenizer.json"))

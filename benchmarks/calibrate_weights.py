@@ -13,13 +13,13 @@ demo freezes them, which would make the derived embedding trivially 1.0).
 Pairs: independent = every two bases, every fine-tune against every other base, every two fine-tunes
 (the last two kinds re-use the lineage of a base pair: ``unique_lineages`` counts the base pairs);
 derived = each fine-tune against its base. For every pair: the per-category mean centred similarity
-(``modellineage.similarity.compare_weights``), and for the token matrices (embedding, lm_head) the
+(``modellineage.weights.similarity.compare_weights``), and for the token matrices (embedding, lm_head) the
 element-wise centred cosine, its row-centred, column-centred and top-component-deflated variants (to
 test the per-token-offset explanation) and the rotation null (``PairSimilarity.rotation_null_sd``,
 ``rotation_z``).
 
 Aligned figures (issue 14): for every pair also the independence test (``measure_independence``, seed 0)
-and the centred similarity in the frame it aligned (``modellineage.aligned.compare_aligned``), split
+and the centred similarity in the frame it aligned (``modellineage.weights.aligned.compare_aligned``), split
 into the tensors the alignment was fitted on (embedding, q/k/v, gate, up) and those it was not (o,
 down, lm_head). A matching fitted on noise makes the fitted tensors of an independent pair look
 similar; this run measures how much, and checks that the not-fitted ones stay in the independent
@@ -79,8 +79,8 @@ def train(bd, tok, ids, path: Path, *, recipe: dict, init: Path | None = None) -
 
 
 def _model(path: Path, name: str):
-    from modellineage.model import Model
-    from modellineage.sources import resolve_source
+    from modellineage.reading.model import Model
+    from modellineage.reading.sources import resolve_source
 
     return Model(name, resolve_source(str(path)))
 
@@ -97,7 +97,7 @@ def _deflate(a: np.ndarray) -> np.ndarray:
 
 
 def _means(pairs) -> dict:
-    from modellineage.similarity import summarise
+    from modellineage.weights.similarity import summarise
 
     return {g.group: round(g.mean_centred, 4) for g in summarise(pairs, lambda p: p.category)
             if math.isfinite(g.mean_centred)}
@@ -106,9 +106,9 @@ def _means(pairs) -> dict:
 def measure(a: Path, b: Path) -> dict:
     """Category means of one pair (name-aligned and aligned), the independence test's p-value, and the
     token-matrix variants (tiny models: read whole here)."""
-    from modellineage.aligned import compare_aligned
-    from modellineage.independence import measure_independence
-    from modellineage.similarity import compare_weights
+    from modellineage.independence.matching import measure_independence
+    from modellineage.weights.aligned import compare_aligned
+    from modellineage.weights.similarity import compare_weights
 
     ta, tb = _model(a, "a"), _model(b, "b")
     comp = compare_weights(ta, tb)

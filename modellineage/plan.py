@@ -35,9 +35,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .boundary import guard
-from .errors import PlanError
-from .sources import named_path
+from modellineage.errors import PlanError
+from modellineage.reading.boundary import guard
+from modellineage.reading.sources import named_path
 
 RELATIONS = ("independent", "derived")
 FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence", "catalog", "compute")
@@ -258,7 +258,7 @@ def _claims(raw: Any, origin: str) -> dict:
     if "gpu_type" in table:
         if not isinstance(table["gpu_type"], str):
             raise PlanError(f"{origin}: [claims].gpu_type must be a string naming an accelerator")
-        from .compute import find_accelerator
+        from modellineage.compute.estimate import find_accelerator
 
         try:
             find_accelerator(table["gpu_type"])

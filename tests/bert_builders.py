@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from modellineage.catalog_tools import package_file
+from modellineage.catalog.tools import package_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ROOT / "fixtures" / "texts"

@@ -1,4 +1,4 @@
-"""modellineage.aligned and the weight audit's aligned verdict, on a demo fine-tune whose origin is hidden.
+"""modellineage.weights.aligned and the weight audit's aligned verdict, on a demo fine-tune whose origin is hidden.
 
 ``hide_origin`` (tests/reparametrise.py) re-parametrises the demo `finetune` without changing its
 function (greedy generation and logits checked here): neurons and heads permuted, q/k, v/o and up/down
@@ -22,12 +22,12 @@ transformers = pytest.importorskip("transformers")
 import html as html_lib  # noqa: E402
 
 from audits.criteria import load_thresholds  # noqa: E402
-from modellineage.aligned import compare_aligned  # noqa: E402
-from modellineage.independence import measure_independence  # noqa: E402
-from modellineage.model import Model  # noqa: E402
-from modellineage.similarity import compare_weights, summarise  # noqa: E402
-from modellineage.sources import resolve_source  # noqa: E402
-from modellineage.verdicts import combine  # noqa: E402
+from modellineage.independence.matching import measure_independence  # noqa: E402
+from modellineage.reading.model import Model  # noqa: E402
+from modellineage.reading.sources import resolve_source  # noqa: E402
+from modellineage.reporting.verdicts import combine  # noqa: E402
+from modellineage.weights.aligned import compare_aligned  # noqa: E402
+from modellineage.weights.similarity import compare_weights, summarise  # noqa: E402
 
 from .reparametrise import hide_origin  # noqa: E402
 from .test_audit_runs import outcomes, record, run_audit  # noqa: E402

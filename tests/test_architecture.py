@@ -7,15 +7,14 @@ import json
 
 import pytest
 
-from modellineage.architecture import (
-    ArchConfig,
+from modellineage.architecture.compare import (
     check_config_against_weights,
     compare_configs,
     count_parameters,
     facts_from_weights,
-    normalise_config,
 )
-from modellineage.naming import canonicalize
+from modellineage.reading.config import ArchConfig, normalise_config
+from modellineage.reading.naming import canonicalize
 from tests.tiny_models import FAMILIES, FAMILY_IDS, MOE, tiny
 
 torch = pytest.importorskip("torch")

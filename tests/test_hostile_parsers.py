@@ -18,15 +18,23 @@ from pathlib import Path
 
 import pytest
 
-from modellineage.architecture import check_config_against_weights, facts_from_weights, normalise_config
-from modellineage.boundary import (MAX_JSON_DEPTH, MAX_TOKENIZER_ENTRIES, guard, loads_json, quote, read_json,
-                                   rust_call)
+from modellineage.architecture.compare import check_config_against_weights, facts_from_weights
 from modellineage.errors import CorruptCheckpoint, LineageError, UnsupportedFormat
-from modellineage.model import Model
-from modellineage.naming import canonicalize
-from modellineage.sources import resolve_source
-from modellineage.tensors import read_header
-from modellineage.vocab import load_vocabulary
+from modellineage.reading.boundary import (
+    MAX_JSON_DEPTH,
+    MAX_TOKENIZER_ENTRIES,
+    guard,
+    loads_json,
+    quote,
+    read_json,
+    rust_call,
+)
+from modellineage.reading.config import normalise_config
+from modellineage.reading.model import Model
+from modellineage.reading.naming import canonicalize
+from modellineage.reading.sources import resolve_source
+from modellineage.reading.tensors import read_header
+from modellineage.tokenizer.vocab import load_vocabulary
 
 from .hostile import DEMO, PEAK_RSS_LIMIT, assert_contained, copy_demo, run_audit
 from .tokenizer_files import real
@@ -156,7 +164,7 @@ def test_big_declarations_cost_what_the_bytes_cost(tmp_path, bounded_memory):
 
 
 def test_tensor_count_is_capped_per_file_and_per_model(tmp_path, monkeypatch):
-    from modellineage import tensors
+    from modellineage.reading import tensors
 
     monkeypatch.setattr(tensors, "MAX_TENSORS", 30)  # the demo holds 39 tensors
     with pytest.raises(CorruptCheckpoint, match=rf"^{DEMO / 'base' / ST}: header declares 39 tensors, above"):
@@ -379,7 +387,7 @@ def test_a_bad_tokenizer_file_is_a_typed_error_naming_it(tmp_path, case):
 def test_gguf_metadata_reader_agrees_with_the_gguf_library(tmp_path):
     from gguf import GGUFReader
 
-    from modellineage.vocab import _gguf_metadata
+    from modellineage.tokenizer.vocab import _gguf_metadata
 
     from .tokenizer_files import trained_json, write_gguf
 
@@ -395,7 +403,7 @@ def test_gguf_metadata_reader_agrees_with_the_gguf_library(tmp_path):
 def test_tiktoken_reader_agrees_with_tiktoken(tmp_path):
     from tiktoken.load import load_tiktoken_bpe
 
-    from modellineage.vocab import _tiktoken_ranks
+    from modellineage.tokenizer.vocab import _tiktoken_ranks
 
     path = real("qwen")
     assert _tiktoken_ranks(path) == load_tiktoken_bpe(str(path))

@@ -17,13 +17,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from modellineage.independence import match_rows, measure_independence  # noqa: E402
-from modellineage.metrics import similarity  # noqa: E402
-from modellineage.model import Model  # noqa: E402
-from modellineage.sources import resolve_source  # noqa: E402
+from modellineage.independence.matching import match_rows, measure_independence  # noqa: E402
+from modellineage.reading.model import Model  # noqa: E402
+from modellineage.reading.sources import resolve_source  # noqa: E402
+from modellineage.weights.metrics import similarity  # noqa: E402
 
-from .reparametrise import (CFG, everything, flip_signs, permute_mlp, permute_residual,  # noqa: E402
-                            rescale_channels, shuffle_heads)
+from .reparametrise import everything, flip_signs, permute_mlp, permute_residual, rescale_channels, shuffle_heads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fixtures" / "demo"

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file as np_save
 
 from modellineage.errors import IncompatibleShapes, NonFiniteWeights
-from modellineage.metrics import PairAccumulator, Similarity, similarity
-from modellineage.tensors import TensorStore
+from modellineage.reading.tensors import TensorStore
+from modellineage.weights.metrics import PairAccumulator, Similarity, similarity
 
 PROPS = settings(max_examples=60, deadline=None)
 TOL = 1e-12
@@ -337,7 +337,7 @@ def test_streams_from_tensor_store(tmp_path):
 def test_float32_input_widens_exactly_across_blocks():
     """More elements than one block; float32 input (as the streamed BF16/F32 readers pass it) gives exactly
     the figures of its float64 copy, and both match the one-shot reference."""
-    from modellineage.metrics import BLOCK_ELEMENTS
+    from modellineage.weights.metrics import BLOCK_ELEMENTS
 
     rng = np.random.default_rng(11)
     n = 2 * BLOCK_ELEMENTS + 17

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modellineage.errors import IncompatibleShapes
-from modellineage.naming import ROLES, NameMap, Selection, TensorRef, canonicalize, role_category
+from modellineage.reading.naming import ROLES, NameMap, Selection, TensorRef, canonicalize, role_category
 from tests.tiny_models import FAMILY_IDS, MOE, tiny
 
 torch = pytest.importorskip("torch")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from safetensors.numpy import save_file
 
-from modellineage.hashing import scan_safetensors
-from modellineage.reuse import measure_exact_reuse
+from modellineage.reading.hashing import scan_safetensors
+from modellineage.weights.reuse import measure_exact_reuse
 
 
 def digests(path, tensors):

@@ -9,18 +9,31 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from modellineage.alignment import correspond_layers, detect_upcycling, match_experts, monotone_alignment, project_layers
-from modellineage.embeddings import embedding_stats, shared_token_rows, vocabulary_of
 from modellineage.errors import IncompatibleShapes, NonFiniteWeights
-from modellineage.metrics import similarity
-from modellineage.model import Model
-from modellineage.naming import TensorRef, canonicalize
-from modellineage.sampling import BOOTSTRAP_REPLICATES, BootstrapAccumulator, choose_rows, row_stats
-from modellineage.signatures import compare_signatures, model_signatures
-from modellineage.similarity import (ROTATION_SKETCH, compare_pair, compare_weights, read_canonical_rows, remap_key,
-                                     row_plan, summarise)
-from modellineage.sources import resolve_source
-from modellineage.tensors import TensorStore
+from modellineage.reading.model import Model
+from modellineage.reading.naming import TensorRef, canonicalize
+from modellineage.reading.sources import resolve_source
+from modellineage.reading.tensors import TensorStore
+from modellineage.weights.alignment import (
+    correspond_layers,
+    detect_upcycling,
+    match_experts,
+    monotone_alignment,
+    project_layers,
+)
+from modellineage.weights.embeddings import embedding_stats, shared_token_rows, vocabulary_of
+from modellineage.weights.metrics import similarity
+from modellineage.weights.sampling import BOOTSTRAP_REPLICATES, BootstrapAccumulator, choose_rows, row_stats
+from modellineage.weights.signatures import compare_signatures, model_signatures
+from modellineage.weights.similarity import (
+    ROTATION_SKETCH,
+    compare_pair,
+    compare_weights,
+    read_canonical_rows,
+    remap_key,
+    row_plan,
+    summarise,
+)
 
 from . import weight_builders as wb
 
@@ -593,7 +606,7 @@ def test_bf16_pairs_stream_exactly(tmp_path):
 def test_minhash_lookup_equals_hashing_every_token():
     """The table lookup of signatures._minhash gives the minima of hashing every (position, bin) token, also
     for grids whose bins are far from equiprobable (a bin missed by the precomputed heads is hashed in full)."""
-    from modellineage import signatures as sg
+    from modellineage.weights import signatures as sg
 
     def direct(z, seed):
         tokens = np.arange(z.size, dtype=np.uint64) * np.uint64(8) + np.searchsorted(sg._EDGES, z).astype(np.uint64)

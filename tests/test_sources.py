@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from modellineage.errors import CorruptCheckpoint, SourceNotFound, UnsupportedFormat
-from modellineage.sources import resolve_source
+from modellineage.reading.sources import resolve_source
 
 
 def test_missing_path_names_it(tmp_path):
@@ -116,7 +116,7 @@ def test_repo_id_resolves_from_the_local_cache_without_network(tmp_path, monkeyp
 def test_cached_files_are_recorded_under_their_own_names(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from modellineage.model import Model
+    from modellineage.reading.model import Model
 
     _fake_hf_cache(tmp_path / "hub", "some-org/some-model")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -134,7 +134,7 @@ def test_cached_files_are_recorded_under_their_own_names(tmp_path, monkeypatch):
     ("mistral_instruct_tokenizer_241114.model.v7", "mistral-v7", "sentencepiece"),
 ])
 def test_a_directory_holding_only_a_mistral_tokenizer_is_a_tokenizer_only_source(tmp_path, name, real_name, fmt):
-    from modellineage.model import Model
+    from modellineage.reading.model import Model
 
     from .tokenizer_files import real
 
@@ -146,7 +146,7 @@ def test_a_directory_holding_only_a_mistral_tokenizer_is_a_tokenizer_only_source
 
 
 def test_gguf_is_a_tokenizer_only_where_nothing_else_holds_a_vocabulary(tmp_path):
-    from modellineage.model import Model
+    from modellineage.reading.model import Model
 
     from .tokenizer_files import trained_json, write_gguf
 
@@ -169,7 +169,7 @@ def test_gguf_is_a_tokenizer_only_where_nothing_else_holds_a_vocabulary(tmp_path
 
 
 def test_a_single_gguf_file_is_a_tokenizer_only_source(tmp_path):
-    from modellineage.model import Model
+    from modellineage.reading.model import Model
 
     from .tokenizer_files import trained_json, write_gguf
 

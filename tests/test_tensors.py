@@ -1,4 +1,4 @@
-"""modellineage.tensors on real safetensors files written by the safetensors library (and raw bytes for bad files)."""
+"""modellineage.reading.tensors on real safetensors files written by the safetensors library (and raw bytes for bad files)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,14 @@ from modellineage.errors import (
     SourceNotFound,
     UnsupportedFormat,
 )
-from modellineage.tensors import (EXACT_DTYPES, F8_E4M3_TABLE, F8_E5M2_TABLE, TensorStore, decode_exact,
-                                  read_header)
+from modellineage.reading.tensors import (
+    EXACT_DTYPES,
+    F8_E4M3_TABLE,
+    F8_E5M2_TABLE,
+    TensorStore,
+    decode_exact,
+    read_header,
+)
 from tests.st_files import FAST, TORCH_FLOATS, random_tensor, write_raw
 
 

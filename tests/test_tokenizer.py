@@ -12,14 +12,32 @@ import json
 import pytest
 
 from audits.criteria import load_thresholds
-from audits.tokenizer_criteria import (EXTENSION, INDEPENDENT, REUSED, extension_detected, id_alignment,
-                                       merge_rules, not_an_extension, overlap_band, vocabulary_overlap)
+from audits.tokenizer_criteria import (
+    EXTENSION,
+    INDEPENDENT,
+    REUSED,
+    extension_detected,
+    id_alignment,
+    merge_rules,
+    not_an_extension,
+    overlap_band,
+    vocabulary_overlap,
+)
 from modellineage.errors import CorruptCheckpoint, UnsupportedFormat
-from modellineage.evidence import to_jsonable
-from modellineage.tokenizer import (Probe, boundary_f1, compare_tokenizers, load_probes, measure_encoding,
-                                    measure_extension, measure_id_alignment, measure_merges, measure_overlap,
-                                    measure_special_tokens)
-from modellineage.vocab import load_vocabulary
+from modellineage.reporting.evidence import to_jsonable
+from modellineage.tokenizer.compare import (
+    Probe,
+    boundary_f1,
+    compare_tokenizers,
+    load_probes,
+    measure_encoding,
+    measure_extension,
+    measure_id_alignment,
+    measure_merges,
+    measure_overlap,
+    measure_special_tokens,
+)
+from modellineage.tokenizer.vocab import load_vocabulary
 
 from .tokenizer_files import ROOT, real_vocab, write_extended, write_trained
 
@@ -150,7 +168,7 @@ def test_boundary_f1_exact_cases():
 def test_wordpiece_pieces_sit_where_byte_level_pieces_sit(tmp_path):
     """WordPiece strings carry no spaces; its pieces are the text each token covers, a space going with
     the word after it and none before punctuation, so boundaries line up with byte-level BPE's."""
-    from modellineage.vocab import text_pieces
+    from modellineage.tokenizer.vocab import text_pieces
 
     assert text_pieces("ab, cd  e", [(0, 2), (2, 3), (4, 6), (8, 9)]) == [b"ab", b",", b" cd", b"  e"]
     assert text_pieces("\ufb01x", [(0, 1), (0, 1), (1, 2)]) == ["\ufb01".encode(), b"x"]  # one char, two tokens

@@ -17,18 +17,39 @@ import json
 import pytest
 
 from audits.criteria import load_thresholds, not_a_catalog_tokenizer
-from audits.tokenizer_criteria import (CONTAINMENT, ID_ALIGNMENT, MERGE_ORDER, OVERLAP, containment_shows_derivation,
-                                       derivation_signals, merge_order_shows_derivation, merge_rules,
-                                       not_an_extension, verdict_sentence, vocabulary_overlap)
-from modellineage.catalog import TokenizerMatch, vocabulary_tokens
-from modellineage.fingerprint import exact_overlap
-from modellineage.tokenizer import (measure_extension, measure_id_alignment, measure_merges, measure_overlap,
-                                    merge_order)
-from modellineage.vocab import load_vocabulary
+from audits.tokenizer_criteria import (
+    CONTAINMENT,
+    ID_ALIGNMENT,
+    MERGE_ORDER,
+    OVERLAP,
+    containment_shows_derivation,
+    derivation_signals,
+    merge_order_shows_derivation,
+    merge_rules,
+    not_an_extension,
+    verdict_sentence,
+    vocabulary_overlap,
+)
+from modellineage.catalog.entries import TokenizerMatch, vocabulary_tokens
+from modellineage.tokenizer.compare import (
+    measure_extension,
+    measure_id_alignment,
+    measure_merges,
+    measure_overlap,
+    merge_order,
+)
+from modellineage.tokenizer.fingerprint import exact_overlap
+from modellineage.tokenizer.vocab import load_vocabulary
 
 from .test_audit_runs import outcomes, record, run_audit
-from .tokenizer_files import (ROOT, cl100k_base_file, real, real_vocab, renumbered_extension_json,
-                              write_renumbered_extension)
+from .tokenizer_files import (
+    ROOT,
+    cl100k_base_file,
+    real,
+    real_vocab,
+    renumbered_extension_json,
+    write_renumbered_extension,
+)
 
 THRESHOLDS = load_thresholds(ROOT / "thresholds.toml")
 

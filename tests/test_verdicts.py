@@ -1,9 +1,9 @@
-"""modellineage.verdicts: the per-reference combination of evidence families (a pure function over records)."""
+"""modellineage.reporting.verdicts: the per-reference combination of evidence families (a pure function over records)."""
 
 from __future__ import annotations
 
-from modellineage.report import summary_html
-from modellineage.verdicts import EVIDENCE_ORDER, combine, finding_of
+from modellineage.reporting.report import summary_html
+from modellineage.reporting.verdicts import EVIDENCE_ORDER, combine, finding_of
 
 
 def _record(family: str, audit: str, expectation: str, outcome: str, failed: bool | None, subject: str = "base"):

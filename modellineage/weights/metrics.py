@@ -1,0 +1,366 @@
+"""Similarity of two equally shaped tensors, accumulated chunk by chunk in float64.
+
+Three figures are reported for a pair ``(a, b)``, with ``b`` the reference:
+
+- raw cosine ``a·b / (||a|| ||b||)``;
+- centred cosine (Pearson correlation) of the elements, the cosine of ``a - mean(a)`` and ``b - mean(b)``;
+- relative L2 distance ``||a - b|| / ||b||``.
+
+The raw cosine is dominated by the mean when the mean is large against the spread. Norm gains
+(RMSNorm/LayerNorm weights) have mean ≈ 1 and a small spread, so *any* two such vectors have a raw
+cosine near 1; only the centred cosine says whether the spread itself agrees. Centring is done
+without cancellation: each chunk is shifted by a *pivot* per side (the chunk element nearest its
+head's mean, so a constant chunk shifts to exact zeros), its sums are taken over the shifted
+elements, which are small against their spread, and chunks are combined with the pairwise update
+of Chan, Golub and LeVeque (1979) for means, second moments and the co-moment. The textbook
+one-pass formula ``sum(a*b) - n*mean(a)*mean(b)`` over the raw elements subtracts two nearly equal
+numbers and loses most of its digits on exactly those tensors; after the shift the subtracted term
+is tiny, so the digits stay (``test_centred_cosine_stable_when_mean_dominates``).
+
+Speed: the chunk is processed in cache-resident blocks of :data:`BLOCK_ELEMENTS`, every block in one
+sweep that writes three float64 arrays (shifted ``a``, shifted ``b``, ``a - b``) and takes six
+reductions of them; float32 and float16 input (exact BF16/F16/F32 values) is widened inside that
+sweep, never as a separate float64 copy. Dot products run in rows of :data:`DOT_ROW` elements: a
+BLAS dot that long stays on the calling thread, where a longer one wakes BLAS worker threads whose
+spinning, on a machine whose cores are busy, slows every other step more than it speeds the dot.
+
+Edge cases (none is ever silently 0):
+
+- a side whose elements are all equal (zero variance) gives ``centred_cosine = NaN``; the caller
+  must report that the centred figure is undefined, not treat it as 0;
+- a side that is all zeros (zero norm) gives ``cosine = NaN``;
+- a zero reference ``b`` gives ``rel_l2 = NaN``;
+- no elements at all: :meth:`PairAccumulator.result` raises ``ValueError``.
+
+Typical use with :meth:`modellineage.reading.tensors.TensorStore.iter_rows` (two stores read with the same
+``max_chunk_bytes`` yield blocks of the same rows for tensors of the same shape)::
+
+    acc = PairAccumulator(label_a="target:model.norm.weight", label_b="reference:model.norm.weight")
+    for (_, a), (_, b) in zip(target.iter_rows(name), reference.iter_rows(name)):
+        acc.update(a, b)
+    sim = acc.result()
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from modellineage.errors import IncompatibleShapes, NonFiniteWeights
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """Similarity figures of one tensor pair; ``b`` is the reference.
+
+    ``std_a`` and ``std_b`` are population standard deviations (ddof = 0). ``cosine``,
+    ``centred_cosine`` and ``rel_l2`` may be NaN as documented in the module docstring.
+    """
+
+    n: int
+    cosine: float
+    centred_cosine: float
+    rel_l2: float
+    mean_a: float
+    mean_b: float
+    std_a: float
+    std_b: float
+
+    def as_dict(self) -> dict:
+        return {
+            "n": self.n,
+            "cosine": self.cosine,
+            "centred_cosine": self.centred_cosine,
+            "rel_l2": self.rel_l2,
+            "mean_a": self.mean_a,
+            "mean_b": self.mean_b,
+            "std_a": self.std_a,
+            "std_b": self.std_b,
+        }
+
+
+@dataclass(frozen=True)
+class _Moments:
+    """Sufficient statistics of a set of element pairs."""
+
+    n: int = 0
+    mean_a: float = 0.0
+    mean_b: float = 0.0
+    m2_a: float = 0.0  # sum (a - mean_a)^2
+    m2_b: float = 0.0  # sum (b - mean_b)^2
+    c_ab: float = 0.0  # sum (a - mean_a)(b - mean_b)
+    s_aa: float = 0.0  # sum a^2
+    s_bb: float = 0.0  # sum b^2
+    s_ab: float = 0.0  # sum a*b
+    s_dd: float = 0.0  # sum (a - b)^2
+
+
+#: Elements per block of the fused moment sweep (three float64 scratch rows of 2 MiB, resident in L3;
+#: smaller blocks pay more per-call overhead than they gain in cache hits).
+BLOCK_ELEMENTS = 1 << 18
+#: Length of the rows dot products are taken in (OpenBLAS keeps a dot of at most 10,000 elements on the
+#: calling thread).
+DOT_ROW = 8192
+_PIVOT_HEAD = 256
+#: Input dtypes the sweep widens itself (every value exact in float64); anything else is converted first.
+_WIDENED = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.float16))
+
+_LOCAL = threading.local()
+
+
+def scratch(name: str, nbytes: int) -> np.ndarray:
+    """A reusable buffer of at least ``nbytes`` (uint8), one per name and thread, grown and never shrunk.
+
+    Streaming allocates the same few large buffers for every block of every tensor; fresh ones are
+    page-faulted and zero-filled by the kernel each time (``bytearray(n)`` zero-fills itself), which
+    costs about as much as the arithmetic on them. Views of a buffer are valid until its next use.
+    """
+    bufs = _LOCAL.__dict__.setdefault("buffers", {})
+    buf = bufs.get(name)
+    if buf is None or buf.nbytes < nbytes:
+        buf = bufs[name] = np.empty(max(nbytes, 1), dtype=np.uint8)
+    return buf
+
+
+if hasattr(np, "vecdot"):  # numpy >= 2.0: one call for several dots, in rows of DOT_ROW
+    def _dots(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``(m, n)`` arrays -> the ``m`` row dots ``x_i . y_i``."""
+        n = x.shape[-1]
+        whole = n - n % DOT_ROW
+        total = np.zeros(x.shape[:-1])
+        if whole:
+            m = x.shape[0]
+            total += np.vecdot(x[:, :whole].reshape(m, -1, DOT_ROW), y[:, :whole].reshape(m, -1, DOT_ROW)).sum(axis=1)
+        if whole < n:
+            total += np.vecdot(x[:, whole:], y[:, whole:])
+        return total
+else:  # pragma: no cover - numpy 1.x: einsum's own loops, no BLAS
+    def _dots(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", x, y)
+
+
+def _pivot(x: np.ndarray) -> float:
+    """An element of ``x`` near its mean: the head element nearest the head's mean (exact, so a constant
+    ``x`` shifts to exact zeros; near the mean, so the shifted sums do not cancel)."""
+    head = x[:_PIVOT_HEAD]
+    with np.errstate(invalid="ignore"):
+        mean = float(np.add.reduce(head, dtype=np.float64)) / head.size
+        return float(head[int(np.abs(np.subtract(head, mean, dtype=np.float64)).argmin())])
+
+
+def _chunk_moments(a: np.ndarray, b: np.ndarray) -> _Moments:
+    """Statistics of one chunk (flat arrays of equal, positive length; float16/32/64) in one blocked sweep.
+
+    Sums over the pivot-shifted elements ``a - p_a``, ``b - p_b`` give the centred moments without
+    cancellation (``m2 = S(a'a') - S(a')^2 / n`` with ``S(a')`` near 0); the raw sums follow from them
+    exactly in real arithmetic, and ``a - b`` is summed as it is. Non-finite input makes the sums
+    non-finite (the caller checks).
+    """
+    n = a.size
+    pa, pb = _pivot(a), _pivot(b)
+    step = min(n, BLOCK_ELEMENTS)
+    work = scratch("moments", 3 * step * 8)[:3 * step * 8].view(np.float64).reshape(3, step)
+    widen_a, widen_b = a.dtype != np.float64, b.dtype != np.float64
+    s1a = s1b = s2a = s2b = sab = sdd = 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        for lo in range(0, n, step):
+            x, y = a[lo:lo + step], b[lo:lo + step]
+            k = x.size
+            w = work[:, :k]  # rows: a - b, a - p_a, b - p_b
+            d, xa, yb = w
+            # widen in a plain copy (a mixed-dtype subtract is slower), difference, then shift in place
+            if widen_a:
+                np.copyto(xa, x)
+                x = xa
+            if widen_b:
+                np.copyto(yb, y)
+                y = yb
+            np.subtract(x, y, out=d)
+            np.subtract(x, pa, out=xa)
+            np.subtract(y, pb, out=yb)
+            sums = np.add.reduce(w[1:], axis=1)
+            squares = _dots(w, w)
+            s1a += float(sums[0])
+            s1b += float(sums[1])
+            sdd += float(squares[0])
+            s2a += float(squares[1])
+            s2b += float(squares[2])
+            sab += float(_dots(w[1:2], w[2:3])[0])
+        # a == b gives bit-identical s_aa, s_bb and s_ab: the three are formed the same way
+        return _Moments(
+            n=n,
+            mean_a=pa + s1a / n,
+            mean_b=pb + s1b / n,
+            m2_a=max(0.0, s2a - s1a * s1a / n),
+            m2_b=max(0.0, s2b - s1b * s1b / n),
+            c_ab=sab - s1a * s1b / n,
+            s_aa=s2a + pa * s1a + pa * s1a + n * pa * pa,
+            s_bb=s2b + pb * s1b + pb * s1b + n * pb * pb,
+            s_ab=sab + pb * s1a + pa * s1b + n * pa * pb,
+            s_dd=sdd,
+        )
+
+
+def _combine(x: _Moments, y: _Moments) -> _Moments:
+    """Chan et al.'s pairwise update of two disjoint sets of pairs."""
+    if x.n == 0:
+        return y
+    if y.n == 0:
+        return x
+    n = x.n + y.n
+    delta_a = y.mean_a - x.mean_a
+    delta_b = y.mean_b - x.mean_b
+    weight = x.n * y.n / n
+    return _Moments(
+        n=n,
+        mean_a=x.mean_a + delta_a * (y.n / n),
+        mean_b=x.mean_b + delta_b * (y.n / n),
+        m2_a=x.m2_a + y.m2_a + delta_a * delta_a * weight,
+        m2_b=x.m2_b + y.m2_b + delta_b * delta_b * weight,
+        c_ab=x.c_ab + y.c_ab + delta_a * delta_b * weight,
+        s_aa=x.s_aa + y.s_aa,
+        s_bb=x.s_bb + y.s_bb,
+        s_ab=x.s_ab + y.s_ab,
+        s_dd=x.s_dd + y.s_dd,
+    )
+
+
+def _root_product(x: float, y: float) -> float:
+    """``sqrt(x * y)`` of two positive sums: one rounding, so ``x == y`` gives exactly ``x`` (a copy's
+    cosine is exactly 1); the product of roots where ``x * y`` would leave the float range."""
+    p = x * y
+    return math.sqrt(p) if 0.0 < p < math.inf else math.sqrt(x) * math.sqrt(y)
+
+
+def _clip_unit(x: float) -> float:
+    """Clamp rounding overshoot (e.g. 1 + 2e-16) back into [-1, 1]."""
+    return max(-1.0, min(1.0, x))
+
+
+class PairAccumulator:
+    """Raw cosine, centred cosine (Pearson) and relative L2 of two tensors, fed chunk by chunk.
+
+    Chunks of ``a`` and ``b`` passed to one :meth:`update` must cover the same elements; the order
+    of chunks does not matter. Partial accumulators (from split or parallel reads of disjoint parts)
+    combine with :meth:`merge`.
+
+    Args:
+        label_a: names side ``a`` in error messages (e.g. ``"target:model.norm.weight"``).
+        label_b: names side ``b`` (the reference) in error messages.
+    """
+
+    def __init__(self, *, label_a: str = "a", label_b: str = "b") -> None:
+        self.label_a = label_a
+        self.label_b = label_b
+        self._m = _Moments()
+
+    @property
+    def n(self) -> int:
+        """Number of element pairs accumulated so far."""
+        return self._m.n
+
+    def update(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Add one chunk of both tensors.
+
+        Args:
+            a: a chunk of side ``a``, any real dtype (float16 and float32 are widened block by block inside
+                the sweep, other dtypes converted to float64 first).
+            b: the matching chunk of side ``b``, same shape as ``a``.
+
+        Raises:
+            IncompatibleShapes: the chunks differ in shape.
+            NonFiniteWeights: a chunk holds NaN or Inf; the message names the side(s) and the count.
+                The accumulator is unchanged.
+        """
+        a = np.asarray(a)
+        b = np.asarray(b)
+        if a.shape != b.shape:
+            raise IncompatibleShapes(
+                f"chunk shapes differ: {self.label_a} {a.shape} vs {self.label_b} {b.shape}"
+            )
+        if a.size == 0:
+            return
+        a = (a if a.dtype in _WIDENED else a.astype(np.float64)).ravel()
+        b = (b if b.dtype in _WIDENED else b.astype(np.float64)).ravel()
+        m = _chunk_moments(a, b)
+        if not math.isfinite(m.m2_a + m.m2_b + m.s_dd + m.mean_a + m.mean_b):  # NaN/Inf in, or overflow
+            bad = [
+                f"{label} has {count} NaN/Inf of {a.size}"
+                for label, count in ((self.label_a, int(a.size - np.count_nonzero(np.isfinite(a)))),
+                                     (self.label_b, int(b.size - np.count_nonzero(np.isfinite(b)))))
+                if count
+            ]
+            if bad:
+                raise NonFiniteWeights("non-finite values in chunk: " + "; ".join(bad))
+        self._m = _combine(self._m, m)
+
+    def merge(self, other: PairAccumulator) -> PairAccumulator:
+        """Combine with another accumulator over a disjoint part of the same pair.
+
+        Args:
+            other: a partial accumulator; neither it nor ``self`` is modified.
+
+        Returns:
+            A new accumulator (labels of ``self``) holding both parts.
+        """
+        if not isinstance(other, PairAccumulator):
+            raise TypeError(f"can only merge a PairAccumulator, got {type(other).__name__}")
+        merged = PairAccumulator(label_a=self.label_a, label_b=self.label_b)
+        merged._m = _combine(self._m, other._m)
+        return merged
+
+    def result(self) -> Similarity:
+        """The figures of everything accumulated so far.
+
+        Returns:
+            A :class:`Similarity`; NaN fields as documented in the module docstring.
+
+        Raises:
+            ValueError: nothing was accumulated (n == 0).
+        """
+        m = self._m
+        if m.n == 0:
+            raise ValueError(
+                f"no elements accumulated for {self.label_a} vs {self.label_b}; similarity is undefined"
+            )
+        if m.s_aa > 0 and m.s_bb > 0:
+            cosine = _clip_unit(m.s_ab / _root_product(m.s_aa, m.s_bb))
+        else:
+            cosine = math.nan
+        # a constant side shifts to exact zeros (its pivot is one of its elements): m2 is exactly 0
+        if m.m2_a > 0 and m.m2_b > 0:
+            centred = _clip_unit(m.c_ab / _root_product(m.m2_a, m.m2_b))
+        else:
+            centred = math.nan
+        rel_l2 = math.sqrt(m.s_dd) / math.sqrt(m.s_bb) if m.s_bb > 0 else math.nan
+        return Similarity(
+            n=m.n,
+            cosine=cosine,
+            centred_cosine=centred,
+            rel_l2=rel_l2,
+            mean_a=m.mean_a,
+            mean_b=m.mean_b,
+            std_a=math.sqrt(m.m2_a / m.n),
+            std_b=math.sqrt(m.m2_b / m.n),
+        )
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> Similarity:
+    """Similarity of two whole arrays (one chunk of a :class:`PairAccumulator`).
+
+    Args:
+        a: the compared tensor, any real dtype.
+        b: the reference tensor, same shape.
+
+    Returns:
+        A :class:`Similarity`.
+
+    Raises:
+        IncompatibleShapes, NonFiniteWeights, ValueError: as :class:`PairAccumulator`.
+    """
+    acc = PairAccumulator()
+    acc.update(a, b)
+    return acc.result()
