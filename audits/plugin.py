@@ -24,7 +24,7 @@ from modellineage.errors import IncompatibleShapes, LineageError, PlanError, Uns
 from modellineage.plan import FAMILIES, AuditPlan, Reference, load_plan, override_plan
 from modellineage.reading import progress
 from modellineage.reading.model import DigestCache, Model
-from modellineage.reading.sources import resolve_source
+from modellineage.reading.sources import named_path, resolve_source
 from modellineage.reporting import evidence as ev
 from modellineage.reporting import report
 
@@ -148,6 +148,18 @@ class AuditSession:
         for ref in plan.references:
             self.sources[ref.name] = resolve_source(ref.source, base_dir=plan.base_dir,
                                                     allow_download=allow_download)
+        # The target's checkpoint chain: a checkpoint that cannot be found is not a usage error, its link of
+        # the chain is skipped with the reason (audits/test_training.py) and the rest is audited.
+        self.checkpoint_sources: dict[str, tuple[object | None, str | None]] = {}
+        for spec in plan.checkpoints:
+            try:
+                self.checkpoint_sources[spec.name] = (resolve_source(spec.source, base_dir=plan.base_dir,
+                                                                     allow_download=allow_download), None)
+            except LineageError as exc:
+                self.checkpoint_sources[spec.name] = (None, str(exc))
+        self.log_paths: dict[str, Path] = {log.name: named_path(plan.base_dir / Path(log.source).expanduser())
+                                           for log in plan.logs}
+        self._checkpoint_models: dict[str, Model] = {}
         self._models: dict[str, Model] = {}
         self.records: list[AuditRecord] = []
         self.seeds: dict[str, int] = {}  # every seed a measurement used (sampling), by purpose
@@ -167,12 +179,21 @@ class AuditSession:
             self._models[name] = Model(name, self.sources[name], self.digests)
         return self._models[name]
 
+    def checkpoint_model(self, name: str) -> Model | None:
+        """The checkpoint of that name, opened on first use (None when its source was not found)."""
+        source, _ = self.checkpoint_sources[name]
+        if source is None:
+            return None
+        if name not in self._checkpoint_models:
+            self._checkpoint_models[name] = Model(name, source, self.digests)
+        return self._checkpoint_models[name]
+
     @property
     def subjects(self) -> list[str]:
         return [self.plan.target_name] + [r.name for r in self.plan.references]
 
     def close(self) -> None:
-        for model in self._models.values():
+        for model in [*self._models.values(), *self._checkpoint_models.values()]:
             model.close()
 
 
@@ -603,7 +624,23 @@ def _file_inputs(audit: AuditSession, root: Path) -> list[dict]:
                 if error:
                     entry["error"] = error
             inputs.append(entry)
+    for name, (source, _) in audit.checkpoint_sources.items():
+        for path in source.files() if source is not None else ():
+            inputs.append(_digest_entry(audit, f"checkpoint {name}", path, root))
+    for name, path in audit.log_paths.items():
+        inputs.append(_digest_entry(audit, f"log {name}", path, root))
     return inputs
+
+
+def _digest_entry(audit: AuditSession, model: str, path: Path, root: Path) -> dict:
+    """Size and SHA-256 of one input file; a missing or unreadable one is recorded as such."""
+    entry = {"model": model, "path": ev.display_path(path, root)}
+    try:
+        digest, error = audit.digests.file_digest(path, label=f"{model}/{path.name}")
+    except Exception as exc:  # noqa: BLE001 - vanished, unreadable, a parser bug: recorded per file
+        return entry | {"size": None, "sha256": None, "error": f"cannot read: {_describe(exc)}"}
+    entry.update(size=digest.size, sha256=digest.sha256)
+    return entry | ({"error": error} if error else {})
 
 
 def _evidence_document(audit: AuditSession, root: Path, exitstatus: int) -> dict:
