@@ -201,7 +201,7 @@ def _profile_plot(chain, audit_session) -> str:
     if chain.target_to_last is not None:
         labels.append(f"target {chain.target}")
         lines = {k: v + [None] for k, v in lines.items()}
-        lines[f"target to {chain.last}"] = [None] * (len(labels) - 2) + [chain.target_to_last.matrix_centred] * 2
+        lines[f"target to {chain.last}"] = [None] * (len(labels) - 1) + [chain.target_to_last.matrix_centred]
     return plots.drift_profile(labels, lines, title="Checkpoint drift profile")
 
 
