@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import struct
 from collections.abc import Mapping
@@ -129,7 +128,7 @@ class LogEvidence:
     start_mean: float
     end_mean: float
     steps: int
-    """Updates the log covers: ``last_step - first_step + 1`` (or the claimed ``steps`` when larger)."""
+    """Updates the log covers: ``last_step - first_step + 1``."""
     tokens_last: float | None
     """The last logged token count (None: no token column)."""
     tokens_per_step: float | None
@@ -431,7 +430,7 @@ def measure_log(path: Path | str, *, name: str = "log", vocab_size: int | None =
         notes=series.notes, claim=claim, vocab_size=vocab_size, ln_vocab=ln_v, rows=n, first_step=first_step,
         last_step=last_step, first_loss=float(loss[0]), first_offset=None if ln_v is None else float(loss[0]) - ln_v,
         start_mean=float(loss[:tenth].mean()), end_mean=float(loss[-tenth:].mean()),
-        steps=max(covered, claim.steps or 0) if claim.steps and claim.steps > covered else covered,
+        steps=covered,
         tokens_last=tokens_last, tokens_per_step=tokens_per_step, tokens_trained=tokens_trained, tokens_basis=basis,
         lr_peak=lr_peak, lr_peak_step=lr_peak_step, lr_max_deviation=lr_dev, lr_deviation_step=lr_dev_step,
         series=plotted)
