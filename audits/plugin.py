@@ -22,7 +22,7 @@ import pytest
 
 from modellineage.errors import IncompatibleShapes, LineageError, PlanError, UnsupportedFormat
 from modellineage.plan import FAMILIES, AuditPlan, Reference, load_plan, override_plan
-from modellineage.reading import progress
+from modellineage.reading import confine, progress
 from modellineage.reading.model import DigestCache, Model
 from modellineage.reading.sources import named_path, resolve_source
 from modellineage.reporting import evidence as ev
@@ -628,6 +628,12 @@ def _file_inputs(audit: AuditSession, root: Path) -> list[dict]:
         for path in source.files() if source is not None else ():
             inputs.append(_digest_entry(audit, f"checkpoint {name}", path, root))
     for name, path in audit.log_paths.items():
+        refusal = confine.vet(path, confine.bounds_for(path), entry=path.name, role="log") \
+            if path.exists() or path.is_symlink() else None
+        if refusal is not None:  # a link out of its folder, a FIFO, a device: never opened, never hashed
+            inputs.append({"model": f"log {name}", "path": ev.display_path(path, root), "size": None,
+                           "sha256": None, "error": refusal.message})
+            continue
         inputs.append(_digest_entry(audit, f"log {name}", path, root))
     return inputs
 

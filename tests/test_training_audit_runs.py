@@ -31,6 +31,11 @@ def test_forged_chain_and_log_fail_and_broken_links_are_skipped(tmp_path):
     corrupt.mkdir()
     (corrupt / "config.json").write_bytes((ROOT / "fixtures/chain/pretrain/step_0300/config.json").read_bytes())
     (corrupt / "model.safetensors").write_bytes(data[:1000])
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"step": 0, "loss": 6.93}\n')
+    published = tmp_path / "published"
+    published.mkdir()
+    (published / "linked.jsonl").symlink_to(secret)  # a log that is a link out of its folder
     plan = tmp_path / "forged.toml"
     plan.write_text(f"""
 [target]
@@ -66,6 +71,10 @@ source = "{ROOT}/fixtures/demo/base"
 name = "forged"
 source = "{ROOT}/fixtures/chain/forged_scratch.jsonl"
 start = "scratch"
+
+[[log]]
+name = "linked"
+source = "{published}/linked.jsonl"
 """)
     proc, evidence = run_audit(tmp_path, "--audit", str(plan), "-m", "training")
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -89,4 +98,8 @@ start = "scratch"
         "(bridging unreadable missing, corrupt)" in bridged["message"]
     assert results["test_checkpoint_link[step-500]"] == "passed"
     assert results["test_target_descends_from_last_checkpoint"] == "passed"
+    linked = record(evidence, "test_log_first_loss[linked]")
+    assert linked["outcome"] == "failed" and "linked.jsonl" in linked["message"] and "refused" in linked["message"]
+    entry = next(i for i in evidence["inputs"] if i["model"] == "log linked")
+    assert entry["sha256"] is None and "refused" in entry["error"]  # never opened, never hashed
     assert "Traceback" not in proc.stdout

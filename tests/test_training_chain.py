@@ -133,3 +133,14 @@ def test_sampled_chain_is_reproducible():
     a = measure_chain(chain, fraction=0.5, seed=3).as_dict()
     b = measure_chain([ckpt(0), ckpt(100)], fraction=0.5, seed=3).as_dict()
     assert a == b and a["sample_fraction"] == 0.5
+
+
+def test_the_family_entry_point_measures_chain_and_logs():
+    from modellineage import training
+
+    ev = training.measure(model(DEMO / "base", "base"), checkpoints=[ckpt(0), ckpt(100)],
+                          logs={"pretrain": (ROOT / "fixtures/chain/pretrain.jsonl", training.LogClaim()),
+                                "gone": (ROOT / "fixtures/chain/absent.jsonl", training.LogClaim())})
+    assert ev.chain.last == "step-100" and ev.chain.target_to_last.matrix_centred > 0.3
+    assert ev.logs["pretrain"].vocab_size == 1024 and "absent.jsonl" in ev.logs["gone"]
+    assert ev.as_dict()["logs"]["pretrain"]["first_step"] == 0
