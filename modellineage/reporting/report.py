@@ -86,11 +86,14 @@ CSS = """<style>
 .mlr .scope{font-style:italic;color:#57606a;margin:2px 0 6px}
 .mlr table.lineage{border-collapse:collapse;margin:6px 0;max-width:100%}
 .mlr table.lineage td,.mlr table.lineage th,table.lineage td,table.lineage th{border:1px solid #d0d7de;
- padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+ padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:break-word}
+.mlr table.details>tbody>tr>td{overflow-wrap:anywhere}
+.mlr table.details tr.has-extras>td{border-bottom:none}
+.mlr table.details tr.extras-row>td{border-top:none;padding:0 8px 4px}
 table.lineage caption{text-align:left;font-weight:bold}
 .mlr table.details{width:100%;table-layout:fixed}
-.mlr table.details th:nth-child(1){width:21%}.mlr table.details th:nth-child(2){width:7%}
-.mlr table.details th:nth-child(3){width:7%}.mlr table.details th:nth-child(4){width:7%}
+.mlr table.details th:nth-child(1){width:20%}.mlr table.details th:nth-child(2){width:8%}
+.mlr table.details th:nth-child(3){width:9%}.mlr table.details th:nth-child(4){width:8%}
 .mlr table.details th:nth-child(5){width:13%}.mlr table.details th:nth-child(6){width:7%}
 .mlr td.bound{cursor:help}
 .mlr sup a{text-decoration:none}
@@ -103,8 +106,13 @@ table.lineage caption{text-align:left;font-weight:bold}
 .mlr table.inputs td:nth-child(4){font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;word-break:break-all}
 @media print{
  body{min-width:0}
- .mlr{max-width:none;font-size:11px}
- .mlr .family{break-before:page}
+ .mlr{max-width:none;font-size:10px}
+ .mlr table.lineage td,.mlr table.lineage th{padding:2px 4px}
+ .mlr details.evidence::details-content{content-visibility:visible;display:contents}
+ .mlr .family+.family{break-before:page}
+ .mlr h2,.mlr h3{break-after:avoid}
+ .mlr tr.extras-row{break-inside:auto}
+ .mlr figcaption{font-size:9.5px}
  .mlr .cards,.mlr .card,.mlr figure,.mlr tr,.mlr .banner{break-inside:avoid}
  .mlr thead{display:table-header-group}
  .mlr details.evidence>summary{display:none}
@@ -337,13 +345,16 @@ def _family_section(name: str, records: Sequence[Mapping[str, Any]], notes: _Foo
         test_id = r["nodeid"].split("::")[-1]
         detail = _powers(notes.inline(esc(r.get("message", ""))))
         more = extras.get(r["nodeid"]) or ()
-        if more:
-            detail += (f'<details class="evidence"><summary>Tables and plots ({len(more)})</summary>'
-                       f'<div class="extras">{_extras_html(more)}</div></details>')
-        rows.append(f'<tr id="{_anchor(r["nodeid"])}"><td>{esc(audit_title(r))}<br/><code>{esc(test_id)}</code></td>'
+        row_class = ' class="has-extras"' if more else ""
+        rows.append(f'<tr id="{_anchor(r["nodeid"])}"{row_class}>'
+                    f'<td>{esc(audit_title(r))}<br/><code>{esc(test_id)}</code></td>'
                     f'<td>{esc(r.get("subject"))}</td><td>{esc(r.get("expectation") or "—")}</td>'
                     f'<td>{esc(_fmt(j.get("measured")))}</td><td class="bound" title="{esc(title)}">{bound}</td>'
                     f'<td><b style="color:{colour}">{esc(words)}</b></td><td>{detail}</td></tr>')
+        if more:  # the audit's own tables and plots, full width under its row
+            rows.append(f'<tr class="extras-row"><td colspan="7"><details class="evidence"><summary>Tables and '
+                        f'plots of {esc(test_id)} ({len(more)})</summary><div class="extras">{_extras_html(more)}'
+                        "</div></details></td></tr>")
     head = "".join(f"<th>{h}</th>" for h in ("audit", "model", "claim", "measured", "bound (source)", "verdict",
                                              "detail"))
     table_html = (f'<table class="lineage details"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
