@@ -158,7 +158,8 @@ def reference_figure(pairs: Sequence[Mapping] | None, layer_pvalues: Sequence[tu
         ax.bar(xs, heights, color=["#cf222e" if s else "#8c959f" for s in significant], width=0.6)
         if alpha:
             ax.axhline(-math.log10(alpha), color="#24292f", ls="--", lw=1)
-            ax.text(xs[-1] + 0.4, -math.log10(alpha), f"α = {alpha:g}", fontsize=6.5, va="bottom", ha="right")
+            ax.text(0.01, -math.log10(alpha), f"α = {alpha:g}", fontsize=6.5, va="bottom", ha="left",
+                    transform=ax.get_yaxis_transform(), bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
         ax.set_xticks(xs)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("layer", fontsize=8)

@@ -78,6 +78,7 @@ CSS = """<style>
 .mlr .card li{margin:2px 0}
 .mlr .card .untested,.mlr .card .more{color:#57606a;font-size:12px;margin:4px 0}
 .mlr .contested{color:#9a6700;font-weight:bold}
+.mlr .card .against{font-size:12px;margin:4px 0;color:#1f2328}
 .mlr .checks{margin:8px 0;font-size:13px}
 .mlr figure{margin:8px 0 14px}
 .mlr figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
@@ -250,11 +251,21 @@ def _card(v: Any) -> str:
     if v.outcome == "untested":
         items = "<li>No audit could measure and judge this claim.</li>"
     against = ""
-    if v.against:
-        against = ('<p class="contested">Disagreeing evidence: ' + "; ".join(
-            f'<a href="#{_anchor(e.audit)}">{esc(family(e.family).title.lower())}</a>: {_powers(esc(e.text))}'
-            for e in v.against[:3]) + (f" (and {len(v.against) - 3} more)" if len(v.against) > 3 else "")
-            + (f" — {esc(v.sentence)}" if v.contested and v.deciding else "") + "</p>")
+    if v.against:  # one line per disagreeing family; each audit's sentence and the rule's reason on hover
+        groups: dict[str, list] = {}
+        for e in v.against:
+            groups.setdefault(e.family, []).append(e)
+        lines = []
+        for fam, found in groups.items():
+            says = found[0].finding or ("fails" if found[0].outcome == "failed" else "holds")
+            first = _anchor(found[0].audit)
+            lines.append(f'<a href="#{first}" title="{esc(" ".join(e.text for e in found))}">'
+                         f"{esc(family(fam).title.lower())}</a> ({len(found)} audit{'s' if len(found) != 1 else ''}"
+                         f" say{'s' if len(found) == 1 else ''} {esc(says)})")
+        why = " — weaker than the deciding " + esc(family(v.deciding).title.lower()) + " evidence" \
+            if v.deciding and v.outcome != "untested" else ""
+        against = (f'<p class="against" title="{esc(v.sentence)}"><span class="contested">Disagreeing:</span> '
+                   + "; ".join(lines) + why + "</p>")
     untested = ""
     if v.untested:  # short on the card, the whole reason on hover and in the family's section
         untested = ('<p class="untested"><b>Not tested:</b> ' + "; ".join(
