@@ -47,6 +47,9 @@ def test_verdict_cards_are_the_first_screen_and_nothing_overflows(demo_report):
     assert seen["scroll_width"] <= width
     assert seen["resources"] == []  # self-contained: the page fetched nothing
 
+    narrow = browser.layout(report, width=1024, height=768)  # a smaller window: cards wrap, nothing overflows
+    assert narrow["overflow_count"] == 0 and narrow["scroll_width"] <= 1024, narrow["overflow"]
+
 
 def test_report_prints_to_pdf_with_a_page_per_family(demo_report, tmp_path):
     report, evidence = demo_report
