@@ -285,6 +285,10 @@ def _verdict(target: str, coverage: Mapping[str, Any], records: Sequence[Mapping
         ranked = [by_node[nodes[f"{f.audit}|{f.family}"]] for f in ordered if f"{f.audit}|{f.family}" in nodes]
         rest = [e for e in all_evidence if e not in ranked]
         agree = [e for e in ranked if e.finding == combined.verdict] + [e for e in rest if e.outcome == "passed"]
+        # within a family (same rank), its headline audit (one with its own wording) first
+        place = {fam: i for i, fam in enumerate(dict.fromkeys(e.family for e in agree))}
+        order = {name: i for i, name in enumerate(_PHRASES)}
+        agree.sort(key=lambda e: (place[e.family], order.get(audit_name(e.audit), len(order))))
         against = [e for e in ranked if e.finding != combined.verdict] + [e for e in rest if e.outcome != "passed"]
         deciding = combined.deciding.family if combined.deciding else None
         sentence = combined.sentence
