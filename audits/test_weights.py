@@ -3,6 +3,8 @@
 One measurement per (target, reference) pair, cached for the session: signatures (a few sampled rows
 per tensor) -> layer correspondence and expert assignment -> the streamed comparison of every tensor
 pair under the chosen correspondence (``--sample F``: a seeded share of rows, with 95 % intervals).
+
+The pipeline is the library's (:mod:`modellineage.weights.pipeline`); this module judges and reports.
 """
 
 from __future__ import annotations
@@ -10,23 +12,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-import numpy as np
 import pytest
 
 from modellineage.errors import LineageError
 from modellineage.reporting import plots as weight_plots
 from modellineage.reporting import report
-from modellineage.weights.aligned import AlignedComparison, compare_aligned
-from modellineage.weights.alignment import (
-    LayerCorrespondence,
-    correspond_layers,
-    detect_upcycling,
-    match_experts,
-    project_layers,
-)
-from modellineage.weights.embeddings import embedding_stats, shared_token_rows, vocabulary_of
-from modellineage.weights.signatures import compare_signatures, model_signatures
-from modellineage.weights.similarity import WeightComparison, compare_weights, summarise
+from modellineage.weights.aligned import AlignedComparison
+from modellineage.weights.pipeline import WeightEvidence, measure_target
+from modellineage.weights.pipeline import measure as measure_weights
+from modellineage.weights.pipeline import measure_aligned as _measure_aligned
+from modellineage.weights.similarity import WeightComparison, summarise
 
 from .criteria import (
     _p_text,
@@ -42,30 +37,8 @@ from .shared import independence_test
 
 pytestmark = pytest.mark.weights
 
-SIGNATURE_SEED = 0
-#: Seeds the rows the embedding statistics read under --sample (recorded in evidence.json seeds).
-EMBEDDING_SEED = 1
 #: Judged by test_moe_experts (the routed-expert claim), not by test_weight_similarity's independent verdict.
 EXPERT_CATEGORY = "routed_expert"
-
-
-@dataclass
-class _Measured:
-    comparison: WeightComparison
-    layers: LayerCorrespondence
-    signatures: object
-    experts: tuple
-    upcycling: tuple
-    projection: object
-    embeddings: dict
-    row_alignment: dict
-
-    @property
-    def alignment_text(self) -> str:
-        if self.comparison.layer_map is None:
-            return ""
-        pairs = ", ".join(f"{t}→{r}" for t, r in sorted(self.comparison.layer_map.items()))
-        return f"layers aligned by correspondence: {pairs}"
 
 
 @pytest.fixture(scope="session")
@@ -73,70 +46,16 @@ def weights_cache() -> dict:
     return {}
 
 
-def _row_alignments(target, reference) -> tuple[dict, dict]:
-    """Shared-token row pairs for embed / lm_head when both vocabularies can be read and ids differ."""
-    out, info = {}, {}
-    tv, rv = vocabulary_of(target), vocabulary_of(reference)
-    if tv is None or rv is None:
-        return out, {"vocabulary": "not read (rows paired by index where shapes agree)"}
-    aligned = {}  # embed and lm_head usually have the same row counts: pair the vocabularies once
-    for key in ("embed.weight", "lm_head.weight"):
-        tref, rref = target.name_map.refs.get(key), reference.name_map.refs.get(key)
-        if tref is None or rref is None or len(tref.shape) != 2 or len(rref.shape) != 2:
-            continue
-        rows = (tref.shape[0], rref.shape[0])
-        if rows not in aligned:
-            aligned[rows] = shared_token_rows(tv, rv, *rows)
-        align = aligned[rows]
-        info[key] = align.as_dict()
-        if align.shared and (not align.is_identity or tref.shape != rref.shape):
-            out[key] = (align.target_rows, align.reference_rows, align.description)
-    return out, info
+def measure(target, reference, thresholds, audit_session, cache) -> WeightEvidence:
+    """Everything the weight audits of one reference need (the library's pipeline, once per session)."""
+    def compute():
+        side = once(cache, ("target", target.name), lambda: measure_target(target, sample=audit_session.sample))
+        m = measure_weights(target, reference.model, min_layer_match=thresholds["weights", "derived_min_centred"].value,
+                            sample=audit_session.sample, seed=SAMPLE_SEED, target_side=side)
+        audit_session.seeds.update(m.seeds)
+        return m
 
-
-def _embedding_stats(model, sample, first_seed: int) -> dict:
-    """Statistics of the model's embed / lm_head (seeded per matrix when sampling)."""
-    out = {}
-    for key in ("embed.weight", "lm_head.weight"):
-        ref = model.name_map.refs.get(key)
-        if ref is not None and model.store.info(ref.source).is_float:
-            out[key] = embedding_stats(model.store, ref, fraction=sample,
-                                       rng=np.random.default_rng([EMBEDDING_SEED, first_seed + len(out)]))
-    return out
-
-
-def _target_side(target, audit_session, cache) -> tuple:
-    """The target's signatures and embedding statistics: the same for every reference, computed once."""
-    return once(cache, ("target", target.name), lambda: (model_signatures(target, seed=SIGNATURE_SEED),
-                                                         _embedding_stats(target, audit_session.sample, 0)))
-
-
-def measure(target, reference, thresholds, audit_session, cache) -> _Measured:
-    """Everything the weight audits of one reference need (computed once per session)."""
-    return once(cache, reference.name, lambda: _measure(target, reference, thresholds, audit_session, cache))
-
-
-def _measure(target, reference, thresholds, audit_session, cache) -> _Measured:
-    audit_session.seeds["weights.signatures"] = SIGNATURE_SEED
-    if audit_session.sample is not None:
-        audit_session.seeds["weights.embedding_stats"] = EMBEDDING_SEED
-    ts, target_embeddings = _target_side(target, audit_session, cache)
-    rs = model_signatures(reference.model, seed=SIGNATURE_SEED)
-    layers = correspond_layers(ts, rs, min_match=thresholds["weights", "derived_min_centred"].value)
-    layer_map = layers.layer_map if layers.beats_index else None
-    experts = match_experts(ts, rs, layer_map)
-    expert_map = {(m.layer, t): r for m in experts for t, r in m.assignment} or None
-    rows, row_info = _row_alignments(target, reference.model)
-    comparison = compare_weights(target, reference.model, fraction=audit_session.sample, seed=SAMPLE_SEED,
-                                 layer_map=layer_map, expert_map=expert_map, row_alignments=rows)
-    # seeds [EMBEDDING_SEED, i]: i counts the target's matrices first, then the reference's
-    embeddings = {f"target:{k}": v for k, v in target_embeddings.items()}
-    embeddings.update({f"reference:{k}": v for k, v in
-                       _embedding_stats(reference.model, audit_session.sample, len(target_embeddings)).items()})
-    return _Measured(comparison, layers,
-                     compare_signatures(ts, rs, target_name=target.name, reference_name=reference.name,
-                                        seed=SIGNATURE_SEED),
-                     experts, detect_upcycling(ts, rs, layer_map), project_layers(ts, rs), embeddings, row_info)
+    return once(cache, reference.name, compute)
 
 
 def measure_aligned(target, reference, audit_session, config, cache) -> tuple[AlignedComparison | None, str]:
@@ -146,9 +65,8 @@ def measure_aligned(target, reference, audit_session, config, cache) -> tuple[Al
             test = independence_test(config, target, reference, audit_session)
         except LineageError as exc:  # no alignment (no shared tokens, refused tokenizer, ...): name-aligned only
             return None, f"the independence test found no alignment: {exc}"
-        rows, _ = _row_alignments(target, reference.model)
         try:
-            return compare_aligned(target, reference.model, test, token_rows=rows), ""
+            return _measure_aligned(target, reference.model, test), ""
         except LineageError as exc:
             return None, str(exc)
 

@@ -6,7 +6,7 @@ expert and its gate, attention with q/k/v biases, norms, embeddings, lm_head) an
 the page cache (``POSIX_FADV_DONTNEED``), measures:
 
 - ``read``: a plain sequential read (16 MiB ``preadv`` s) of every safetensors byte of both models;
-- ``audit``: the weight audit's measurement itself, ``audits.test_weights.measure`` (signatures of
+- ``audit``: the weight audit's measurement itself, ``modellineage.weights.measure`` (signatures of
   both models, layer correspondence, expert assignment, the streamed comparison of every tensor
   pair, embedding statistics, signature comparison, upcycling check, PCA; the same library calls
   in the same order, because it *is* the audit's function), every row read;
@@ -185,9 +185,8 @@ def _plain_read(files: list[Path]) -> None:
 
 def _audit(target: Path, reference: Path, sample: float | None) -> tuple[dict, dict]:
     """Run the weight audit's measurement; returns (result fields, phase seconds)."""
-    from types import SimpleNamespace
 
-    import audits.test_weights as tw
+    import modellineage.weights.pipeline as tw
     from audits.criteria import load_thresholds
     from modellineage.reading.model import Model
     from modellineage.reading.sources import resolve_source
@@ -209,15 +208,14 @@ def _audit(target: Path, reference: Path, sample: float | None) -> tuple[dict, d
                         ("detect_upcycling", "alignment"), ("project_layers", "pca")):
         setattr(tw, name, timed(label, getattr(tw, name)))
     thresholds = load_thresholds(ROOT / "thresholds.toml")
-    session = SimpleNamespace(sample=sample, seeds={})
     t = Model("target", resolve_source(str(target)))
-    r = SimpleNamespace(name="reference", model=Model("reference", resolve_source(str(reference))))
+    r = Model("reference", resolve_source(str(reference)))
     io0, t0 = _io(), time.perf_counter()
-    m = tw.measure(t, r, thresholds, session, {})
+    m = tw.measure(t, r, min_layer_match=thresholds["weights", "derived_min_centred"].value, sample=sample)
     seconds, io1 = time.perf_counter() - t0, _io()
     comp = m.comparison
     result = {"seconds": seconds, "pairs": len(comp.pairs), "skipped": len(comp.skipped),
-              "reader_bytes": t.store.bytes_read + r.model.store.bytes_read,
+              "reader_bytes": t.store.bytes_read + r.store.bytes_read,
               "comparison_reader_bytes": comp.bytes_read,
               "rchar": io1["rchar"] - io0["rchar"], "read_bytes": io1["read_bytes"] - io0["read_bytes"],
               "layer_map_identity": m.layers.is_identity,
@@ -233,7 +231,7 @@ def child(spec: dict) -> dict:
     if mode in ("audit", "sample", "audit_warm"):
         import scipy.optimize  # noqa: F401  (imported before the I/O counters start: its files are not model bytes)
 
-        import audits.test_weights  # noqa: F401
+        import modellineage.weights.pipeline  # noqa: F401
         from modellineage.tokenizer import vocab  # noqa: F401
         fields, phases = _audit(target, reference, 0.1 if mode == "sample" else None)
         result.update(fields, phases={k: round(v, 3) for k, v in phases.items()})

@@ -7,6 +7,7 @@ from modellineage.reading.config import ArchConfig, normalise_config
 
 from .compare import (
     Agreement,
+    ArchitectureEvidence,
     ConfigComparison,
     FieldComparison,
     WeightFacts,
@@ -14,6 +15,7 @@ from .compare import (
     compare_configs,
     count_parameters,
     facts_from_weights,
+    measure,
 )
 
-__all__ = ["ArchConfig", "normalise_config", "WeightFacts", "facts_from_weights", "Agreement", "check_config_against_weights", "FieldComparison", "ConfigComparison", "compare_configs", "count_parameters"]
+__all__ = ["measure", "ArchitectureEvidence", "ArchConfig", "normalise_config", "WeightFacts", "facts_from_weights", "Agreement", "check_config_against_weights", "FieldComparison", "ConfigComparison", "compare_configs", "count_parameters"]

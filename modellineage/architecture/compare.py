@@ -14,6 +14,8 @@ from modellineage.reading.config import ArchConfig
 from modellineage.reading.naming import NameMap, canonicalize
 
 __all__ = [
+    "ArchitectureEvidence",
+    "measure",
     "WeightFacts",
     "facts_from_weights",
     "Agreement",
@@ -438,3 +440,30 @@ def count_parameters(shapes: Mapping[str, tuple[int, ...]], name_map: NameMap | 
     nm = name_map if name_map is not None else canonicalize(shapes)
     excluded = set(nm.scales) | set(nm.buffers)
     return sum(numel(tuple(shape)) for name, shape in shapes.items() if name not in excluded)
+
+
+@dataclass(frozen=True)
+class ArchitectureEvidence:
+    """The architecture measurements of one model, and of its pair with a reference when one is given."""
+
+    config: ArchConfig | None
+    weight_facts: WeightFacts
+    agreements: tuple[Agreement, ...]
+    comparison: ConfigComparison | None
+
+    def as_dict(self) -> dict:
+        return {"config": None if self.config is None else self.config.as_dict(),
+                "weight_facts": self.weight_facts.as_dict(),
+                "agreements": [a.as_dict() for a in self.agreements],
+                "comparison": None if self.comparison is None else self.comparison.as_dict()}
+
+
+def measure(target, reference=None) -> ArchitectureEvidence:
+    """Normalise ``target``'s config, read the facts its weight shapes state, check one against the other,
+    and compare its config with ``reference``'s (both opened models, :class:`modellineage.reading.model.Model`)."""
+    facts = target.weight_facts
+    agreements = check_config_against_weights(target.arch, facts) if target.arch is not None else ()
+    comparison = None
+    if reference is not None and target.arch is not None and reference.arch is not None:
+        comparison = compare_configs(target.arch, reference.arch)
+    return ArchitectureEvidence(target.arch, facts, tuple(agreements), comparison)

@@ -17,3 +17,7 @@ from .matching import (
 )
 
 __all__ = ["TokenPairs", "HiddenAlignment", "HeadAlignment", "UnitResult", "LayerResult", "IndependenceTest", "shared_token_pairs", "align_hidden", "match_rows", "measure_independence"]
+
+#: The family's entry point: ``measure(target, reference, *, seed=0, ...)`` -> :class:`IndependenceTest`.
+measure = measure_independence
+__all__ += ["measure"]

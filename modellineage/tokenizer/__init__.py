@@ -17,6 +17,7 @@ from .compare import (
     VocabOverlap,
     boundary_f1,
     compare_tokenizers,
+    measure,
     load_probes,
     measure_encoding,
     measure_extension,
@@ -50,4 +51,4 @@ from .vocab import (
     wordpiece_to_bytes,
 )
 
-__all__ = ["show", "VocabOverlap", "measure_overlap", "IdAlignment", "measure_id_alignment", "MergeOrder", "merge_order", "MergeComparison", "measure_merges", "SpecialTokens", "measure_special_tokens", "Extension", "measure_extension", "Probe", "load_probes", "EncodingAgreement", "boundary_f1", "measure_encoding", "TokenizerComparison", "compare_tokenizers", "Vocabulary", "load_vocabulary", "load_from_files", "derive_merges", "first_ids", "text_pieces", "byte_level_to_bytes", "bytes_to_byte_level", "metaspace_to_bytes", "wordpiece_to_bytes", "HASH", "DEFAULT_K", "MinHashSketch", "vocabulary_sha256", "sketch", "OverlapEstimate", "estimate_overlap", "exact_overlap"]
+__all__ = ["measure", "show", "VocabOverlap", "measure_overlap", "IdAlignment", "measure_id_alignment", "MergeOrder", "merge_order", "MergeComparison", "measure_merges", "SpecialTokens", "measure_special_tokens", "Extension", "measure_extension", "Probe", "load_probes", "EncodingAgreement", "boundary_f1", "measure_encoding", "TokenizerComparison", "compare_tokenizers", "Vocabulary", "load_vocabulary", "load_from_files", "derive_merges", "first_ids", "text_pieces", "byte_level_to_bytes", "bytes_to_byte_level", "metaspace_to_bytes", "wordpiece_to_bytes", "HASH", "DEFAULT_K", "MinHashSketch", "vocabulary_sha256", "sketch", "OverlapEstimate", "estimate_overlap", "exact_overlap"]

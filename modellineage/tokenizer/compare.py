@@ -555,3 +555,16 @@ def compare_tokenizers(target: Vocabulary, reference: Vocabulary,
     return TokenizerComparison(target.as_dict(), reference.as_dict(), measure_overlap(target, reference), alignment,
                                measure_extension(target, reference, alignment=alignment),
                                measure_special_tokens(target, reference), merges, encoding, tuple(skipped))
+
+
+def measure(target, reference, probes: Sequence[Probe] | Path | str = ()) -> TokenizerComparison:
+    """Every tokenizer measure of ``target`` against ``reference`` (opened models or vocabularies).
+
+    ``probes``: probe texts (:func:`load_probes`) or a folder of them for the encoding agreement; a
+    measure that cannot be made is listed in the result's ``skipped`` with the reason.
+    """
+    t = getattr(target, "vocabulary", target)
+    r = getattr(reference, "vocabulary", reference)
+    if isinstance(probes, (str, Path)):
+        probes = load_probes(probes)
+    return compare_tokenizers(t, r, probes)

@@ -1,0 +1,164 @@
+"""The weight measurement pipeline of one (target, reference) pair, without pytest.
+
+signatures (a few seeded rows per tensor) -> layer correspondence and expert assignment -> the streamed
+comparison of every tensor pair under that correspondence (``sample``: a seeded share of rows, with 95 %
+intervals) -> embedding statistics -> a PCA of the layers. :func:`measure` returns one frozen
+:class:`WeightEvidence`; the weight audits judge it, benchmarks and notebooks read it.
+
+The target's side (its signatures and embedding statistics) is the same against every reference:
+compute it once with :func:`measure_target` and pass it to each :func:`measure`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from modellineage.reading.model import Model
+from modellineage.weights.aligned import AlignedComparison, compare_aligned
+from modellineage.weights.alignment import (
+    LayerCorrespondence,
+    correspond_layers,
+    detect_upcycling,
+    match_experts,
+    project_layers,
+)
+from modellineage.weights.embeddings import EmbeddingStats, embedding_stats, shared_token_rows, vocabulary_of
+from modellineage.weights.signatures import compare_signatures, model_signatures
+from modellineage.weights.similarity import WeightComparison, compare_weights
+
+__all__ = ["SIGNATURE_SEED", "EMBEDDING_SEED", "TargetSide", "WeightEvidence", "measure_target", "measure",
+           "row_alignments", "measure_aligned"]
+
+#: Seeds the rows each tensor signature reads.
+SIGNATURE_SEED = 0
+#: Seeds the rows the embedding statistics read when sampling.
+EMBEDDING_SEED = 1
+_EMBEDDING_KEYS = ("embed.weight", "lm_head.weight")
+
+
+@dataclass(frozen=True)
+class TargetSide:
+    """What the pipeline measures on the target alone (the same for every reference)."""
+
+    signatures: Mapping[str, Any]
+    embeddings: Mapping[str, EmbeddingStats]
+    sample: float | None
+
+
+@dataclass(frozen=True)
+class WeightEvidence:
+    """Every weight measurement of one (target, reference) pair.
+
+    ``comparison``: per-tensor similarity under the correspondence; ``layers``: the layer
+    correspondence (and whether it beats index alignment); ``signatures``: every target tensor's best
+    signature match; ``experts`` / ``upcycling``: routed-expert assignment and the dense-MLP check;
+    ``projection``: PCA of the layers (or ``None``); ``embeddings``: statistics keyed
+    ``"target:embed.weight"`` ...; ``row_alignment``: how embedding rows were paired; ``seeds``: every
+    seed used, by what it seeded.
+    """
+
+    comparison: WeightComparison
+    layers: LayerCorrespondence
+    signatures: Any
+    experts: tuple
+    upcycling: tuple
+    projection: Any
+    embeddings: Mapping[str, EmbeddingStats]
+    row_alignment: Mapping[str, Any]
+    seeds: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def alignment_text(self) -> str:
+        """``"layers aligned by correspondence: 0→0, ..."`` when the correspondence replaced index alignment."""
+        if self.comparison.layer_map is None:
+            return ""
+        pairs = ", ".join(f"{t}→{r}" for t, r in sorted(self.comparison.layer_map.items()))
+        return f"layers aligned by correspondence: {pairs}"
+
+
+def row_alignments(target: Model, reference: Model) -> tuple[dict, dict]:
+    """Shared-token row pairs for embed / lm_head when both vocabularies can be read and ids differ.
+
+    Returns ``(alignments, info)``: ``alignments[key] = (target_rows, reference_rows, description)``
+    for the matrices whose rows need re-pairing; ``info[key]`` describes every pairing made.
+    """
+    out, info = {}, {}
+    tv, rv = vocabulary_of(target), vocabulary_of(reference)
+    if tv is None or rv is None:
+        return out, {"vocabulary": "not read (rows paired by index where shapes agree)"}
+    aligned = {}  # embed and lm_head usually have the same row counts: pair the vocabularies once
+    for key in _EMBEDDING_KEYS:
+        tref, rref = target.name_map.refs.get(key), reference.name_map.refs.get(key)
+        if tref is None or rref is None or len(tref.shape) != 2 or len(rref.shape) != 2:
+            continue
+        rows = (tref.shape[0], rref.shape[0])
+        if rows not in aligned:
+            aligned[rows] = shared_token_rows(tv, rv, *rows)
+        align = aligned[rows]
+        info[key] = align.as_dict()
+        if align.shared and (not align.is_identity or tref.shape != rref.shape):
+            out[key] = (align.target_rows, align.reference_rows, align.description)
+    return out, info
+
+
+def _embedding_stats(model: Model, sample: float | None, first_seed: int) -> dict:
+    """Statistics of the model's embed / lm_head (seeded ``[EMBEDDING_SEED, first_seed + i]`` when sampling)."""
+    out = {}
+    for key in _EMBEDDING_KEYS:
+        ref = model.name_map.refs.get(key)
+        if ref is not None and model.store.info(ref.source).is_float:
+            out[key] = embedding_stats(model.store, ref, fraction=sample,
+                                       rng=np.random.default_rng([EMBEDDING_SEED, first_seed + len(out)]))
+    return out
+
+
+def measure_target(target: Model, *, sample: float | None = None) -> TargetSide:
+    """The target's signatures and embedding statistics (pass to :func:`measure` for each reference)."""
+    return TargetSide(model_signatures(target, seed=SIGNATURE_SEED), _embedding_stats(target, sample, 0), sample)
+
+
+def measure(target: Model, reference: Model, *, min_layer_match: float, sample: float | None = None,
+            seed: int = 0, target_side: TargetSide | None = None) -> WeightEvidence:
+    """Measure the weights of ``target`` against ``reference``, streaming one tensor pair at a time.
+
+    Args:
+        target, reference: opened models (:class:`modellineage.reading.model.Model`).
+        min_layer_match: least centred signature similarity for a layer pair to count in the layer
+            correspondence (the audits pass ``[weights.derived_min_centred]`` of thresholds.toml).
+        sample: read a seeded share of rows per tensor (e.g. 0.1) and report 95 % intervals; ``None``
+            reads every row.
+        seed: seeds the sampled rows.
+        target_side: :func:`measure_target` of ``target`` with the same ``sample`` (computed here if omitted).
+    """
+    if target_side is None or target_side.sample != sample:
+        target_side = measure_target(target, sample=sample)
+    ts = target_side.signatures
+    rs = model_signatures(reference, seed=SIGNATURE_SEED)
+    layers = correspond_layers(ts, rs, min_match=min_layer_match)
+    layer_map = layers.layer_map if layers.beats_index else None
+    experts = match_experts(ts, rs, layer_map)
+    expert_map = {(m.layer, t): r for m in experts for t, r in m.assignment} or None
+    rows, row_info = row_alignments(target, reference)
+    comparison = compare_weights(target, reference, fraction=sample, seed=seed, layer_map=layer_map,
+                                 expert_map=expert_map, row_alignments=rows)
+    # seeds [EMBEDDING_SEED, i]: i counts the target's matrices first, then the reference's
+    embeddings = {f"target:{k}": v for k, v in target_side.embeddings.items()}
+    embeddings.update({f"reference:{k}": v for k, v in
+                       _embedding_stats(reference, sample, len(target_side.embeddings)).items()})
+    seeds = {"weights.signatures": SIGNATURE_SEED}
+    if sample is not None:
+        seeds.update({"weights.sample": seed, "weights.embedding_stats": EMBEDDING_SEED})
+    return WeightEvidence(comparison, layers,
+                          compare_signatures(ts, rs, target_name=target.name, reference_name=reference.name,
+                                             seed=SIGNATURE_SEED),
+                          experts, detect_upcycling(ts, rs, layer_map), project_layers(ts, rs), embeddings,
+                          row_info, seeds)
+
+
+def measure_aligned(target: Model, reference: Model, test) -> AlignedComparison:
+    """The weight comparison in the frame the independence test ``test`` aligned (raises LineageError)."""
+    rows, _ = row_alignments(target, reference)
+    return compare_aligned(target, reference, test, token_rows=rows)
