@@ -357,7 +357,7 @@ def _family_section(name: str, records: Sequence[Mapping[str, Any]], notes: _Foo
         detail = _powers(notes.inline(esc(r.get("message", ""))))
         more = extras.get(r["nodeid"]) or ()
         row_class = ' class="has-extras"' if more else ""
-        rows.append(f'<tr id="{_anchor(r["nodeid"])}"{row_class}>'
+        rows.append(f'<tr id="{_anchor(r["nodeid"])}" data-nodeid="{esc(r["nodeid"])}"{row_class}>'
                     f'<td>{esc(audit_title(r))}<br/><code>{esc(test_id)}</code></td>'
                     f'<td>{esc(r.get("subject"))}</td><td>{esc(r.get("expectation") or "—")}</td>'
                     f'<td>{esc(_fmt(j.get("measured")))}</td><td class="bound" title="{esc(title)}">{bound}</td>'
