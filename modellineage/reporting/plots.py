@@ -94,7 +94,9 @@ def layer_means(pairs: Sequence[Mapping]) -> dict[str, dict]:
         value = p.get("centred_cosine")
         if not _finite(value):
             continue
-        cell = sums.setdefault(str(p.get("category", "other")), {}).setdefault(p.get("layer"), [0.0, 0])
+        layer = p.get("layer")
+        layer = int(layer) if _finite(layer) else None
+        cell = sums.setdefault(str(p.get("category", "other")), {}).setdefault(layer, [0.0, 0])
         cell[0] += value
         cell[1] += 1
     return {cat: {layer: s / n for layer, (s, n) in cells.items()} for cat, cells in sums.items()}
@@ -116,7 +118,7 @@ def reference_figure(pairs: Sequence[Mapping] | None, layer_pvalues: Sequence[tu
     """
     means = layer_means(pairs or [])
     layered = {c: v for c, v in means.items() if any(k is not None for k in v)}
-    pvals = [(int(layer), p) for layer, p in (layer_pvalues or []) if _finite(p)]
+    pvals = [(int(layer), p) for layer, p in (layer_pvalues or []) if _finite(p) and _finite(layer)]
     if not means and not pvals:
         return None
     plt = pyplot()

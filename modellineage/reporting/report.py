@@ -310,8 +310,11 @@ def _figure(plan: Mapping[str, Any], ref: Mapping[str, Any], records: Sequence[M
     found = re.search(r"p\s*[<≥]\s*([0-9.eE+-]+)", str(j.get("bound", "")))
     if found:
         alpha = float(found.group(1))
-    png = plots.reference_figure(pairs, pvalues, reference=name, target=plan.get("target", {}).get("name", "target"),
-                                 band=band, alpha=alpha)
+    try:
+        png = plots.reference_figure(pairs, pvalues, reference=name,
+                                     target=plan.get("target", {}).get("name", "target"), band=band, alpha=alpha)
+    except Exception as exc:  # noqa: BLE001 - odd evidence must not cost the report; say so where the figure goes
+        return f"<p><i>The figure for {esc(name)} could not be drawn ({esc(type(exc).__name__)}: {esc(exc)}).</i></p>"
     if png is None:
         return ""
     how = []
