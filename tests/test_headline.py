@@ -82,6 +82,7 @@ def test_a_failed_audit_of_an_unranked_family_contests_a_holding_claim_and_still
                               "failed_audits": ["audits/test_behaviour.py::test_outputs_agree[ref]"]}
     html = report.summary_html({"target": {"name": "tgt"}, "references": [{"name": "ref", "expect": "derived"}]},
                                records, cov, [])
+    assert "The claim holds, but 1 audit failed" in html  # the run fails: no green banner
     assert 'id="family-behaviour"' in html and report.esc(families.family("behaviour").scope) in html
     assert "10<sup>−20</sup>" in html
 

@@ -210,6 +210,9 @@ def _banner(verdicts: Sequence[Any], checks: Sequence[Mapping[str, Any]], failed
         colour = "#9a6700"
     else:
         head, colour = (f"All {n} claims hold" if n > 1 else "The claim holds"), "#1a7f37"
+        if failed_audits:  # the run fails (exit 1) even though no combined verdict does: never a green banner
+            head += f", but {failed_audits} audit{'s' if failed_audits != 1 else ''} failed"
+            colour = "#cf222e"
     notes = []
     if fails and untested:
         notes.append(f"{untested} untested")
@@ -230,8 +233,8 @@ def _banner(verdicts: Sequence[Any], checks: Sequence[Mapping[str, Any]], failed
 def _headline_html(v: Any) -> str:
     """The claim with its key words bold: 'finetune <b>was derived</b> from base', 'was <b>not</b> derived'."""
     text = esc(v.headline)
-    for phrase, bold in (("was not derived", "was <b>not</b> derived"), ("was derived", "<b>was derived</b>"),
-                         ("derived from none", "derived from <b>none</b>")):
+    for phrase, bold in (("derived from none", "derived from <b>none</b>"), ("was not derived", "was <b>not</b> derived"),
+                         ("was derived", "<b>was derived</b>")):
         if phrase in v.headline:
             return text.replace(phrase, bold, 1)
     return text
