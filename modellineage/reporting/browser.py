@@ -39,6 +39,9 @@ window.addEventListener('load', function () {
             text: (e.innerText || '').slice(0, 90)}; }
   var out = {viewport: [vw, vh], cards: [].map.call(document.querySelectorAll('.mlr .card'), box),
              banner: document.querySelector('.mlr .banner') ? box(document.querySelector('.mlr .banner')) : null};
+  out.sections = {};
+  document.querySelectorAll('.mlr section[id]').forEach(function (e) {
+    out.sections[e.id] = Math.round(e.getBoundingClientRect().top + window.scrollY); });
   document.querySelectorAll('details').forEach(function (d) { d.open = true; });  // every table and plot shown
   var over = [];
   document.querySelectorAll('body *').forEach(function (e) {
@@ -102,7 +105,8 @@ def layout(report: Path, *, width: int = 1280, height: int = 800, chromium: str 
 
     Returns:
         ``viewport`` [w, h]; ``banner`` and ``cards`` (top, bottom, left, right, text) as first shown;
-        ``overflow`` (elements reaching past the right edge once every <details> is open) and its count;
+        ``sections`` (id -> top in page pixels, as first shown); ``overflow`` (elements reaching past the right
+        edge once every <details> is open) and its count;
         ``scroll_width``; ``resources`` (every URL the page fetched).
     """
     chromium = chromium or find_chromium()
