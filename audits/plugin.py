@@ -26,7 +26,7 @@ from modellineage.reading import confine, progress
 from modellineage.reading.model import DigestCache, Model
 from modellineage.reading.sources import named_path, resolve_source
 from modellineage.reporting import evidence as ev
-from modellineage.reporting import report
+from modellineage.reporting import headline, report
 
 from .criteria import Judgement, Thresholds, catalog_coverage, claim_coverage, load_thresholds
 
@@ -464,8 +464,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             record.message = record.judgement.message
         else:
             record.message = record.sentence
-    if rep.when == "call" and record.extras:
-        rep.extras = list(getattr(rep, "extras", [])) + record.extras
+    # record.extras (tables, plots) are shown in the report's section of the audit's family
+    # (pytest_html_results_summary), not a second time in pytest-html's own table.
 
 
 # ----------------------------------------------------------------------------------------- outputs
@@ -668,6 +668,13 @@ def _evidence_document(audit: AuditSession, root: Path, exitstatus: int) -> dict
         "exit_status": int(exitstatus),
         "claim_coverage": _claim_coverage(audit),
     }
+    # One verdict per claim (what the report's cards say), for a CI gate: modellineage.reporting.headline.
+    try:
+        document["verdicts"] = headline.verdicts_document(
+            audit.plan.target_name, document["claim_coverage"], ev.to_jsonable(document["audits"]),
+            allow_untested=audit.plan.allow_untested)
+    except Exception as exc:  # noqa: BLE001 - the audits' evidence still stands; a gate finds no "overall"
+        document["verdicts"] = {"error": f"the verdicts could not be assembled: {_describe(exc)}"}
     audit.inputs, audit.versions = inputs, document["tool"]
     return document
 
@@ -712,7 +719,7 @@ def pytest_html_report_title(report) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_results_summary(prefix: list, summary: list, postfix: list, session: pytest.Session) -> None:
-    """Put the verdict table and one paragraph per reference on top of the report."""
+    """Put the answer on top of the report: verdict cards, one picture per reference, details by family, inputs."""
     audit = _session(session.config)
     if audit is None:
         return
@@ -723,10 +730,11 @@ def pytest_html_results_summary(prefix: list, summary: list, postfix: list, sess
                       f"{html.escape(ev.display_path(written, root))} are not a verdict.</p>")
     try:
         records = ev.within([ev.to_jsonable(r) for r in audit.records], root)
-        prefix.append(report.claims_html(ev.within(_claim_coverage(audit), root),
-                                         allow_untested=audit.plan.allow_untested))
-        prefix.append(report.summary_html(audit.plan.as_dict(), records))
-        postfix.append(report.inputs_html(audit.inputs, audit.versions, ev.display_path(written, root)))
+        bounds = ev.to_jsonable(audit.thresholds.as_dict()["bounds"])
+        inputs = report.inputs_html(audit.inputs, audit.versions, ev.display_path(written, root))
+        prefix.append(report.summary_html(audit.plan.as_dict(), records, ev.within(_claim_coverage(audit), root),
+                                          bounds, extras={r.nodeid: r.extras for r in audit.records},
+                                          allow_untested=audit.plan.allow_untested, inputs=inputs))
     except Exception as exc:  # the report is still written, with the reason the summary is missing
         audit.problems.append(f"the report's summary could not be built: {_describe(exc)}")
         prefix.append(f"<p><strong>The summary could not be built ({html.escape(_describe(exc))}); "
