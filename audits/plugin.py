@@ -22,7 +22,7 @@ import pytest
 
 from modellineage.errors import IncompatibleShapes, LineageError, PlanError, UnsupportedFormat
 from modellineage.plan import FAMILIES, AuditPlan, Reference, load_plan, override_plan
-from modellineage.reading import progress
+from modellineage.reading import progress, remote
 from modellineage.reading.model import DigestCache, Model
 from modellineage.reading.sources import resolve_source
 from modellineage.reporting import evidence as ev
@@ -44,7 +44,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """Audit options, grouped under 'provenance audit'."""
     group = parser.getgroup("audit", "provenance audit")
     group.addoption("--audit", metavar="FILE", help="audit plan (TOML); default: audit.toml at the project root")
-    group.addoption("--target", metavar="SOURCE", help="model to audit: directory, .safetensors file or cached repo id")
+    group.addoption("--target", metavar="SOURCE", help="model to audit: directory, .safetensors file, cached repo id, "
+                                                     "hf://org/name[@revision] or an https:// URL")
     group.addoption("--reference", metavar="NAME=SOURCE", action="append", default=None,
                     help="reference model (repeatable); replaces the plan's references; needs --expect")
     group.addoption("--expect", choices=("independent", "derived"),
@@ -52,7 +53,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--thresholds", metavar="FILE", help="thresholds file; default: thresholds.toml at the root")
     group.addoption("--evidence", metavar="PATH", help="evidence JSON; default: reports/evidence.json")
     group.addoption("--allow-download", action="store_true", default=False,
-                    help="let repo ids missing from the local Hugging Face cache be downloaded")
+                    help="allow network access: repo ids missing from the local Hugging Face cache are downloaded; "
+                         "remote sources (hf://org/name@rev, https://...) are read by byte ranges")
+    group.addoption("--verify-hashes", action="store_true", default=False,
+                    help="compute every input file's SHA-256 over its full content (fetching remote files whole), "
+                         "even where the hub's LFS metadata or an HF cache blob name already gives it, and check both agree")
     group.addoption("--against-catalog", choices=("independent",), default=None,
                     help="claim the target is independent of every known model in the catalog (overrides "
                          "[catalog].expect): a catalog tokenizer, an extension of one or a pruned copy of one fails")
@@ -200,6 +205,8 @@ def pytest_configure(config: pytest.Config) -> None:
                                                               or root / "reports" / "evidence.json")
         session = AuditSession(plan, thresholds, evidence_path, config.getoption("allow_download"))
         session.sample = config.getoption("sample", None)
+        session.digests.verify = bool(config.getoption("verify_hashes", False))
+        session.digests.full_read = session.sample is None  # a partial read never fetches remote files whole
         if session.sample is not None:
             session.seeds["weights.sample"] = SAMPLE_SEED
     except LineageError as exc:
@@ -594,14 +601,15 @@ def _file_inputs(audit: AuditSession, root: Path) -> list[dict]:
     for name in audit.subjects:
         for path in audit.sources[name].files():
             entry = {"model": name, "path": ev.display_path(path, root)}
+            if remote.lookup(path) is not None or audit.sources[name].url is not None:
+                entry["path"] = path.name  # a remote source's file, named by its URL (not the cache folder)
+                entry["url"] = f"{audit.sources[name].url}{path.name}"
             try:
-                digest, error = audit.digests.file_digest(path, label=f"{name}/{path.name}")
+                record = audit.digests.input_record(path, label=f"{name}/{path.name}")
             except Exception as exc:  # noqa: BLE001 - vanished, unreadable, a parser bug: recorded per file
                 entry.update(size=None, sha256=None, error=f"cannot read: {_describe(exc)}")
             else:
-                entry.update(size=digest.size, sha256=digest.sha256)
-                if error:
-                    entry["error"] = error
+                entry.update(record)
             inputs.append(entry)
     return inputs
 
@@ -625,8 +633,28 @@ def _evidence_document(audit: AuditSession, root: Path, exitstatus: int) -> dict
         "exit_status": int(exitstatus),
         "claim_coverage": _claim_coverage(audit),
     }
+    network = _network(audit)
+    if network is not None:
+        document["network"] = network
     audit.inputs, audit.versions = inputs, document["tool"]
     return document
+
+
+def _network(audit: AuditSession) -> dict | None:
+    """What this run fetched per remote file (None without remote sources). Unlike every other number in
+    the evidence it depends on the range cache's state before the run (a second run fetches nothing)."""
+    files = []
+    for name in audit.subjects:
+        for path in audit.sources[name].weight_files:
+            far = remote.lookup(path)
+            if far is not None:
+                files.append({"model": name, "url": far.display, "size": far.size, "bytes_fetched": far.fetched,
+                              "requests": far.requests, "bytes_in_cache": far.cached_bytes()})
+    if not files:
+        return None
+    return {"note": "this run's transfers; they depend on the range cache's state before the run "
+                    f"({remote.cache_root()}), like generated_at", "files": files,
+            **remote.network_stats().as_dict()}
 
 
 def _claim_coverage(audit: AuditSession) -> list[dict]:
@@ -646,7 +674,8 @@ def _relative_plan(plan: AuditPlan, root: Path) -> dict:
 
 
 def _relative_source(data: dict, root: Path) -> dict:
-    data["root"] = ev.display_path(data["root"], root)
+    # a remote source is named by its URL, not by the cache folder that holds its files on this machine
+    data["root"] = data["url"] if data.get("url") else ev.display_path(data["root"], root)
     return data
 
 
