@@ -541,7 +541,7 @@ def _write_evidence(session: pytest.Session, audit: AuditSession, exitstatus: in
         document = _evidence_document(audit, root, exitstatus)
         if audit.incomplete is not None:
             document.update(complete=False, incomplete_reason=audit.incomplete)
-        text = ev.dumps(ev.within(ev.to_jsonable(document), root))
+        text = ev.dumps(ev.within(ev.to_jsonable(document), root, _renames(audit)))
     except Exception as exc:  # a bug while assembling the evidence: still leave a partial file behind
         audit.incomplete = f"the evidence could not be assembled: {_describe(exc)}"
         text = ev.dumps({"schema": ev.SCHEMA, "complete": False, "incomplete_reason": audit.incomplete,
@@ -640,6 +640,16 @@ def _evidence_document(audit: AuditSession, root: Path, exitstatus: int) -> dict
     return document
 
 
+def _renames(audit: AuditSession) -> dict[str, str]:
+    """A remote source's cache folder (machine-specific) -> its URL, for every path written out."""
+    found = {}
+    for source in audit.sources.values():
+        if source.url is not None:
+            for folder in {str(source.root), os.path.realpath(source.root)}:
+                found[folder.rstrip("/") + "/"] = source.url if source.url.endswith("/") else source.url + "/"
+    return found
+
+
 def _network(audit: AuditSession) -> dict | None:
     """What this run fetched per remote file (None without remote sources). Unlike every other number in
     the evidence it depends on the range cache's state before the run (a second run fetches nothing)."""
@@ -708,8 +718,8 @@ def pytest_html_results_summary(prefix: list, summary: list, postfix: list, sess
         prefix.append(f"<p><strong>Incomplete run: {html.escape(audit.incomplete)}.</strong> This report and "
                       f"{html.escape(ev.display_path(written, root))} are not a verdict.</p>")
     try:
-        records = ev.within([ev.to_jsonable(r) for r in audit.records], root)
-        prefix.append(report.claims_html(ev.within(_claim_coverage(audit), root),
+        records = ev.within([ev.to_jsonable(r) for r in audit.records], root, _renames(audit))
+        prefix.append(report.claims_html(ev.within(_claim_coverage(audit), root, _renames(audit)),
                                          allow_untested=audit.plan.allow_untested))
         prefix.append(report.summary_html(audit.plan.as_dict(), records))
         postfix.append(report.inputs_html(audit.inputs, audit.versions, ev.display_path(written, root)))
