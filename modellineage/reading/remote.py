@@ -71,6 +71,8 @@ READAHEAD_BYTES = 64 << 20
 HEADER_PROBE_BYTES = 256 << 10
 #: Attempts after a failure (dropped connection, short body, timeout, 5xx) for one range, with backoff.
 RETRIES = 5
+#: Most failed attempts per range in all, progress or not (a server trickling a few bytes per connection).
+MAX_FAILURES = 4 * RETRIES
 TIMEOUT_S = 30.0
 MAX_REDIRECTS = 5
 #: Largest small file (config, index, tokenizer) fetched whole: the reading layer's own JSON limit.
@@ -226,8 +228,13 @@ class _Http:
                 self.drop(url)
                 last = exc
                 _count(retries=1)
-                time.sleep(min(2.0, 0.05 * 2 ** attempt))
+                _backoff(attempt + 1)
         raise RemoteError(f"{url}: {what} could not be fetched after {RETRIES} retries ({_why(last)})")
+
+
+def _backoff(failures: int) -> None:
+    """Wait before retrying: 0.1, 0.2, 0.4 ... s, at most 2 s."""
+    time.sleep(min(2.0, 0.05 * 2 ** failures))
 
 
 class _Short(Exception):
@@ -418,8 +425,12 @@ class RemoteFile:
                 cache.save()
 
     def _fetch(self, lo: int, hi: int) -> None:
-        """Fetch bytes ``[lo, hi)`` into the cache's data file, resuming after failures."""
-        got, failures = 0, 0
+        """Fetch bytes ``[lo, hi)`` into the cache's data file, resuming after failures.
+
+        A failure after some bytes arrived resumes from the first missing byte; at most :data:`RETRIES`
+        failures in a row without progress, and :data:`MAX_FAILURES` in all, per range.
+        """
+        got, failures, total_failures = 0, 0, 0
         buf = bytearray(min(_BODY_PIECE, hi - lo))
         view = memoryview(buf)
         while lo + got < hi:
@@ -448,7 +459,8 @@ class RemoteFile:
                     os.pwrite(self.cache.fd, view[:k], a + received)
                     received += k
                     got += k
-                    failures = 0  # progress: the retry budget is per stall, not per range
+                    if received >= min(n, 1 << 20):
+                        failures = 0  # real progress: the retry budget is per stall
                 self.fetched += received
                 _count(bytes_received=received)
                 if received < n:
@@ -460,11 +472,12 @@ class RemoteFile:
             except (OSError, http.client.HTTPException, _Short) as exc:
                 self.http.drop(self.url)
                 failures += 1
+                total_failures += 1
                 _count(retries=1)
-                if failures > RETRIES:
-                    raise RemoteError(f"{self.display}: bytes {a}-{b} could not be fetched after {RETRIES} retries "
-                                      f"({_why(exc)}); nothing of this range was used") from None
-                time.sleep(min(2.0, 0.05 * 2 ** failures))
+                if failures > RETRIES or total_failures > MAX_FAILURES:
+                    raise RemoteError(f"{self.display}: bytes {a}-{b} could not be fetched after {total_failures} "
+                                      f"failed attempts ({_why(exc)}); nothing of this range was used") from None
+                _backoff(failures)
 
     def _check_range(self, resp: http.client.HTTPResponse, a: int, b: int) -> tuple[int, int]:
         """The (first, last) byte of a 206 response, checked against the request and the listed file."""
@@ -721,7 +734,7 @@ def _probe_size(http_: _Http, url: str, what: str) -> tuple[int | None, str | No
             http_.drop(url)
             last = exc
             _count(retries=1)
-            time.sleep(min(2.0, 0.05 * 2 ** attempt))
+            _backoff(attempt + 1)
     raise RemoteError(f"{url}: no answer after {RETRIES} retries ({_why(last)})")
 
 
