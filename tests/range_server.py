@@ -70,6 +70,13 @@ class RangeServer:
                 with server._lock:
                     server.requests.append(f"{self.command} {self.path} {self.headers.get('Range', '')}")
                 path = unquote(urlsplit(self.path).path)
+                for prefix, host in (("/redirect-away/", "localhost"), ("/redirect-here/", "127.0.0.1")):
+                    if path.startswith(prefix):  # a redirect to another host name, or to this one
+                        self.send_response(302)
+                        self.send_header("Location", f"http://{host}:{server.port}/{path[len(prefix):]}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                 api = re.match(r"^/api/models/([^/]+/[^/]+)/revision/([^/]+)$", path)
                 if api and api.group(1) in server.hub:
                     return self._send_bytes(server._listing(api.group(1)), "application/json")

@@ -146,6 +146,28 @@ def test_a_server_ignoring_range_is_refused_when_listed(tmp_path):
         assert own.body_bytes <= 2 * (DEMO / "base" / "model.safetensors").stat().st_size  # read, not kept
 
 
+def test_redirects_are_followed_on_the_same_host_only(server):
+    source = resolve_source(f"{server.url}/redirect-here/scratch/", allow_download=True)
+    with TensorStore(source.weight_files) as store:
+        _assert_same_tensors(store, DEMO / "scratch" / "model.safetensors")
+    with pytest.raises(RemoteError, match="redirected to another host \\(localhost\\); refused"):
+        resolve_source(f"{server.url}/redirect-away/scratch/", allow_download=True)
+
+
+def test_a_remote_index_naming_files_outside_its_folder_fails_the_weights_only(tmp_path):
+    folder = tmp_path / "served" / "model"
+    shutil.copytree(DEMO / "base", folder)
+    (tmp_path / "served" / "secret.safetensors").write_bytes(b"not for the audit")
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"lm_head.weight": "../secret.safetensors", "model.norm.weight": "model.safetensors"}}))
+    with RangeServer(tmp_path / "served") as own:
+        source = resolve_source(f"{own.url}/model/", allow_download=True)
+        assert source.config_file is not None and source.tokenizer_files  # the other families still run
+        with pytest.raises(Exception, match="not plain \\*.safetensors file names"):
+            source.require_weights()
+        assert not any("secret" in r for r in own.requests)
+
+
 # ----------------------------------------------------------------------------------------- hashing
 def test_hub_sha256_comes_from_lfs_metadata_without_reading_the_file(server):
     source = resolve_source("hf://demo/base", allow_download=True)

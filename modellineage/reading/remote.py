@@ -34,6 +34,7 @@ SHA-256, or URL + size + ETag). A second audit of the same source fetches nothin
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import json
@@ -42,6 +43,7 @@ import re
 import threading
 import time
 from bisect import bisect_right
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -80,6 +82,7 @@ MAX_SMALL_FILE_BYTES = 64 << 20
 _BODY_PIECE = 4 << 20  # received range bodies go to the cache file in pieces of this size
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,250}\.safetensors$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -325,18 +328,38 @@ class _RangeCache:
         folder.mkdir(parents=True, exist_ok=True)
         self.meta = folder / "ranges.json"
         self.data = folder / "data"
-        present = _Intervals()
+        # Another audit may use the same cache at the same time: the data file is reset and ranges are
+        # fetched and recorded only under an exclusive lock, and the recorded ranges are re-read under it.
+        self.lock_fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        with self.locked():
+            self.present = self._saved()
+            self.fd = os.open(self.data, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            if not self.present.starts:
+                os.ftruncate(self.fd, 0)
+            os.ftruncate(self.fd, size)  # sparse: only fetched bytes take disk space
+
+    def _saved(self) -> _Intervals:
         try:
             saved = json.loads(self.meta.read_text())
-            if saved.get("identity") == identity and saved.get("size") == size and self.data.stat().st_size == size:
-                present = _Intervals((int(a), int(b)) for a, b in saved.get("ranges", []))
+            if saved.get("identity") == self.identity and saved.get("size") == self.size \
+                    and self.data.stat().st_size == self.size:
+                return _Intervals((int(a), int(b)) for a, b in saved.get("ranges", []))
         except (OSError, ValueError, TypeError, AttributeError):
             pass
-        self.present = present
-        self.fd = os.open(self.data, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        if not present.starts:
-            os.ftruncate(self.fd, 0)
-        os.ftruncate(self.fd, size)  # sparse: only fetched bytes take disk space
+        return _Intervals()
+
+    def refresh(self) -> None:
+        """Add the ranges another process recorded since (call under :meth:`locked`)."""
+        for lo, hi in self._saved().as_list():
+            self.present.add(lo, hi)
+
+    @contextmanager
+    def locked(self):
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
 
     def save(self) -> None:
         tmp = self.meta.with_name(f".ranges.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -344,10 +367,11 @@ class _RangeCache:
         os.replace(tmp, self.meta)
 
     def close(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        for fd in (self.fd, self.lock_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 # ------------------------------------------------------------------------------------------ remote file
@@ -414,15 +438,18 @@ class RemoteFile:
             missing = [m for lo, hi in spans for m in cache.present.missing(lo, hi)]
             if not missing:
                 return
-            if not self.allow_network:
-                lo, hi = missing[0]
-                raise RemoteError(f"{self.display}: bytes {lo}-{hi} are not in the range cache ({cache.folder}) and "
-                                  "downloads are off; pass --allow-download to fetch them")
-            for lo, hi in coalesce(missing):
-                for a, b in cache.present.missing(lo, hi) or []:
-                    self._fetch(a, b)
-                    cache.present.add(a, b)
-                cache.save()
+            with cache.locked():
+                cache.refresh()
+                missing = [m for lo, hi in spans for m in cache.present.missing(lo, hi)]
+                if missing and not self.allow_network:
+                    lo, hi = missing[0]
+                    raise RemoteError(f"{self.display}: bytes {lo}-{hi} are not in the range cache ({cache.folder}) "
+                                      "and downloads are off; pass --allow-download to fetch them")
+                for lo, hi in coalesce(missing):
+                    for a, b in cache.present.missing(lo, hi) or []:
+                        self._fetch(a, b)
+                        cache.present.add(a, b)
+                    cache.save()
 
     def _fetch(self, lo: int, hi: int) -> None:
         """Fetch bytes ``[lo, hi)`` into the cache's data file, resuming after failures.
@@ -667,7 +694,7 @@ def _resolve_url(spec: str, allow_download: bool):
 
 
 def _list_url(spec: str, base: str, single: bool, folder: Path, http_: _Http) -> dict:
-    from modellineage.reading.sources import DOWNLOAD_PATTERNS, INDEX_FILE, TOKENIZER_FILES
+    from modellineage.reading.sources import INDEX_FILE, TOKENIZER_FILES
 
     files: list[dict] = []
     names = [spec.rsplit("/", 1)[1]] if single else []
@@ -679,10 +706,12 @@ def _list_url(spec: str, base: str, single: bool, folder: Path, http_: _Http) ->
                 files.append({"name": small, "size": len(body), "etag": meta.get("etag")})
         index = next((f for f in files if f["name"] == INDEX_FILE), None)
         if index is not None:
-            names = sorted(set(_index_shards(folder / INDEX_FILE)))
+            try:
+                names = _index_shards(folder / INDEX_FILE)
+            except LineageError:  # the source's weight audits fail with it (see _build_source), the rest run
+                names = []
         else:
             names = ["model.safetensors"]
-    del DOWNLOAD_PATTERNS
     for name in names:
         size, etag = _probe_size(http_, base + url_quote(name), name)
         if size is None:
@@ -696,12 +725,19 @@ def _list_url(spec: str, base: str, single: bool, folder: Path, http_: _Http) ->
 
 
 def _index_shards(index: Path) -> list[str]:
+    """The shard names a (hostile) remote index names: plain ``*.safetensors`` names in the same folder."""
     from modellineage.reading.boundary import read_json
+    from modellineage.reading.confine import shown
 
     weight_map = read_json(index, "safetensors index").get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CorruptCheckpoint(f"{index}: not a valid safetensors index (no weight_map of file names)")
-    return list(weight_map.values())
+    names = sorted(set(weight_map.values()))
+    bad = [n for n in names if not _SHARD_NAME.match(n)]
+    if bad:
+        raise CorruptCheckpoint(f"{index}: names shards that are not plain *.safetensors file names in the same "
+                                f"folder ({shown(bad[0])}); a remote index is read only for such names")
+    return names
 
 
 def _probe_size(http_: _Http, url: str, what: str) -> tuple[int | None, str | None]:
@@ -828,11 +864,12 @@ def _build_source(spec: str, folder: Path, base: str, files: dict[str, _Listed],
         if sha_from_hub and f.sha256 and hashlib.sha256(body).hexdigest() != f.sha256:
             raise RemoteError(f"{base}{n}: SHA-256 differs from the hub's LFS metadata; refused")
         _write_small(folder, n, body)
+    index_error = None
     if S.INDEX_FILE in files and (folder / S.INDEX_FILE).is_file():
         try:
-            weights = sorted(set(_index_shards(folder / S.INDEX_FILE)))
-        except LineageError as exc:
-            weights, notes = [], notes + [str(exc)]
+            weights = _index_shards(folder / S.INDEX_FILE)
+        except LineageError as exc:  # like a local folder's broken index: the weight audits fail with it
+            weights, index_error = [], exc
         missing = [w for w in weights if w not in files]
         if missing:
             raise SourceNotFound(f"{display}{S.INDEX_FILE}: names shards that are not listed: "
@@ -865,4 +902,4 @@ def _build_source(spec: str, folder: Path, base: str, files: dict[str, _Listed],
     index = folder / S.INDEX_FILE if S.INDEX_FILE in files and (folder / S.INDEX_FILE).is_file() else None
     return S.ModelSource(spec=spec, root=folder, kind=kind, weight_files=tuple(folder / n for n in weights),
                          index_file=index, config_file=config, tokenizer_files=tokenizers, revision=revision,
-                         notes=tuple(notes), url=display)
+                         notes=tuple(notes), url=display, index_error=index_error)
