@@ -218,7 +218,8 @@ def test_hf_cache_blob_name_is_the_sha256_verified_on_request(tmp_path):
     (repo / "snapshots" / "abc" / "model.safetensors").unlink()
     (repo / "snapshots" / "abc" / "model.safetensors").symlink_to(f"../../blobs/{wrong}")
     source = resolve_source(str(repo / "snapshots" / "abc"))
-    assert "differs from the HF cache blob name" in DigestCache(verify=True).input_record(source.weight_files[0])["error"]
+    record = DigestCache(verify=True).input_record(source.weight_files[0])
+    assert "differs from the HF cache blob name" in record["error"]
 
 
 # ----------------------------------------------------------------------------------------- nginx

@@ -104,17 +104,20 @@ class DigestCache:
         if far is not None:
             record.update(url=far.display)
             known, known_source = far.sha256, remote.SHA_HUB
-            must_compute = self.verify or key in self._digests or (known is None and (self.full_read or far.is_cached()))
+            must_compute = (self.verify or key in self._digests
+                            or (known is None and (self.full_read or far.is_cached())))
         else:
             name = key.name
-            blob = key.parent.name == confine.HUB_BLOBS and len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+            blob = (key.parent.name == confine.HUB_BLOBS and len(name) == 64
+                    and all(c in "0123456789abcdef" for c in name))
             known, known_source = (name, remote.SHA_BLOB) if blob else (None, None)
             must_compute = self.verify or key in self._digests or known is None
         if must_compute:
             digest, error = self.file_digest(path, label=label)
             record.update(size=digest.size, sha256=digest.sha256 or None, sha256_source=remote.SHA_COMPUTED)
             if known is not None and digest.sha256 and digest.sha256 != known:
-                mismatch = f"SHA-256 computed over the full file ({digest.sha256}) differs from the {known_source} ({known})"
+                mismatch = (f"SHA-256 computed over the full file ({digest.sha256}) differs from the "
+                            f"{known_source} ({known})")
                 error = f"{error}; {mismatch}" if error else mismatch
             elif known is not None and digest.sha256:
                 record["sha256_matches"] = known_source
