@@ -233,12 +233,17 @@ def scan_safetensors(
     return FileDigest(str(path), header.size, hasher.hexdigest(), tuple(s.digest() for s in states.values()))
 
 
-def digest_cached_tensors(path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20
+def digest_cached_tensors(path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20, fetch_below: int = 0
                           ) -> tuple[tuple[TensorDigest, ...], tuple[str, ...]]:
     """Per-tensor digests of the tensors of a remote file whose bytes are already in its range cache.
 
     For an audit that reads only part of a remote model (``--sample``): exact-reuse detection then works on
     the tensors actually read and names the others, rather than fetching every byte to hash them.
+
+    Args:
+        fetch_below: tensors of at most this many bytes are fetched first when missing (norm gains, biases,
+            routers: a few MiB of a 100B model, and copied norm gains are reuse evidence), where downloads
+            are allowed.
 
     Returns:
         The digests (header order) and the names of the tensors that could not be checked (not fetched).
@@ -248,6 +253,9 @@ def digest_cached_tensors(path: str | os.PathLike[str], *, chunk_bytes: int = 16
     if far is None:  # a local file: every tensor, in one pass
         return scan_safetensors(path, chunk_bytes=chunk_bytes).tensors, ()
     header = read_header(path)
+    small = [(i.begin, i.end) for i in header.tensors.values() if 0 < i.nbytes <= fetch_below]
+    if small and far.allow_network:
+        far.ensure(small)  # coalesced: adjacent small tensors are one request
     digests, unchecked = [], []
     for name, info in header.tensors.items():
         if info.nbytes and not far.is_cached(info.begin, info.end):
