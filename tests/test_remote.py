@@ -184,6 +184,21 @@ def test_hub_sha256_comes_from_lfs_metadata_without_reading_the_file(server):
     assert verified["sha256_matches"] == remote.SHA_HUB and "error" not in verified
 
 
+def test_a_hub_file_already_in_the_local_hub_cache_is_read_from_there(server, hf_home):
+    local = scan_safetensors(DEMO / "scratch" / "model.safetensors")
+    blobs = hf_home / "hub" / "models--demo--scratch" / "blobs"
+    blobs.mkdir(parents=True)
+    shutil.copy(DEMO / "scratch" / "model.safetensors", blobs / local.sha256)
+    source = resolve_source("hf://demo/scratch", allow_download=True)
+    with TensorStore(source.weight_files) as store:
+        _assert_same_tensors(store, DEMO / "scratch" / "model.safetensors")
+    assert not [r for r in server.requests if "model.safetensors" in r]  # not one byte of it fetched
+    record = DigestCache().input_record(source.weight_files[0])
+    assert record["sha256"] == local.sha256 and record["sha256_source"] == remote.SHA_HUB
+    checked = DigestCache(verify=True).input_record(source.weight_files[0])  # the blob hashed, against the hub
+    assert checked["sha256_source"] == remote.SHA_COMPUTED and checked["sha256_matches"] == remote.SHA_HUB
+
+
 def test_partial_read_digests_only_the_tensors_read_and_names_the_others(server, monkeypatch):
     import modellineage.reading.model as model_module
 

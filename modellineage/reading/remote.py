@@ -40,6 +40,7 @@ import http.client
 import json
 import os
 import re
+import stat
 import threading
 import time
 from bisect import bisect_right
@@ -374,6 +375,50 @@ class _RangeCache:
                 pass
 
 
+class _BlobCache:
+    """A hub file already whole in the local Hugging Face hub cache (``blobs/<sha256>``): every byte present,
+    read from there, nothing fetched. Its name is the hub's LFS SHA-256 (checked by ``--verify-hashes``)."""
+
+    def __init__(self, blob: Path, size: int) -> None:
+        self.folder, self.size = blob, size
+        self.fd = os.open(blob, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        st = os.fstat(self.fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            os.close(self.fd)
+            raise OSError(f"{blob}: not a regular file of {size} bytes")
+        self.present = _Intervals([(0, size)])
+
+    @contextmanager
+    def locked(self):
+        yield
+
+    def refresh(self) -> None:
+        pass
+
+    def save(self) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def _hub_blob(repo: str, sha256: str | None, size: int) -> Path | None:
+    """``$HF_HUB_CACHE/models--org--name/blobs/<sha256>`` when it holds the whole file, else None."""
+    if not sha256 or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        return None
+    hub = os.environ.get("HF_HUB_CACHE") or str(cache_root().parent / "hub")
+    org, name = repo.split("/")
+    blob = Path(os.path.expanduser(hub)) / f"models--{org}--{name}" / "blobs" / sha256
+    try:
+        st = os.lstat(blob)
+    except OSError:
+        return None
+    return blob if stat.S_ISREG(st.st_mode) and st.st_size == size else None
+
+
 # ------------------------------------------------------------------------------------------ remote file
 @dataclass
 class RemoteFile:
@@ -393,6 +438,7 @@ class RemoteFile:
     check_etag: bool
     allow_network: bool
     http: _Http = field(repr=False)
+    local_blob: Path | None = None  # the whole file in the local HF hub cache: read from there
     fetched: int = 0       # bytes received for this file by this process
     requests: int = 0
     _cache: _RangeCache | None = field(default=None, repr=False)
@@ -405,6 +451,11 @@ class RemoteFile:
     def cache(self) -> _RangeCache:
         if self._cache is None:
             with self._lock:
+                if self._cache is None and self.local_blob is not None:
+                    try:
+                        self._cache = _BlobCache(self.local_blob, self.size)  # type: ignore[assignment]
+                    except OSError:
+                        self.local_blob = None
                 if self._cache is None:
                     identity = {"sha256": self.sha256} if self.sha256 else {"url": self.url, "etag": self.etag}
                     self._cache = _RangeCache(cache_root() / "ranges" / self.cache_key, self.size, identity)
@@ -813,7 +864,8 @@ def _resolve_hf(spec: str, allow_download: bool):
                   token_host=urlsplit(endpoint).hostname)
     files = {f["name"]: _Listed(f["name"], f.get("size"), f.get("sha256")) for f in listing["files"]}
     return _build_source(f"hf://{repo}@{revision}", folder, base, files, kind="hf", revision=commit, http_=http_,
-                         sha_from_hub=True, allow_download=allow_download, display=f"hf://{repo}@{commit}/")
+                         sha_from_hub=True, allow_download=allow_download, display=f"hf://{repo}@{commit}/",
+                         repo=repo)
 
 
 def _list_hf(repo: str, revision: str, endpoint: str) -> dict:
@@ -838,7 +890,7 @@ def _list_hf(repo: str, revision: str, endpoint: str) -> dict:
 
 def _build_source(spec: str, folder: Path, base: str, files: dict[str, _Listed], *, kind: str,
                   revision: str | None, http_: _Http, sha_from_hub: bool, allow_download: bool,
-                  display: str | None = None):
+                  display: str | None = None, repo: str | None = None):
     """Fetch the small files (when missing), register the safetensors files, and list the source."""
     from modellineage.reading import sources as S
 
@@ -883,7 +935,8 @@ def _build_source(spec: str, folder: Path, base: str, files: dict[str, _Listed],
         ident = f.sha256 or hashlib.sha256(f"{base}{n}|{f.size}|{f.etag}".encode()).hexdigest()
         remote = RemoteFile(name=n, url=base + url_quote(n), display=display + n, size=int(f.size), etag=f.etag,
                             sha256=f.sha256 if sha_from_hub else None, cache_key=ident[:40],
-                            check_etag=not sha_from_hub, allow_network=allow_download, http=http_)
+                            check_etag=not sha_from_hub, allow_network=allow_download, http=http_,
+                            local_blob=_hub_blob(repo, f.sha256, int(f.size)) if repo else None)
         _register(folder / n, remote)
     pickles = sorted(n for n, r in roles.items() if r == "pickle")
     if pickles:
