@@ -45,6 +45,9 @@ THRESHOLD_SPEC: dict[tuple[str, str], type] = {
     ("compute", "mfu_max"): float,
     ("compute", "typical_mfu"): float,
     ("compute", "compute_optimal_tokens_per_parameter"): float,
+    ("behaviour", "independent_min_jsd"): float,
+    ("behaviour", "independent_max_continuation_agreement"): float,
+    ("behaviour", "cutoff_alpha"): float,
 }
 
 
