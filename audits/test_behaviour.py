@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from modellineage.behaviour import HttpBackend, LocalBackend, compare, load_probes, profile
-from modellineage.errors import UnsupportedFormat
+from modellineage.errors import LineageError, UnsupportedFormat
 from modellineage.reporting import report
 
 from .behaviour_criteria import continuations_independent, cutoff_matches_claim, next_tokens_independent
@@ -107,17 +107,22 @@ def _cutoff_plot(estimates: dict) -> str | None:
 
 def test_knowledge_cutoff(target, audit_session, behaviour_plan, claims, evidence):
     """Per model: which months' events it knows; the target's claimed cutoff must lie in the estimate's interval."""
-    estimates = {name: _cutoff(audit_session, behaviour_plan, name) for name in audit_session.subjects}
+    mine = _cutoff(audit_session, behaviour_plan, target.name)  # the target's failure skips (or fails) this audit
+    estimates, rows = {target.name: mine}, []
+    for name in audit_session.subjects[1:]:  # a reference that cannot be asked is listed with the reason
+        try:
+            estimates[name] = _cutoff(audit_session, behaviour_plan, name)
+        except LineageError as exc:
+            rows.append([name, "—", "—", "—", f"cannot measure: {exc}"])
     for name, est in estimates.items():
         evidence.measured(f"cutoff[{name}]", est)
     rows = [[name, f"{sum(e.answered)}/{sum(e.asked)}", e.month or "—",
-             f"{e.interval[0]}..{e.interval[1]}" if e.interval else "—", e.reason] for name, e in estimates.items()]
+             f"{e.interval[0]}..{e.interval[1]}" if e.interval else "—", e.reason] for name, e in estimates.items()] + rows
     evidence.html(report.table(["model", "events answered", "cutoff", "95% interval", "estimate"], rows,
                                caption="Knowledge cutoff from dated-event probes (one event per month, 2020-2024)"))
     png = _cutoff_plot(estimates)
     if png:
         evidence.png(png, "knowledge cutoff curves")
-    mine = estimates[target.name]
     evidence.says(f"Knowledge cutoff of {target.name}: {mine.reason}.")
     if "knowledge_cutoff" not in claims:
         pytest.skip(f"recorded, not judged: no [claims].knowledge_cutoff ({target.name}: {mine.reason})")
@@ -204,6 +209,7 @@ def test_representation_similarity(target, reference, audit_session, behaviour_p
                                [list(r) for r in rep.layers],
                                caption=f"REEF: CKA of last-token hidden states on {rep.texts} texts "
                                        f"({rep.permutations} permutations, seed {rep.seed}; layer 0 = embeddings)"))
-    pytest.skip(f"recorded, not judged: mean CKA {rep.mean_cka:.3f} (smallest p {rep.min_p:.3g}); on models trained "
-                "on the same data independent pairs reach the same CKA as derived ones "
-                "(benchmarks/results/calibrate_behaviour.json), so it is no evidence of lineage here")
+    pytest.skip(f"recorded, not judged: mean CKA {rep.mean_cka:.3f} (smallest p {rep.min_p:.3g}); models trained on the "
+                "same data share representations (every independent calibration pair is significant too), and the "
+                "gap between independent and fine-tuned pairs is too thin to bound "
+                "(benchmarks/results/calibrate_behaviour.json: 0.898-0.942 vs 0.952-0.968)")

@@ -289,7 +289,7 @@ def _outcomes(doc, test: str) -> dict:
 
 def test_audit_through_a_served_model_and_a_broken_endpoint(served_base, broken_server, tmp_path):
     endpoint, model_id = served_base
-    probes = _small_probes(tmp_path, 6)
+    probes = _small_probes(tmp_path, 4)
     plan = tmp_path / "audit.toml"
     plan.write_text(f"""
 [target]
@@ -312,6 +312,9 @@ tokenizer = "derived"
 endpoint = "{broken_server('500')}"
 timeout = 5
 
+[claims]
+knowledge_cutoff = "2023-04"
+
 [behaviour]
 run = true
 probes = "{probes}"
@@ -330,6 +333,8 @@ probes = "{probes}"
     assert _outcomes(doc, "test_no_exact_tensor_reuse")["scratch"][0] == "passed"  # the rest of the audit ran
     served = _outcomes(doc, "test_continuation_agreement")["base"]
     assert served[0] == "skipped" and "recorded, not judged under 'derived'" in served[1]
+    cutoff = next(r for r in doc["audits"] if "::test_knowledge_cutoff" in r["nodeid"])
+    assert cutoff["outcome"] == "skipped" and "cannot measure the claimed knowledge cutoff 2023-04" in cutoff["message"]
     nt = _outcomes(doc, "test_next_token_divergence")["base"]
     assert nt[0] == "skipped" and "no logprobs" in nt[1]
     for d in (doc, doc2):
