@@ -269,9 +269,11 @@ def test_served_model_gives_the_local_measures(served_base, local_base, small_pr
     assert remote.cutoff().as_dict() == local.cutoff().as_dict()
     c = compare(remote, local)
     assert c.continuation.level == "text" and c.continuation.identical == 1.0
-    # The cache answers the second run: same exchanges, no request reaches the server.
-    again = profile(HttpBackend("base", "http://127.0.0.1:9", model_id, cache_dir=tmp_path / "cache"), small_probes)
-    assert again.as_dict() == remote.as_dict() and len(remote.exchanges) == len(list((tmp_path / "cache").iterdir()))
+    # The cache answers the second run: same exchanges (request and response hashes), no new cache entry.
+    cached = sorted((tmp_path / "cache").iterdir())
+    again = profile(HttpBackend("base", endpoint, model_id, cache_dir=tmp_path / "cache"), small_probes)
+    assert again.as_dict() == remote.as_dict() and sorted((tmp_path / "cache").iterdir()) == cached
+    assert len(cached) == len(set(remote.exchanges))
 
 
 def _audit(tmp_path: Path, plan: Path, name: str, *extra: str):
