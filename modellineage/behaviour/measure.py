@@ -24,6 +24,8 @@ from .measures import (
     contains_answer,
     estimate_cutoff,
 )
+from modellineage.reading.progress import count_bar
+
 from .probes import Probes, load_probes
 
 #: New tokens per greedy continuation (continuation and multilingual prompts), per dated-event answer, per refusal.
@@ -75,19 +77,44 @@ def profile(backend, probes: Probes | None = None) -> BehaviourProfile:
     """
     probes = probes or load_probes()
     start = len(getattr(backend, "exchanges", []))
-    many = getattr(backend, "complete_many", None) or (lambda ps, n: [backend.complete(p, n) for p in ps])
+    with count_bar(len(probes.texts()) + len(probes.events.items) + len(probes.refusal.items)
+                   + len(probes.continuation.items) + len(probes.multilingual.items),
+                   f"behaviour of {backend.name}", unit="prompt") as update:
+        return _profile(backend, probes, start, update)
+
+
+def _profile(backend, probes: Probes, start: int, update) -> BehaviourProfile:
+    local = getattr(backend, "complete_many", None)
+
+    def many(prompts, n):
+        if local is not None:
+            out = local(prompts, n)
+            update(len(prompts))
+            return out
+        out = []
+        for p in prompts:  # one request per prompt: the bar shows an endpoint's progress
+            out.append(backend.complete(p, n))
+            update(1)
+        return out
+
     answers = many([i.prompt for i in probes.events.items], EVENT_TOKENS)
     events = [(item.id, item.month, item.lang, contains_answer(out.text, item.answers), out.text)
               for item, out in zip(probes.events.items, answers)]
     if getattr(backend, "chat", False):
-        said = [backend.chat_complete(i.prompt, REFUSAL_TOKENS) for i in probes.refusal.items]
+        said = []
+        for i in probes.refusal.items:
+            said.append(backend.chat_complete(i.prompt, REFUSAL_TOKENS))
+            update(1)
     else:
         said = many([PLAIN_CHAT.format(prompt=i.prompt) for i in probes.refusal.items], REFUSAL_TOKENS)
     refusals = [(item.id, item.kind or "", out.text) for item, out in zip(probes.refusal.items, said)]
     items = [i for s in (probes.continuation, probes.multilingual) for i in s.items]
     continuations = list(zip([i.id for i in items], many([i.prompt for i in items], CONTINUATION_TOKENS)))
     texts = probes.texts()
-    dists = [backend.next_token(t) for t in texts]
+    dists = []
+    for t in texts:
+        dists.append(backend.next_token(t))
+        update(1)
     if any(d is None for d in dists):
         next_tokens, nt_reason = None, "the endpoint returns no logprobs, so next-token distributions are unknown"
     else:
