@@ -34,7 +34,7 @@ from modellineage.behaviour.measures import (
 )
 from modellineage.behaviour.backends import Completion
 from modellineage.behaviour.probes import SETS
-from modellineage.errors import PlanError
+from modellineage.errors import PlanError, UnsupportedFormat
 from modellineage.plan import plan_from_mapping
 from modellineage.reading.model import Model
 from modellineage.reading.sources import resolve_source
@@ -160,6 +160,18 @@ def test_local_profile_is_deterministic_and_the_demo_cannot_locate_a_cutoff(loca
     c = compare(one, scratch)
     assert c.continuation.level == "token" and c.next_token.shared_tokens > 1000
     assert 0.0 < c.next_token.mean_jsd < 1.0 and len(c.representation.layers) == 5
+
+
+def test_local_backend_refuses_a_config_that_declares_more_than_the_weights_hold(tmp_path):
+    folder = tmp_path / "big"
+    shutil.copytree(DEMO / "base", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 10 ** 7}))
+    with pytest.raises(UnsupportedFormat, match="more than the .* bytes of weights"):
+        LocalBackend(Model("big", resolve_source(str(folder))))
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10 ** 9}))
+    with pytest.raises(UnsupportedFormat, match="num_hidden_layers"):
+        LocalBackend(Model("big", resolve_source(str(folder))))
 
 
 # ----------------------------------------------------------------------------------------- HTTP

@@ -109,8 +109,12 @@ class LocalBackend:
         config = model.config
         if config is None:
             raise UnsupportedFormat(f"{model.source.root}: no config.json, so the model cannot be run")
+        layers = config.get("num_hidden_layers")
+        if isinstance(layers, int) and not isinstance(layers, bool) and layers > len(model.shapes):
+            raise UnsupportedFormat(f"{model.source.config_file}: num_hidden_layers = {layers:,} but the weights hold "
+                                    f"{len(model.shapes):,} tensors; the model is not built")
         self.tokenizer = self._tokenizer(model.source)
-        self.model = self._build(model.source, config, files)
+        self.model = self._build(model.source, config, files, total)
         self.eos_id = config.get("eos_token_id") if isinstance(config.get("eos_token_id"), int) else None
         self.pad_id = config.get("pad_token_id") if isinstance(config.get("pad_token_id"), int) else self.eos_id
         vocab = self.tokenizer.get_vocab(with_added_tokens=True)
@@ -138,7 +142,7 @@ class LocalBackend:
         with guard(path, "tokenizer.json cannot be loaded by tokenizers"):
             return Tokenizer.from_str(read_text(path))
 
-    def _build(self, source, config: dict, files):
+    def _build(self, source, config: dict, files, total_bytes: int):
         import transformers
         from safetensors.torch import load as load_safetensors
 
@@ -151,6 +155,12 @@ class LocalBackend:
         clean = {k: v for k, v in config.items() if k not in ("auto_map", "architectures", "model_type")}
         with guard(source.config_file, "config.json cannot build a transformers config"):
             cfg = transformers.CONFIG_MAPPING[model_type](**clean)
+            with self._torch.device("meta"):  # count first: memory follows the bytes present, not the declared sizes
+                declared = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_config(cfg).parameters())
+        if declared > total_bytes:  # at least one byte per parameter in any stored dtype
+            raise UnsupportedFormat(f"{source.config_file}: the architecture declares {declared:,} parameters, more "
+                                    f"than the {total_bytes:,} bytes of weights can hold; the model is not built")
+        with guard(source.config_file, "config.json cannot build a transformers model"):
             model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=self._torch.float32)
         state = {}
         for path in files:
