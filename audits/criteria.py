@@ -55,6 +55,9 @@ THRESHOLD_SPEC: dict[tuple[str, str], type] = {
     ("training", "tokens_per_step_rel_tol"): float,
     ("training", "tokens_claim_rel_tol"): float,
     ("training", "lr_max_deviation"): float,
+    ("behaviour", "independent_min_jsd"): float,
+    ("behaviour", "independent_max_continuation_agreement"): float,
+    ("behaviour", "cutoff_alpha"): float,
 }
 
 

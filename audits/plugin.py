@@ -64,6 +64,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--sample", metavar="FRACTION", type=_sample_fraction, default=None,
                     help="weight audits read a seeded random share of rows per tensor (e.g. 0.1) and report "
                          "95%% bootstrap intervals; default: every row")
+    group.addoption("--behaviour", action="store_true", default=False,
+                    help="run the behaviour audits (sets [behaviour].run): every model answers the probe sets, "
+                         "locally or through the endpoint the plan names")
     group.addoption("--allow-untested", action="store_true", default=False,
                     help="accept a claim that no audit could measure and judge (sets [options].allow_untested); "
                          "by default such a claim fails the run")
@@ -220,6 +223,7 @@ def pytest_configure(config: pytest.Config) -> None:
         plan = override_plan(plan, target=config.getoption("target"), references=config.getoption("reference"),
                              expect=config.getoption("expect"), against_catalog=config.getoption("against_catalog"),
                              allow_untested=config.getoption("allow_untested"),
+                             behaviour=config.getoption("behaviour"),
                              base_dir=Path(config.invocation_params.dir))
         thresholds = load_thresholds(Path(config.getoption("thresholds") or root / "thresholds.toml"))
         evidence_path = Path(config.invocation_params.dir) / (config.getoption("evidence")

@@ -51,10 +51,26 @@ from modellineage.reading.boundary import guard
 from modellineage.reading.sources import named_path
 
 RELATIONS = ("independent", "derived")
-FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence", "catalog", "compute", "training")
+FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence", "catalog", "compute", "training",
+            "behaviour")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-_REFERENCE_KEYS = {"name", "source", "expect", *FAMILIES}
-_TOP_KEYS = {"target", "reference", "claims", "catalog", "options", "checkpoint", "log"}
+# How a model is served, for the behaviour audits (target and references alike).
+SERVING_KEYS = {
+    "endpoint": "base URL of an OpenAI-compatible server (/v1/completions, /v1/chat/completions), e.g. "
+                "'http://127.0.0.1:8000'; the behaviour audits ask it instead of running the local weights",
+    "served_model": "the model id sent in each request (default: the model's name)",
+    "api_key_env": "name of the environment variable holding the API key (the key itself is never in the plan "
+                   "or the evidence)",
+    "chat": "true: refusal prompts go to /v1/chat/completions (instruction-tuned models)",
+    "timeout": "seconds per request (default 30)",
+}
+_REFERENCE_KEYS = {"name", "source", "expect", *FAMILIES, *SERVING_KEYS}
+_TOP_KEYS = {"target", "reference", "claims", "catalog", "options", "checkpoint", "log", "behaviour"}
+BEHAVIOUR_KEYS = {
+    "run": "true runs the behaviour audits (they run every model on ~190 prompts: seconds per small local "
+           "model, one request per prompt to an endpoint); also --behaviour",
+    "probes": "folder of the probe sets (default: the bundled fixtures/probes/behaviour)",
+}
 _CHECKPOINT_KEYS = {"name", "source", "step"}
 #: Keys of a [[log]] entry, with what each claims about the run the log records.
 TRAINING_LOG_KEYS = {
@@ -83,7 +99,23 @@ CLAIMS = {
     "training_tokens": "tokens seen in training, e.g. 19.7e12 (compute audit)",
     "gpu_hours": "accelerator hours spent on that training (compute audit; needs gpu_type)",
     "gpu_type": "the accelerator of gpu_hours, a name from modellineage/data/accelerators.json",
+    "knowledge_cutoff": "month the target's knowledge ends, 'YYYY-MM' (behaviour audit, dated-event probes)",
 }
+
+
+@dataclass(frozen=True)
+class Serving:
+    """An OpenAI-compatible endpoint serving one model of the plan (``api_key_env`` names, never holds, the key)."""
+
+    endpoint: str
+    served_model: str
+    api_key_env: str | None = None
+    chat: bool = False
+    timeout: float = 30.0
+
+    def as_dict(self) -> dict:
+        return {"endpoint": self.endpoint, "served_model": self.served_model, "api_key_env": self.api_key_env,
+                "chat": self.chat, "timeout": self.timeout}
 
 
 @dataclass(frozen=True)
@@ -145,6 +177,8 @@ class AuditPlan:
     claims: Mapping[str, Any] = field(default_factory=dict)
     catalog: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    serving: Mapping[str, Serving] = field(default_factory=dict)
+    behaviour: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None
     base_dir: Path = field(default_factory=Path.cwd)
     checkpoints: tuple[CheckpointSpec, ...] = ()
@@ -166,6 +200,8 @@ class AuditPlan:
             "options": dict(sorted(self.options.items())),
             "checkpoints": [c.as_dict() for c in self.checkpoints],
             "logs": [log.as_dict() for log in self.logs],
+            "serving": {n: s.as_dict() for n, s in sorted(self.serving.items())},
+            "behaviour": dict(sorted(self.behaviour.items())),
         }
 
     @property
@@ -203,9 +239,10 @@ def plan_from_mapping(data: Mapping[str, Any], *, origin: str, base_dir: Path, p
     if unknown:
         raise PlanError(f"{origin}: unknown top-level key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
     target = _table(data.get("target", {}), f"{origin}: [target]")
-    extra = sorted(set(target) - {"name", "source"})
+    extra = sorted(set(target) - {"name", "source", *SERVING_KEYS})
     if extra:
-        raise PlanError(f"{origin}: [target] has unknown key(s) {extra}; allowed: ['name', 'source']")
+        raise PlanError(f"{origin}: [target] has unknown key(s) {extra}; allowed: "
+                        f"{['name', 'source', *sorted(SERVING_KEYS)]}")
     target_name = _name(target.get("name", "target"), f"{origin}: [target].name")
     target_source = target.get("source")
     if target_source is not None and not isinstance(target_source, str):
@@ -220,6 +257,12 @@ def plan_from_mapping(data: Mapping[str, Any], *, origin: str, base_dir: Path, p
         raise PlanError(f"{origin}: names must be unique across target and references; repeated: {dupes}")
     checkpoints = _checkpoints(data.get("checkpoint", []), origin)
     logs = _logs(data.get("log", []), origin, {r.name for r in refs})
+    serving = {}
+    for name, table, where in [(target_name, target, f"{origin}: [target]")] + [
+            (r.name, raw, f"{origin}: [[reference]] #{i + 1} ({r.name})") for i, (r, raw) in enumerate(zip(refs, raw_refs))]:
+        found = _serving(name, table, where)
+        if found is not None:
+            serving[name] = found
     return AuditPlan(
         target_name=target_name,
         target_source=target_source,
@@ -227,6 +270,8 @@ def plan_from_mapping(data: Mapping[str, Any], *, origin: str, base_dir: Path, p
         claims=_claims(data.get("claims", {}), origin),
         catalog=_catalog(data.get("catalog", {}), origin),
         options=_options(data.get("options", {}), origin),
+        serving=serving,
+        behaviour=_behaviour(data.get("behaviour", {}), origin, base_dir),
         path=path,
         base_dir=base_dir,
         checkpoints=checkpoints,
@@ -319,6 +364,7 @@ def override_plan(
     expect: str | None = None,
     against_catalog: str | None = None,
     allow_untested: bool = False,
+    behaviour: bool = False,
     base_dir: Path | None = None,
 ) -> AuditPlan:
     """Apply command-line options to a plan (or build one from them alone).
@@ -356,6 +402,12 @@ def override_plan(
         plan = replace(plan, catalog=_catalog({**plan.catalog, "expect": against_catalog}, "--against-catalog"))
     if allow_untested:
         plan = replace(plan, options={**plan.options, "allow_untested": True})
+    if behaviour:
+        plan = replace(plan, behaviour={**plan.behaviour, "run": True})
+    # An endpoint belongs to the model the plan named: a model replaced on the command line is not served.
+    kept = ({plan.target_name} if target is None else set()) | \
+        ({r.name for r in plan.references} if not references else set())
+    plan = replace(plan, serving={n: s for n, s in plan.serving.items() if n in kept})
     if target is not None and plan.target_name in {r.name for r in plan.references}:
         plan = replace(plan, target_name="target")
     names = [plan.target_name] + [r.name for r in plan.references]
@@ -397,6 +449,14 @@ def _claims(raw: Any, origin: str) -> dict:
                             f"(e.g. 19.7e12, not a string such as \"19.7T\")")
     if ("gpu_hours" in table) != ("gpu_type" in table):
         raise PlanError(f"{origin}: [claims] gpu_hours and gpu_type go together (hours of which accelerator?)")
+    if "knowledge_cutoff" in table:
+        from modellineage.behaviour.probes import parse_month
+
+        try:
+            parse_month(table["knowledge_cutoff"])
+        except ValueError:
+            raise PlanError(f"{origin}: [claims].knowledge_cutoff = {table['knowledge_cutoff']!r} must be a month "
+                            "'YYYY-MM' (e.g. \"2023-04\")") from None
     if "gpu_type" in table:
         if not isinstance(table["gpu_type"], str):
             raise PlanError(f"{origin}: [claims].gpu_type must be a string naming an accelerator")
@@ -406,6 +466,43 @@ def _claims(raw: Any, origin: str) -> dict:
             find_accelerator(table["gpu_type"])
         except PlanError as exc:
             raise PlanError(f"{origin}: {exc}") from None
+    return table
+
+
+def _serving(name: str, table: Mapping[str, Any], where: str) -> Serving | None:
+    """The serving keys of [target] or one [[reference]]; None without an ``endpoint``."""
+    keys = set(table) & set(SERVING_KEYS)
+    if not keys:
+        return None
+    if "endpoint" not in table:
+        raise PlanError(f"{where}: {sorted(keys)} need 'endpoint' (the server's base URL)")
+    endpoint = table["endpoint"]
+    if not isinstance(endpoint, str) or not re.match(r"^https?://[^/\s]+", endpoint):
+        raise PlanError(f"{where}.endpoint = {endpoint!r} must be an http:// or https:// URL")
+    served = table.get("served_model", name)
+    if not isinstance(served, str) or not served:
+        raise PlanError(f"{where}.served_model must be a non-empty string")
+    env = table.get("api_key_env")
+    if env is not None and (not isinstance(env, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", env)):
+        raise PlanError(f"{where}.api_key_env = {env!r} must name an environment variable (not hold the key)")
+    chat = table.get("chat", False)
+    if not isinstance(chat, bool):
+        raise PlanError(f"{where}.chat must be true or false")
+    timeout = table.get("timeout", 30.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+        raise PlanError(f"{where}.timeout = {timeout!r} must be seconds in (0, 3600]")
+    return Serving(endpoint, served, env, chat, float(timeout))
+
+
+def _behaviour(raw: Any, origin: str, base_dir: Path) -> dict:
+    """[behaviour]: ``run`` (bool) and ``probes`` (a folder, resolved against the plan's folder)."""
+    table = _known_table(raw, origin, "behaviour", BEHAVIOUR_KEYS)
+    if "run" in table and not isinstance(table["run"], bool):
+        raise PlanError(f"{origin}: [behaviour].run = {table['run']!r} must be true or false")
+    if "probes" in table:
+        if not isinstance(table["probes"], str):
+            raise PlanError(f"{origin}: [behaviour].probes must be a folder path")
+        table["probes"] = str((base_dir / table["probes"]).resolve())
     return table
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
-__all__ = ["configure", "enabled", "progress_bar", "set_enabled"]
+__all__ = ["configure", "count_bar", "enabled", "progress_bar", "set_enabled"]
 
 _flag = True
 _stream: IO[str] | None = None
@@ -94,4 +94,17 @@ def progress_bar(total_bytes: int, desc: str, enabled: bool | None = None) -> It
     with tqdm(
         total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=_output(), leave=False
     ) as bar:
+        yield bar.update
+
+
+@contextmanager
+def count_bar(total: int, desc: str, unit: str = "it") -> Iterator[Callable[[int], None]]:
+    """A progress bar over ``total`` items (e.g. requests to an endpoint); drawn under the same rule as
+    :func:`progress_bar`. Yields ``update(n)``."""
+    if not _is_enabled():
+        yield _noop
+        return
+    from tqdm import tqdm  # only when drawing
+
+    with tqdm(total=total, desc=desc, unit=unit, file=_output(), leave=False) as bar:
         yield bar.update
