@@ -272,6 +272,10 @@ def iter_canonical_blocks(store: TensorStore, plan: RowPlan, positions: np.ndarr
         yield chunk, side.read(chunk)
 
 
+#: Stored dtypes whose pairs go through the compiled moment sweep (:class:`PairAccumulator` ``fused``).
+FUSED_DTYPES = frozenset({"BF16", "F16"})
+
+
 #: Columns of the Gaussian sketch of the rotation null above ``2 x`` this width (exact below).
 ROTATION_SKETCH = 128
 
@@ -479,7 +483,8 @@ def compare_pair(
     cols = tside.shape[1] if t_cols is None else int(t_cols.size)
     # PairAccumulator refuses NaN/Inf itself; its labels name the files
     acc = PairAccumulator(label_a=f"target tensor {tref.source!r} in {tinfo.file}",
-                          label_b=f"reference tensor {rref.source!r} in {rinfo.file}")
+                          label_b=f"reference tensor {rref.source!r} in {rinfo.file}",
+                          fused=tinfo.dtype in FUSED_DTYPES and rinfo.dtype in FUSED_DTYPES)
     sampled = picked.size < total
     boot = BootstrapAccumulator(rng) if sampled else None
     null = _RotationNull(cols) if rotation_null and len(tref.shape) == 2 else None
