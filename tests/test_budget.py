@@ -78,7 +78,8 @@ def test_independence_under_a_budget():
     alpha = THRESHOLDS["independence"]["alpha"]["value"] / 2
     for ref, derived in ((base, True), (scratch, False)):
         full = measure_independence(target, ref)
-        cheap = measure_independence(target, ref, layers=plan.independence_layers, heads=False)
+        cheap = measure_independence(target, ref, layers=plan.independence_layers, heads=False,
+                                     max_tokens=plan.align_tokens)
         assert [r.layer for r in cheap.layers] == list(plan.independence_layers)
         assert (full.combined.p < alpha) == (cheap.combined.p < alpha) == derived
         assert any("read budget" in n for n in cheap.notes)

@@ -177,3 +177,17 @@ def test_undecodable_gguf_type_is_listed_not_decoded(tmp_path):
     assert info.dtype == "I32" and not info.is_float
     with pytest.raises(UnsupportedFormat, match="I32"):
         store.read_row_range(info.name, 0, 1)
+
+
+def test_gguf_reuse_sees_quantised_copies(ggufs, tmp_path):
+    """A re-published copy of a Q8_0 file reuses every non-constant tensor byte for byte."""
+    import shutil
+
+    from modellineage.weights.reuse import measure_exact_reuse
+
+    copy = tmp_path / "copy.gguf"
+    shutil.copyfile(ggufs[("finetune", "Q8_0")], copy)
+    a = Model("a", resolve_source(str(copy)))
+    b = Model("b", resolve_source(str(ggufs[("finetune", "Q8_0")])))
+    found = measure_exact_reuse(a.tensor_digests(), b.tensor_digests())
+    assert found.counted_tensors >= 30 and len(found.reused) == found.counted_tensors and any(r.target_name.endswith("q_proj.weight") for r in found.reused)

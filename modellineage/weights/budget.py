@@ -159,6 +159,7 @@ class BudgetPlan:
     independence_reason: str
     planned: dict[str, int] = field(default_factory=dict)
     signature_elements: int = SAMPLE_ELEMENTS
+    align_tokens: int = _ALIGN_TOKENS
 
     @property
     def planned_total(self) -> int:
@@ -175,7 +176,8 @@ class BudgetPlan:
                 "sample": self.sample,
                 "sample_min_rows": self.sample_min_rows,
                 "independence_layers": None if self.independence_layers is None else list(self.independence_layers),
-                "experts_per_layer": self.experts_per_layer, "independence_reason": self.independence_reason,
+                "experts_per_layer": self.experts_per_layer, "align_tokens": self.align_tokens,
+                "independence_reason": self.independence_reason,
                 "planned_bytes": dict(self.planned), "planned_total": self.planned_total,
                 "over_budget": self.over_budget}
 
@@ -185,8 +187,20 @@ class BudgetPlan:
             raise UnsupportedFormat(self.independence_reason)
 
 
-def _independence(target_ts: list[_Tensor], reference_ts: list[_Tensor], share: int, allowed: int, present: int
-                  ) -> tuple[tuple[int, ...] | None, int | None, int, str]:
+def _independence(target_ts, reference_ts, share, allowed, present):
+    """The richest independence test within ``share``: as many shared tokens for the residual alignment as
+    fit (4096 down to 512: the alignment needs far fewer than its default to match dimensions of a
+    derivative), then layers and experts (see :func:`_independence_units`)."""
+    found = None
+    for tokens in (_ALIGN_TOKENS, 2048, 1024, 512):
+        found = _independence_units(target_ts, reference_ts, share, allowed, present, tokens)
+        if found[0] is not None:
+            return found + (tokens,)
+    return found + (_ALIGN_TOKENS,)
+
+
+def _independence_units(target_ts: list[_Tensor], reference_ts: list[_Tensor], share: int, allowed: int,
+                        present: int, tokens: int) -> tuple[tuple[int, ...] | None, int | None, int, str]:
     """Layers (spread over the depth) and experts per layer the independence test reads within ``share``."""
     def by_key(ts):
         return {t.key: t for t in ts}
@@ -195,7 +209,7 @@ def _independence(target_ts: list[_Tensor], reference_ts: list[_Tensor], share: 
     embed = [m.get("embed.weight") for m in (tk, rk)]
     if any(e is None for e in embed):
         return None, None, 0, "no input embedding on both sides: the independence test cannot run"
-    fixed = sum(min(_ALIGN_TOKENS, e.rows) * e.row_bytes for e in embed)
+    fixed = sum(min(tokens, e.rows) * e.row_bytes for e in embed)
     layers = sorted({t.layer for t in target_ts if t.layer is not None} & {t.layer for t in reference_ts
                                                                               if t.layer is not None})
 
@@ -236,7 +250,7 @@ def _independence(target_ts: list[_Tensor], reference_ts: list[_Tensor], share: 
     smallest = fixed + min(dense[x] + router[x] + (expert_cost[x] if experts[x] else 0) for x in layers)
     return None, None, 0, (f"the read budget ({allowed:,} bytes, {allowed / present:.2%} of this pair) leaves "
                            f"{share:,} bytes for the independence test, below its smallest form ({smallest:,} bytes, "
-                           f"{smallest / present:.1%} of this pair: up to {_ALIGN_TOKENS} shared-token embedding rows "
+                           f"{smallest / present:.1%} of this pair: up to {tokens} shared-token embedding rows "
                            f"per side and one layer's MLP block); give a larger --budget")
 
 
@@ -259,7 +273,7 @@ def plan_budget(target, reference, budget: ReadBudget) -> BudgetPlan:
     comparison_floor = _comparison_cost(both, 1e-9, 2) + _embedding_cost(both, 1e-9)
     share = max(int(SHARES["independence"] * allowed), allowed - planned["signatures"] - comparison_floor)
     share = min(share, allowed - planned["signatures"] - comparison_floor) if share > 0 else 0
-    layers, experts, indep_cost, reason = _independence(tt, rt, max(0, share), allowed, present)
+    layers, experts, indep_cost, reason, tokens = _independence(tt, rt, max(0, share), allowed, present)
     planned["independence"] = indep_cost
     # 3. the comparison (and embedding statistics): the largest row share that fits the rest
     rest = allowed - planned["signatures"] - indep_cost
@@ -281,6 +295,6 @@ def plan_budget(target, reference, budget: ReadBudget) -> BudgetPlan:
     planned["comparison"] = _comparison_cost(both, sample, min_rows)
     planned["embedding_stats"] = _embedding_cost(both, sample)
     return BudgetPlan(budget.text, present, allowed, grid[0], sample, min_rows, layers, experts, reason, planned,
-                      grid[1])
+                      grid[1], tokens)
 
 
