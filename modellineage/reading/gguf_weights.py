@@ -278,6 +278,19 @@ def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
                       dict(sorted(tensors.items())))
 
 
+def declares_tensors(path: str | os.PathLike[str]) -> bool:
+    """Whether a GGUF file declares any tensor (its 24-byte preamble; True when it cannot be read, so the
+    weight audits that open it fail naming the file rather than skipping)."""
+    try:
+        with confine.open_file(Path(path)) as fh:
+            head = fh.read(24)
+    except Exception:
+        return True
+    if len(head) < 24 or head[:4] != b"GGUF":
+        return True
+    return int.from_bytes(head[8:16], "little") > 0
+
+
 # ----------------------------------------------------------------------------------------- naming
 _TOP_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",

@@ -188,6 +188,11 @@ def _from_path(spec: str, path: Path) -> ModelSource:
         return ModelSource(spec=spec, root=path, kind="file", weight_files=(path,))
     if role == "pickle":
         return ModelSource(spec=spec, root=path, kind="file", pickle_files=(path,))
+    from modellineage.reading.gguf_weights import declares_tensors
+
+    if not declares_tensors(path):
+        return ModelSource(spec=spec, root=path, kind="file", tokenizer_files=(path,),
+                           notes=("a GGUF file without tensors: its tokenizer vocabulary is read",))
     return ModelSource(spec=spec, root=path, kind="file", tokenizer_files=(path,), weight_files=(path,),
                        notes=("a GGUF file: its tensors are read through modellineage.reading.gguf_weights "
                               "(llama.cpp names and q/k order mapped back, quantised types dequantised), "
