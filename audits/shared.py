@@ -56,7 +56,8 @@ def independence_test(config: pytest.Config, target, reference, audit_session) -
             plan.check_independence()
             test = measure_independence(target, reference.model, seed=INDEPENDENCE_SEED,
                                         layers=plan.independence_layers, experts_per_layer=plan.experts_per_layer,
-                                        heads=False, max_tokens=plan.align_tokens)
+                                        heads=False, max_tokens=plan.align_tokens,
+                                        shared_units=plan.shared_units)
         read = sum(s.bytes_read for s in stores) - before
         present = sum(s.info(n).nbytes for s in stores for n in s.names())
         reading = {"bytes_read": int(read), "bytes_present": int(present), "share_read": read / present if present

@@ -568,7 +568,7 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
                          top_k: int = 16, chunk_bytes: int = 16 << 20, decouple: bool = True,
                          progress: Callable[[int, int], None] | None = None,
                          layers: Sequence[int] | None = None, experts_per_layer: int | None = None,
-                         heads: bool = True) -> IndependenceTest:
+                         heads: bool = True, shared_units: bool = True) -> IndependenceTest:
     """Test H0 "target and reference were trained from independent initialisations".
 
     Args:
@@ -588,6 +588,8 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
         experts_per_layer: test only this many routed experts per layer, a seeded choice (``seed``) among
             the target's (each against the reference expert the router rows assign it); default all.
         heads: also align attention heads per tested layer (reads q, k, v; recorded, not in the p-value).
+        shared_units: test the shared expert of a layer with routed experts (a read budget may leave it out:
+            the routed experts tested are units of the same statistic).
 
     Returns:
         An :class:`IndependenceTest`; ``combined.p`` is the Fisher-combined p-value.
@@ -624,13 +626,15 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
         attn_read = (frames.reader("target", _gain(target, f"layers.{layer}.attn_norm.weight")),
                      frames.reader("reference", _gain(reference, f"layers.{layer}.attn_norm.weight")))
         units = []
+        experts_t, experts_r = _experts(target, layer), _experts(reference, layer)
         for gate_role, up_role in (("mlp_gate", "mlp_up"), ("shared_gate", "shared_up")):
+            if gate_role == "shared_gate" and not shared_units and experts_t and experts_r:
+                continue
             kt = f"layers.{layer}.{gate_role}.weight"
             if _ref(target, kt) and _ref(reference, kt) and _ref(target, kt.replace(gate_role, up_role)) \
                     and _ref(reference, kt.replace(gate_role, up_role)):
                 units.append(_mlp_unit(target, reference, layer, None, None, f"layers.{layer}.",
                                        f"layers.{layer}.", gate_role, up_role, frames, mlp_read, opts))
-        experts_t, experts_r = _experts(target, layer), _experts(reference, layer)
         if experts_t and experts_r:
             mapping = _match_experts(target, reference, layer, experts_t, experts_r, frames, mlp_read, chunk_bytes)
             tested = experts_t

@@ -160,6 +160,7 @@ class BudgetPlan:
     planned: dict[str, int] = field(default_factory=dict)
     signature_elements: int = SAMPLE_ELEMENTS
     align_tokens: int = _ALIGN_TOKENS
+    shared_units: bool = True
 
     @property
     def planned_total(self) -> int:
@@ -177,6 +178,7 @@ class BudgetPlan:
                 "sample_min_rows": self.sample_min_rows,
                 "independence_layers": None if self.independence_layers is None else list(self.independence_layers),
                 "experts_per_layer": self.experts_per_layer, "align_tokens": self.align_tokens,
+                "shared_expert_units": self.shared_units,
                 "independence_reason": self.independence_reason,
                 "planned_bytes": dict(self.planned), "planned_total": self.planned_total,
                 "over_budget": self.over_budget}
@@ -200,7 +202,7 @@ def _independence(target_ts, reference_ts, share, allowed, present):
 
 
 def _independence_units(target_ts: list[_Tensor], reference_ts: list[_Tensor], share: int, allowed: int,
-                        present: int, tokens: int) -> tuple[tuple[int, ...] | None, int | None, int, str]:
+                        present: int, tokens: int) -> tuple[tuple[int, ...] | None, int | None, int, str, bool]:
     """Layers (spread over the depth) and experts per layer the independence test reads within ``share``."""
     def by_key(ts):
         return {t.key: t for t in ts}
@@ -208,7 +210,7 @@ def _independence_units(target_ts: list[_Tensor], reference_ts: list[_Tensor], s
     tk, rk = by_key(target_ts), by_key(reference_ts)
     embed = [m.get("embed.weight") for m in (tk, rk)]
     if any(e is None for e in embed):
-        return None, None, 0, "no input embedding on both sides: the independence test cannot run"
+        return None, None, 0, "no input embedding on both sides: the independence test cannot run", True
     fixed = sum(min(tokens, e.rows) * e.row_bytes for e in embed)
     layers = sorted({t.layer for t in target_ts if t.layer is not None} & {t.layer for t in reference_ts
                                                                               if t.layer is not None})
@@ -216,11 +218,11 @@ def _independence_units(target_ts: list[_Tensor], reference_ts: list[_Tensor], s
     def cost(keys: list[str]) -> int:
         return sum(m[k].rows * m[k].row_bytes for m in (tk, rk) for k in keys if k in m)
 
-    dense, expert_cost, router, experts = {}, {}, {}, {}
+    dense, shared, expert_cost, router, experts = {}, {}, {}, {}, {}
     for layer in layers:
         p = f"layers.{layer}."
-        dense[layer] = cost([p + r + ".weight" for r in ("mlp_gate", "mlp_up", "shared_gate", "shared_up",
-                                                           "mlp_norm")])
+        dense[layer] = cost([p + r + ".weight" for r in ("mlp_gate", "mlp_up", "mlp_norm")])
+        shared[layer] = cost([p + r + ".weight" for r in ("shared_gate", "shared_up")])
         ex = sorted({t.expert for t in target_ts if t.layer == layer and t.expert is not None
                      and t.role == "expert_gate"})
         experts[layer] = ex
@@ -228,30 +230,29 @@ def _independence_units(target_ts: list[_Tensor], reference_ts: list[_Tensor], s
         expert_cost[layer] = (cost([f"{p}experts.{e}.expert_gate.weight" for e in ex])
                               + cost([f"{p}experts.{e}.expert_up.weight" for e in ex])) / max(1, len(ex))
     if not layers:
-        return None, None, fixed, "no layer both models have: the independence test cannot run"
+        return None, None, fixed, "no layer both models have: the independence test cannot run", True
     any_experts = any(experts.values())
-    for k in range(len(layers), 0, -1):
-        chosen = tuple(layers[i] for i in sorted({int(round(x)) for x in np.linspace(0, len(layers) - 1, k)}))
-        base = fixed + sum(dense[x] + router[x] for x in chosen)
-        if not any_experts:
-            if base <= share:
-                return chosen, None, base, ""
-            continue
-        per_expert = sum(expert_cost[x] for x in chosen)
-        most = max(len(experts[x]) for x in chosen)
-        if per_expert <= 0:
-            if base <= share:
-                return chosen, None, base, ""
-            continue
-        n = int((share - base) // per_expert)
-        if n >= 1:
-            n = min(n, most)
-            return chosen, (None if n >= most else n), int(base + n * per_expert), ""
-    smallest = fixed + min(dense[x] + router[x] + (expert_cost[x] if experts[x] else 0) for x in layers)
+    # with the shared experts first; MoE layers may drop them (a routed expert is a unit too, and cheaper)
+    for with_shared in ((True, False) if any_experts else (True,)):
+        for k in range(len(layers), 0, -1):
+            chosen = tuple(layers[i] for i in sorted({int(round(x)) for x in np.linspace(0, len(layers) - 1, k)}))
+            base = fixed + sum(dense[x] + router[x] + (shared[x] if with_shared or not experts[x] else 0)
+                               for x in chosen)
+            per_expert = sum(expert_cost[x] for x in chosen)
+            if not any_experts or per_expert <= 0:
+                if base <= share:
+                    return chosen, None, base, "", with_shared
+                continue
+            most = max(len(experts[x]) for x in chosen)
+            n = int((share - base) // per_expert)
+            if n >= 1:
+                n = min(n, most)
+                return chosen, (None if n >= most else n), int(base + n * per_expert), "", with_shared
+    smallest = int(fixed + min(dense[x] + router[x] + (expert_cost[x] if experts[x] else shared[x]) for x in layers))
     return None, None, 0, (f"the read budget ({allowed:,} bytes, {allowed / present:.2%} of this pair) leaves "
                            f"{share:,} bytes for the independence test, below its smallest form ({smallest:,} bytes, "
                            f"{smallest / present:.1%} of this pair: up to {tokens} shared-token embedding rows "
-                           f"per side and one layer's MLP block); give a larger --budget")
+                           f"per side and one layer's MLP block); give a larger --budget"), True
 
 
 def plan_budget(target, reference, budget: ReadBudget) -> BudgetPlan:
@@ -273,7 +274,8 @@ def plan_budget(target, reference, budget: ReadBudget) -> BudgetPlan:
     comparison_floor = _comparison_cost(both, 1e-9, 2) + _embedding_cost(both, 1e-9)
     share = max(int(SHARES["independence"] * allowed), allowed - planned["signatures"] - comparison_floor)
     share = min(share, allowed - planned["signatures"] - comparison_floor) if share > 0 else 0
-    layers, experts, indep_cost, reason, tokens = _independence(tt, rt, max(0, share), allowed, present)
+    layers, experts, indep_cost, reason, shared_units, tokens = _independence(tt, rt, max(0, share), allowed,
+                                                                              present)
     planned["independence"] = indep_cost
     # 3. the comparison (and embedding statistics): the largest row share that fits the rest
     rest = allowed - planned["signatures"] - indep_cost
@@ -295,6 +297,6 @@ def plan_budget(target, reference, budget: ReadBudget) -> BudgetPlan:
     planned["comparison"] = _comparison_cost(both, sample, min_rows)
     planned["embedding_stats"] = _embedding_cost(both, sample)
     return BudgetPlan(budget.text, present, allowed, grid[0], sample, min_rows, layers, experts, reason, planned,
-                      grid[1], tokens)
+                      grid[1], tokens, shared_units)
 
 
