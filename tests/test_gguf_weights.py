@@ -191,3 +191,25 @@ def test_gguf_reuse_sees_quantised_copies(ggufs, tmp_path):
     b = Model("b", resolve_source(str(ggufs[("finetune", "Q8_0")])))
     found = measure_exact_reuse(a.tensor_digests(), b.tensor_digests())
     assert found.counted_tensors >= 30 and len(found.reused) == found.counted_tensors and any(r.target_name.endswith("q_proj.weight") for r in found.reused)
+
+
+def test_stacked_experts_split_per_expert_and_are_bounded(tmp_path):
+    def s(x: str) -> bytes:
+        return struct.pack("<Q", len(x)) + x.encode()
+
+    def write(experts: int, data: int) -> Path:
+        out = b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + s("general.architecture") + struct.pack("<I", 8) + s("qwen3moe")
+        out += s("blk.0.ffn_up_exps.weight") + struct.pack("<I", 3) + struct.pack("<QQQ", 8, 2, experts)
+        out += struct.pack("<IQ", 24, 0)  # I8: one byte per element
+        out += b"\0" * (-len(out) % 32) + bytes(range(256)) * (data // 256)
+        path = tmp_path / "e.gguf"
+        path.write_bytes(out)
+        return path
+
+    store = GGUFStore([write(4, 256)])
+    names = [n for n in store.names() if ".experts." in n]
+    assert names == [f"model.layers.0.mlp.experts.{e}.up_proj.weight" for e in range(4)]
+    infos = [store.info(n) for n in names]
+    assert all(i.shape == (2, 8) and i.nbytes == 16 for i in infos) and infos[1].begin == infos[0].end
+    with pytest.raises(CorruptCheckpoint, match="safety limit"):
+        GGUFStore([write(2**20, 2**24)])

@@ -380,6 +380,11 @@ def _virtual_tensors(header: GGUFHeader, notes: list[str]) -> dict[str, GGUFTens
                      f"only for {', '.join(sorted(PERMUTED_ARCHITECTURES))})")
     out: dict[str, GGUFTensorInfo] = {}
     unknown = []
+    split = sum(t.ne[2] for t in header.tensors.values()
+                if len(t.ne) == 3 and (m := _BLOCK_RE.match(t.name)) and m.group(2) in _EXPERT_NAMES)
+    if split + len(header.tensors) > MAX_TENSORS:
+        raise _fail(header.path, f"its stacked expert tensors split into {split:,} tensors, above the safety limit "
+                                 f"of {MAX_TENSORS:,} (MAX_TENSORS, modellineage.reading.tensors)")
 
     def add(name: str, t: GGUFTensor, shape: tuple[int, ...], begin: int, end: int, row_map=None) -> None:
         if name in out:
