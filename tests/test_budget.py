@@ -83,3 +83,24 @@ def test_independence_under_a_budget():
         assert [r.layer for r in cheap.layers] == list(plan.independence_layers)
         assert (full.combined.p < alpha) == (cheap.combined.p < alpha) == derived
         assert any("read budget" in n for n in cheap.notes)
+
+
+def test_budgeted_demo_audit_end_to_end(tmp_path):
+    """`pytest audits/ --budget 1%`: exit 0, the same weight verdicts as the full run, the reading recorded, the
+    independence audits skipped with the reason (the demo's embeddings alone are 40% of it)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_audit_runs import outcomes, record, run_audit
+
+    proc, evidence = run_audit(tmp_path, "--budget", "1%", "-m", "weights or independence", name="budget")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    results = outcomes(evidence)
+    assert results["test_weight_similarity[base]"] == results["test_weight_similarity[scratch]"] == "passed"
+    assert results["test_independence_pvalue[base]"] == "skipped"
+    assert "below its smallest form" in record(evidence, "test_independence_pvalue[base]")["message"]
+    reading = record(evidence, "test_weight_similarity[scratch]")["measurements"]["reading"]
+    assert reading["budget"]["budget"] == "1%" and reading["bytes_read"] < reading["bytes_present"]
+    assert reading["within_budget"] is False  # the demo's floor (1 grid row + 2 rows per tensor), said
+    proc, _ = run_audit(tmp_path, "--budget", "1%", "--sample", "0.1", name="both")
+    assert proc.returncode != 0 and "give one" in proc.stdout + proc.stderr
