@@ -22,11 +22,11 @@ import pytest
 
 from modellineage.errors import IncompatibleShapes, LineageError, PlanError, UnsupportedFormat
 from modellineage.plan import FAMILIES, AuditPlan, Reference, load_plan, override_plan
-from modellineage.reading import progress
+from modellineage.reading import confine, progress, remote
 from modellineage.reading.model import DigestCache, Model
-from modellineage.reading.sources import resolve_source
+from modellineage.reading.sources import named_path, resolve_source
 from modellineage.reporting import evidence as ev
-from modellineage.reporting import report
+from modellineage.reporting import headline, report
 
 from .criteria import Judgement, Thresholds, catalog_coverage, claim_coverage, load_thresholds
 
@@ -44,7 +44,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """Audit options, grouped under 'provenance audit'."""
     group = parser.getgroup("audit", "provenance audit")
     group.addoption("--audit", metavar="FILE", help="audit plan (TOML); default: audit.toml at the project root")
-    group.addoption("--target", metavar="SOURCE", help="model to audit: directory, .safetensors file or cached repo id")
+    group.addoption("--target", metavar="SOURCE", help="model to audit: directory, .safetensors file, cached repo id, "
+                                                     "hf://org/name[@revision] or an https:// URL")
     group.addoption("--reference", metavar="NAME=SOURCE", action="append", default=None,
                     help="reference model (repeatable); replaces the plan's references; needs --expect")
     group.addoption("--expect", choices=("independent", "derived"),
@@ -52,7 +53,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--thresholds", metavar="FILE", help="thresholds file; default: thresholds.toml at the root")
     group.addoption("--evidence", metavar="PATH", help="evidence JSON; default: reports/evidence.json")
     group.addoption("--allow-download", action="store_true", default=False,
-                    help="let repo ids missing from the local Hugging Face cache be downloaded")
+                    help="allow network access: repo ids missing from the local Hugging Face cache are downloaded; "
+                         "remote sources (hf://org/name@rev, https://...) are read by byte ranges")
+    group.addoption("--verify-hashes", action="store_true", default=False,
+                    help="compute every input file's SHA-256 over its full content (fetching remote files whole), "
+                         "even where the hub's LFS metadata or an HF cache blob name already gives it, and check both agree")
     group.addoption("--against-catalog", choices=("independent",), default=None,
                     help="claim the target is independent of every known model in the catalog (overrides "
                          "[catalog].expect): a catalog tokenizer, an extension of one or a pruned copy of one fails")
@@ -164,6 +169,18 @@ class AuditSession:
         for ref in plan.references:
             self.sources[ref.name] = resolve_source(ref.source, base_dir=plan.base_dir,
                                                     allow_download=allow_download)
+        # The target's checkpoint chain: a checkpoint that cannot be found is not a usage error, its link of
+        # the chain is skipped with the reason (audits/test_training.py) and the rest is audited.
+        self.checkpoint_sources: dict[str, tuple[object | None, str | None]] = {}
+        for spec in plan.checkpoints:
+            try:
+                self.checkpoint_sources[spec.name] = (resolve_source(spec.source, base_dir=plan.base_dir,
+                                                                     allow_download=allow_download), None)
+            except LineageError as exc:
+                self.checkpoint_sources[spec.name] = (None, str(exc))
+        self.log_paths: dict[str, Path] = {log.name: named_path(plan.base_dir / Path(log.source).expanduser())
+                                           for log in plan.logs}
+        self._checkpoint_models: dict[str, Model] = {}
         self._models: dict[str, Model] = {}
         self.records: list[AuditRecord] = []
         self.seeds: dict[str, int] = {}  # every seed a measurement used (sampling), by purpose
@@ -184,12 +201,21 @@ class AuditSession:
             self._models[name] = Model(name, self.sources[name], self.digests)
         return self._models[name]
 
+    def checkpoint_model(self, name: str) -> Model | None:
+        """The checkpoint of that name, opened on first use (None when its source was not found)."""
+        source, _ = self.checkpoint_sources[name]
+        if source is None:
+            return None
+        if name not in self._checkpoint_models:
+            self._checkpoint_models[name] = Model(name, source, self.digests)
+        return self._checkpoint_models[name]
+
     @property
     def subjects(self) -> list[str]:
         return [self.plan.target_name] + [r.name for r in self.plan.references]
 
     def close(self) -> None:
-        for model in self._models.values():
+        for model in [*self._models.values(), *self._checkpoint_models.values()]:
             model.close()
 
 
@@ -225,6 +251,9 @@ def pytest_configure(config: pytest.Config) -> None:
         if budget is not None and session.sample is not None:
             raise PlanError("--budget and --sample both choose what the weight audits read: give one")
         session.budget = budget
+        session.digests.verify = bool(config.getoption("verify_hashes", False))
+        # a partial read (a row sample or a read budget) never fetches remote files whole
+        session.digests.full_read = session.sample is None and session.budget is None
         if session.sample is not None:
             session.seeds["weights.sample"] = SAMPLE_SEED
     except LineageError as exc:
@@ -468,8 +497,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             record.message = record.judgement.message
         else:
             record.message = record.sentence
-    if rep.when == "call" and record.extras:
-        rep.extras = list(getattr(rep, "extras", [])) + record.extras
+    # record.extras (tables, plots) are shown in the report's section of the audit's family
+    # (pytest_html_results_summary), not a second time in pytest-html's own table.
 
 
 # ----------------------------------------------------------------------------------------- outputs
@@ -559,7 +588,7 @@ def _write_evidence(session: pytest.Session, audit: AuditSession, exitstatus: in
         document = _evidence_document(audit, root, exitstatus)
         if audit.incomplete is not None:
             document.update(complete=False, incomplete_reason=audit.incomplete)
-        text = ev.dumps(ev.within(ev.to_jsonable(document), root))
+        text = ev.dumps(ev.within(ev.to_jsonable(document), root, _renames(audit)))
     except Exception as exc:  # a bug while assembling the evidence: still leave a partial file behind
         audit.incomplete = f"the evidence could not be assembled: {_describe(exc)}"
         text = ev.dumps({"schema": ev.SCHEMA, "complete": False, "incomplete_reason": audit.incomplete,
@@ -619,16 +648,37 @@ def _file_inputs(audit: AuditSession, root: Path) -> list[dict]:
     for name in audit.subjects:
         for path in audit.sources[name].files():
             entry = {"model": name, "path": ev.display_path(path, root)}
+            if remote.lookup(path) is not None or audit.sources[name].url is not None:
+                entry["path"] = path.name  # a remote source's file, named by its URL (not the cache folder)
+                entry["url"] = f"{audit.sources[name].url}{path.name}"
             try:
-                digest, error = audit.digests.file_digest(path, label=f"{name}/{path.name}")
+                record = audit.digests.input_record(path, label=f"{name}/{path.name}")
             except Exception as exc:  # noqa: BLE001 - vanished, unreadable, a parser bug: recorded per file
                 entry.update(size=None, sha256=None, error=f"cannot read: {_describe(exc)}")
             else:
-                entry.update(size=digest.size, sha256=digest.sha256)
-                if error:
-                    entry["error"] = error
+                entry.update(record)
             inputs.append(entry)
+    for name, (source, _) in audit.checkpoint_sources.items():
+        for path in source.files() if source is not None else ():
+            inputs.append(_digest_entry(audit, f"checkpoint {name}", path, root))
+    for name, path in audit.log_paths.items():
+        refusal = confine.vet(path, confine.bounds_for(path), entry=path.name, role="log") \
+            if path.exists() or path.is_symlink() else None
+        if refusal is not None:  # a link out of its folder, a FIFO, a device: never opened, never hashed
+            inputs.append({"model": f"log {name}", "path": ev.display_path(path, root), "size": None,
+                           "sha256": None, "error": refusal.message})
+            continue
+        inputs.append(_digest_entry(audit, f"log {name}", path, root))
     return inputs
+
+
+def _digest_entry(audit: AuditSession, model: str, path: Path, root: Path) -> dict:
+    """Size and SHA-256 of one input file; a missing or unreadable one is recorded as such."""
+    entry = {"model": model, "path": ev.display_path(path, root)}
+    try:
+        return entry | audit.digests.input_record(path, label=f"{model}/{path.name}")
+    except Exception as exc:  # noqa: BLE001 - vanished, unreadable, a parser bug: recorded per file
+        return entry | {"size": None, "sha256": None, "error": f"cannot read: {_describe(exc)}"}
 
 
 def _evidence_document(audit: AuditSession, root: Path, exitstatus: int) -> dict:
@@ -650,8 +700,45 @@ def _evidence_document(audit: AuditSession, root: Path, exitstatus: int) -> dict
         "exit_status": int(exitstatus),
         "claim_coverage": _claim_coverage(audit),
     }
+    # One verdict per claim (what the report's cards say), for a CI gate: modellineage.reporting.headline.
+    try:
+        document["verdicts"] = headline.verdicts_document(
+            audit.plan.target_name, document["claim_coverage"], ev.to_jsonable(document["audits"]),
+            allow_untested=audit.plan.allow_untested)
+    except Exception as exc:  # noqa: BLE001 - the audits' evidence still stands; a gate finds no "overall"
+        document["verdicts"] = {"error": f"the verdicts could not be assembled: {_describe(exc)}"}
+    network = _network(audit)
+    if network is not None:
+        document["network"] = network
     audit.inputs, audit.versions = inputs, document["tool"]
     return document
+
+
+def _renames(audit: AuditSession) -> dict[str, str]:
+    """A remote source's cache folder (machine-specific) -> its URL, for every path written out."""
+    found = {}
+    for source in audit.sources.values():
+        if source.url is not None:
+            for folder in {str(source.root), os.path.realpath(source.root)}:
+                found[folder.rstrip("/") + "/"] = source.url if source.url.endswith("/") else source.url + "/"
+    return found
+
+
+def _network(audit: AuditSession) -> dict | None:
+    """What this run fetched per remote file (None without remote sources). Unlike every other number in
+    the evidence it depends on the range cache's state before the run (a second run fetches nothing)."""
+    files = []
+    for name in audit.subjects:
+        for path in audit.sources[name].weight_files:
+            far = remote.lookup(path)
+            if far is not None:
+                files.append({"model": name, "url": far.display, "size": far.size, "bytes_fetched": far.fetched,
+                              "requests": far.requests, "bytes_in_cache": far.cached_bytes()})
+    if not files:
+        return None
+    return {"note": "this run's transfers; they depend on the range cache's state before the run "
+                    f"({remote.cache_root()}), like generated_at", "files": files,
+            **remote.network_stats().as_dict()}
 
 
 def _claim_coverage(audit: AuditSession) -> list[dict]:
@@ -671,7 +758,8 @@ def _relative_plan(plan: AuditPlan, root: Path) -> dict:
 
 
 def _relative_source(data: dict, root: Path) -> dict:
-    data["root"] = ev.display_path(data["root"], root)
+    # a remote source is named by its URL, not by the cache folder that holds its files on this machine
+    data["root"] = data["url"] if data.get("url") else ev.display_path(data["root"], root)
     return data
 
 
@@ -694,7 +782,7 @@ def pytest_html_report_title(report) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_results_summary(prefix: list, summary: list, postfix: list, session: pytest.Session) -> None:
-    """Put the verdict table and one paragraph per reference on top of the report."""
+    """Put the answer on top of the report: verdict cards, one picture per reference, details by family, inputs."""
     audit = _session(session.config)
     if audit is None:
         return
@@ -704,11 +792,12 @@ def pytest_html_results_summary(prefix: list, summary: list, postfix: list, sess
         prefix.append(f"<p><strong>Incomplete run: {html.escape(audit.incomplete)}.</strong> This report and "
                       f"{html.escape(ev.display_path(written, root))} are not a verdict.</p>")
     try:
-        records = ev.within([ev.to_jsonable(r) for r in audit.records], root)
-        prefix.append(report.claims_html(ev.within(_claim_coverage(audit), root),
-                                         allow_untested=audit.plan.allow_untested))
-        prefix.append(report.summary_html(audit.plan.as_dict(), records))
-        postfix.append(report.inputs_html(audit.inputs, audit.versions, ev.display_path(written, root)))
+        records = ev.within([ev.to_jsonable(r) for r in audit.records], root, _renames(audit))
+        bounds = ev.to_jsonable(audit.thresholds.as_dict()["bounds"])
+        inputs = report.inputs_html(audit.inputs, audit.versions, ev.display_path(written, root))
+        prefix.append(report.summary_html(audit.plan.as_dict(), records, ev.within(_claim_coverage(audit), root, _renames(audit)),
+                                          bounds, extras={r.nodeid: r.extras for r in audit.records},
+                                          allow_untested=audit.plan.allow_untested, inputs=inputs))
     except Exception as exc:  # the report is still written, with the reason the summary is missing
         audit.problems.append(f"the report's summary could not be built: {_describe(exc)}")
         prefix.append(f"<p><strong>The summary could not be built ({html.escape(_describe(exc))}); "

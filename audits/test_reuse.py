@@ -15,14 +15,20 @@ pytestmark = pytest.mark.reuse
 def test_no_exact_tensor_reuse(target, reference, thresholds, evidence):
     reuse = evidence.measured("exact_reuse", measure_exact_reuse(
         target.tensor_digests(), reference.model.tensor_digests(), buffers=target.name_map.buffers,
-        layer_of=target.name_map.layer_of))
+        layer_of=target.name_map.layer_of,
+        unchecked=[f"{target.name}: {n}" for n in target.unchecked_tensors]
+        + [f"{reference.name}: {n}" for n in reference.model.unchecked_tensors]))
     constants = evidence.measured("constant_where_reference_trained", constant_replacements(target, reference.model))
     evidence.says(f"The target reuses {reuse.reused_count} of its {reuse.counted_tensors} non-constant tensors "
                   f"byte for byte from {reference.name} ({reuse.reused_bytes_share:.1%} of those bytes)."
                   + (f" {len(constants)} target tensor(s) hold one value where {reference.name}'s are trained "
                      f"(zeroed, reset or folded; evidence of neither derivation nor independence): "
                      + "; ".join(c.line for c in constants[:4]) + (" ..." if len(constants) > 4 else "") + "."
-                     if constants else ""))
+                     if constants else "")
+                  + (f" {len(reuse.unchecked)} tensor(s) could not be checked (not read from the remote source "
+                     f"under a partial read): {', '.join(reuse.unchecked[:4])}" + (" ..." if len(reuse.unchecked) > 4
+                                                                                else "") + "."
+                     if reuse.unchecked else ""))
     evidence.html(_reuse_table(reuse, reference.name) + _constant_table(constants, reference.name))
     if reuse.by_layer:
         labels = [row.label for row in reuse.by_layer]
@@ -33,6 +39,9 @@ def test_no_exact_tensor_reuse(target, reference, thresholds, evidence):
     if reference.expectation("reuse") == "derived":
         pytest.skip(f"recorded, not judged: a derivative may change every tensor; the target reuses "
                     f"{reuse.reused_count} of {reuse.counted_tensors} non-constant tensors of {reference.name!r}")
+    if reuse.unchecked and not reuse.counted_tensors:
+        pytest.skip(f"no target tensor could be checked for reuse: {len(reuse.unchecked)} tensor(s) were not read "
+                    "(a remote source under a partial read; a full read or --verify-hashes checks them)")
     judgement = evidence.judged(no_exact_reuse(reuse, thresholds["reuse", "independent_max_reused_tensors"],
                                                reference.name))
     assert not judgement.failed, judgement.message

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from modellineage.errors import CorruptCheckpoint, SourceNotFound
-from modellineage.reading import confine
+from modellineage.reading import confine, remote
 from modellineage.reading.tensors import TensorInfo, read_header
 
-__all__ = ["FileDigest", "TensorDigest", "scan_safetensors", "sha256_file"]
+__all__ = ["FileDigest", "TensorDigest", "scan_safetensors", "sha256_file", "digest_cached_tensors"]
 
 Progress = Callable[[int], object]
 
@@ -134,6 +134,8 @@ class _TensorState:
 
 
 def _check_file(path: Path) -> None:
+    if remote.lookup(path) is not None:  # a remote file: read through its range cache
+        return
     if not path.exists():
         raise SourceNotFound(f"{path}: no such file")
     if not path.is_file():
@@ -147,7 +149,8 @@ def _stream(path: Path, expected_size: int | None, chunk_bytes: int, sink: Calla
     buf = bytearray(chunk_bytes)
     view = memoryview(buf)
     offset = 0
-    with confine.open_file(path) as fh:
+    far = remote.lookup(path)
+    with (far.stream() if far is not None else confine.open_file(path)) as fh:
         while True:
             n = fh.readinto(view)
             if not n:
@@ -228,3 +231,38 @@ def scan_safetensors(
 
     _stream(path, header.size, chunk_bytes, sink)
     return FileDigest(str(path), header.size, hasher.hexdigest(), tuple(s.digest() for s in states.values()))
+
+
+def digest_cached_tensors(path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20, fetch_below: int = 0
+                          ) -> tuple[tuple[TensorDigest, ...], tuple[str, ...]]:
+    """Per-tensor digests of the tensors of a remote file whose bytes are already in its range cache.
+
+    For an audit that reads only part of a remote model (``--sample``): exact-reuse detection then works on
+    the tensors actually read and names the others, rather than fetching every byte to hash them.
+
+    Args:
+        fetch_below: tensors of at most this many bytes are fetched first when missing (norm gains, biases,
+            routers: a few MiB of a 100B model, and copied norm gains are reuse evidence), where downloads
+            are allowed.
+
+    Returns:
+        The digests (header order) and the names of the tensors that could not be checked (not fetched).
+    """
+    path = Path(path)
+    far = remote.lookup(path)
+    if far is None:  # a local file: every tensor, in one pass
+        return scan_safetensors(path, chunk_bytes=chunk_bytes).tensors, ()
+    header = read_header(path)
+    small = [(i.begin, i.end) for i in header.tensors.values() if 0 < i.nbytes <= fetch_below]
+    if small and far.allow_network:
+        far.ensure(small)  # coalesced: adjacent small tensors are one request
+    digests, unchecked = [], []
+    for name, info in header.tensors.items():
+        if info.nbytes and not far.is_cached(info.begin, info.end):
+            unchecked.append(name)
+            continue
+        state = _TensorState(info)
+        for offset in range(info.begin, info.end, chunk_bytes):
+            state.feed(memoryview(far.read_cached(offset, min(chunk_bytes, info.end - offset))))
+        digests.append(state.digest())
+    return tuple(digests), tuple(unchecked)

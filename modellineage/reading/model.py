@@ -8,6 +8,7 @@ and the evidence can name every input with its SHA-256.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from modellineage.architecture.compare import WeightFacts, facts_from_weights
 from modellineage.errors import LineageError
 from modellineage.reading.boundary import guard, read_json
 from modellineage.reading.config import ArchConfig, normalise_config
-from modellineage.reading.hashing import FileDigest, TensorDigest, scan_safetensors, sha256_file
+from modellineage.reading import confine, remote
+from modellineage.reading.hashing import FileDigest, TensorDigest, digest_cached_tensors, scan_safetensors, sha256_file
 from modellineage.reading.naming import NameMap, canonicalize
 from modellineage.reading.progress import progress_bar
 from modellineage.reading.sources import ModelSource
@@ -31,20 +33,39 @@ def _scan_gguf(path, *, progress=None) -> FileDigest:
     return scan_gguf(path, progress=progress)
 
 
-class DigestCache:
-    """SHA-256 digests of input files, computed at most once per session."""
+#: Under a partial read of a remote model, tensors up to this size are fetched for their digests anyway
+#: (norm gains, biases, routers: ~0.02% of a 100B MoE, and byte-identical trained norms are reuse evidence).
+SMALL_TENSOR_BYTES = 1 << 20
 
-    def __init__(self) -> None:
+
+class DigestCache:
+    """SHA-256 digests of input files, computed at most once per session.
+
+    ``verify``: compute every file's SHA-256 over its full content even where one is already known (hub LFS
+    metadata, an HF cache blob name) and check the two agree (``--verify-hashes``).
+    ``full_read``: the audit reads whole models (no ``--sample``); when False, a remote file is never fetched
+    whole for a digest: its per-tensor digests cover the tensors already fetched and name the others.
+    """
+
+    def __init__(self, *, verify: bool = False, full_read: bool = True) -> None:
+        self.verify = verify
+        self.full_read = full_read
         self._digests: dict[Path, FileDigest] = {}
         self._plain: dict[Path, FileDigest] = {}  # whole-file hashes of files that failed to parse
+        self._partial: dict[Path, tuple[tuple[TensorDigest, ...], tuple[str, ...]]] = {}
+
+    @staticmethod
+    def _key(path: Path) -> Path:
+        return Path(os.path.abspath(path)) if remote.lookup(path) is not None else Path(path).resolve()
 
     def get(self, path: Path, *, label: str = "") -> FileDigest:
         """The digest of one file; safetensors files also get per-tensor digests (one sequential pass)."""
         # Keyed by the resolved file (HF cache snapshots are symlinks into blobs/), recorded under the
         # name the source gave it, so the evidence says "model.safetensors", not a blob hash.
-        key = Path(path).resolve()
+        key = self._key(path)
         if key not in self._digests:
-            size = key.stat().st_size
+            far = remote.lookup(path)
+            size = far.size if far is not None else key.stat().st_size
             hasher = scan_safetensors if key.suffix == ".safetensors" or Path(path).suffix == ".safetensors" \
                 else _scan_gguf if Path(path).suffix == ".gguf" else sha256_file
             show = None if size > 64 << 20 else False
@@ -57,7 +78,7 @@ class DigestCache:
         try:
             return self.get(path, label=label), None
         except LineageError as exc:
-            key = Path(path).resolve()
+            key = self._key(path)
             if key not in self._plain:
                 try:
                     self._plain[key] = sha256_file(Path(path).absolute())
@@ -66,7 +87,67 @@ class DigestCache:
             return self._plain[key], str(exc)
 
     def __contains__(self, path: Path) -> bool:
-        return Path(path).resolve() in self._digests
+        return self._key(path) in self._digests
+
+    def tensor_digests(self, path: Path, *, label: str = "") -> tuple[tuple[TensorDigest, ...], tuple[str, ...]]:
+        """Per-tensor digests of one safetensors file and the tensors that could not be checked.
+
+        Whole files are scanned (one pass, the file's SHA-256 too), except a remote file under a partial
+        read (``full_read`` False): then only the tensors already fetched and those of at most
+        :data:`SMALL_TENSOR_BYTES` are digested, the others named.
+        """
+        far = remote.lookup(path)
+        if far is None or self.full_read or self.verify or self._key(path) in self._digests:
+            return self.get(path, label=label).tensors, ()
+        key = self._key(path)
+        if key not in self._partial:
+            self._partial[key] = digest_cached_tensors(path, fetch_below=SMALL_TENSOR_BYTES)
+        return self._partial[key]
+
+    def input_record(self, path: Path, *, label: str = "") -> dict:
+        """Size and SHA-256 of one input file for the evidence, and where the SHA-256 came from.
+
+        ``sha256_source``: "computed over the full file", "hub LFS metadata" (a remote hub file, unless
+        ``verify``), "HF cache blob name" (a local Hugging Face cache file whose blob is named by its
+        SHA-256, unless ``verify`` or the file was scanned anyway); None when no SHA-256 is known (a remote
+        file read in part, with neither). Remote files also record their URL and the distinct bytes read.
+        A disagreement between a computed SHA-256 and the known one is the record's ``error``.
+        """
+        far = remote.lookup(path)
+        key = self._key(path)
+        record: dict = {}
+        if far is not None:
+            record.update(url=far.display)
+            known, known_source = far.sha256, remote.SHA_HUB
+            must_compute = (self.verify or key in self._digests
+                            or (known is None and (self.full_read or far.is_cached())))
+        else:
+            name = key.name
+            blob = (key.parent.name == confine.HUB_BLOBS and len(name) == 64
+                    and all(c in "0123456789abcdef" for c in name))
+            known, known_source = (name, remote.SHA_BLOB) if blob else (None, None)
+            must_compute = self.verify or key in self._digests or known is None
+        if must_compute:
+            digest, error = self.file_digest(path, label=label)
+            record.update(size=digest.size, sha256=digest.sha256 or None, sha256_source=remote.SHA_COMPUTED)
+            if known is not None and digest.sha256 and digest.sha256 != known:
+                mismatch = (f"SHA-256 computed over the full file ({digest.sha256}) differs from the "
+                            f"{known_source} ({known})")
+                error = f"{error}; {mismatch}" if error else mismatch
+            elif known is not None and digest.sha256:
+                record["sha256_matches"] = known_source
+            if error:
+                record["error"] = error
+        elif known is not None:
+            size = far.size if far is not None else key.stat().st_size
+            record.update(size=size, sha256=known, sha256_source=known_source)
+        else:
+            record.update(size=far.size, sha256=None, sha256_source=None,
+                          error=f"no SHA-256: the hub gives none for this file and only {far.cached_bytes():,} of "
+                                f"{far.size:,} bytes were fetched; --verify-hashes fetches and hashes the whole file")
+        if far is not None:
+            record["bytes_read"] = far.bytes_read()
+        return record
 
 
 class Model:
@@ -159,11 +240,26 @@ class Model:
         return load_from_files(self.source.tokenizer_files, where=self.source.root)
 
     def tensor_digests(self) -> tuple[TensorDigest, ...]:
-        """Per-tensor SHA-256 of every tensor in every shard, sorted by tensor name."""
+        """Per-tensor SHA-256 of every tensor in every shard, sorted by tensor name.
+
+        A remote model read in part (``--sample``) gives the digests of the tensors fetched;
+        :attr:`unchecked_tensors` names the others.
+        """
         found: list[TensorDigest] = []
+        unchecked: list[str] = []
         for path in self.source.require_weights():
-            found.extend(self.digests.get(path, label=f"{self.name}/{path.name}").tensors)
+            digests, missing = self.digests.tensor_digests(path, label=f"{self.name}/{path.name}")
+            found.extend(digests)
+            unchecked.extend(missing)
+        self.__dict__["_unchecked"] = tuple(sorted(unchecked))
         return tuple(sorted(found, key=lambda d: d.name))
+
+    @property
+    def unchecked_tensors(self) -> tuple[str, ...]:
+        """Tensors :meth:`tensor_digests` could not digest (a remote model read in part), sorted."""
+        if "_unchecked" not in self.__dict__:
+            self.tensor_digests()
+        return self.__dict__["_unchecked"]
 
     def file_digests(self) -> tuple[tuple[FileDigest, str | None], ...]:
         """Size and SHA-256 of every input file of this source, each with the parse error if it has one."""

@@ -1,4 +1,5 @@
-"""Where a model is: a local directory, a single .safetensors file, or a repo id in the local HF cache.
+"""Where a model is: a local directory, a single .safetensors file, a repo id in the local HF cache, or a
+remote source (``hf://``, ``https://``; :mod:`modellineage.reading.remote`).
 
 Resolving a source only lists files; it reads no tensor data. Nothing is downloaded unless the caller
 passes ``allow_download=True``, and pickle checkpoints are listed (so the report can name them) but never
@@ -58,7 +59,7 @@ class ModelSource:
 
     spec: str
     root: Path
-    kind: str  # "directory" | "file" | "hf-cache"
+    kind: str  # "directory" | "file" | "hf-cache" | "hf" (hub, by ranges) | "url" (https, by ranges)
     weight_files: tuple[Path, ...] = ()
     index_file: Path | None = None
     config_file: Path | None = None
@@ -70,6 +71,8 @@ class ModelSource:
     # Why the safetensors index could not be used: require_weights() raises it, so the weight audits of
     # this source fail with it and every other audit runs.
     index_error: LineageError | None = field(default=None, compare=False)
+    # A remote source (``hf://``, ``https://``): the URL its files are read from (modellineage.reading.remote).
+    url: str | None = None
 
     def refusals(self, role: str) -> tuple[Refusal, ...]:
         """The refused entries the audit would have read as ``role`` ("weights", "tokenizer", "config")."""
@@ -120,6 +123,7 @@ class ModelSource:
             "notes": list(self.notes),
             "refused": [r.as_dict() for r in self.refused],
             **({"index_error": str(self.index_error)} if self.index_error is not None else {}),
+            **({"url": self.url} if self.url is not None else {}),
         }
 
 
@@ -127,8 +131,10 @@ def resolve_source(spec: str, *, base_dir: Path | None = None, allow_download: b
     """Find the files of a model.
 
     Args:
-        spec: a directory, a ``.safetensors`` file, a ``.gguf`` file (weights, config facts and tokenizer), or a
-            Hugging Face repo id (``org/name[@revision]``).
+        spec: a directory, a ``.safetensors`` file, a ``.gguf`` file (weights, config facts and tokenizer), a
+            Hugging Face repo id (``org/name[@revision]``) in the local cache, or a remote source read by
+            byte ranges (``hf://org/name[@revision]``, ``https://…/model.safetensors`` or a directory URL;
+            :mod:`modellineage.reading.remote`).
         base_dir: relative paths are resolved against it (the audit plan's folder); default: cwd.
         allow_download: fetch a repo id that is not in the local cache (safetensors, json, tokenizer files only).
 
@@ -138,6 +144,10 @@ def resolve_source(spec: str, *, base_dir: Path | None = None, allow_download: b
     Raises:
         SourceNotFound: the path does not exist and no cached repo of that id exists.
     """
+    from modellineage.reading import remote
+
+    if remote.is_remote(spec):
+        return remote.resolve_remote(spec, allow_download=allow_download)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     path = Path(spec).expanduser()
     if not path.is_absolute():

@@ -44,7 +44,7 @@ from modellineage.errors import (
     SourceNotFound,
     UnsupportedFormat,
 )
-from modellineage.reading import confine
+from modellineage.reading import confine, remote
 from modellineage.reading.boundary import loads_json, quote
 
 __all__ = [
@@ -256,18 +256,31 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         UnsupportedFormat: a tensor has a dtype we do not know.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SourceNotFound(f"{path}: no such file")
-    with confine.open_file(path) as fh:
-        size = os.fstat(fh.fileno()).st_size
+    far = remote.lookup(path)
+    if far is not None:  # a remote file: the first bytes by one range request, the rest of a long header by another
+        size = far.size
         if size < 8:
             raise CorruptCheckpoint(f"{path}: file is {size} bytes, too short for a safetensors header (8 bytes)")
-        n = int.from_bytes(fh.read(8), "little")
+        far.ensure([(0, min(size, remote.HEADER_PROBE_BYTES))])
+        n = int.from_bytes(far.pread(0, 8), "little")
         if 8 + n > size:
             raise CorruptCheckpoint(f"{path}: header length {n} runs past the end of the file (size {size} bytes)")
         if n > _MAX_HEADER_BYTES:
             raise CorruptCheckpoint(f"{path}: header length {n} exceeds the format's limit of {_MAX_HEADER_BYTES}")
-        raw = fh.read(n)
+        raw = bytes(far.pread(8, n))
+    elif not path.is_file():
+        raise SourceNotFound(f"{path}: no such file")
+    else:
+        with confine.open_file(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < 8:
+                raise CorruptCheckpoint(f"{path}: file is {size} bytes, too short for a safetensors header (8 bytes)")
+            n = int.from_bytes(fh.read(8), "little")
+            if 8 + n > size:
+                raise CorruptCheckpoint(f"{path}: header length {n} runs past the end of the file (size {size} bytes)")
+            if n > _MAX_HEADER_BYTES:
+                raise CorruptCheckpoint(f"{path}: header length {n} exceeds the format's limit of {_MAX_HEADER_BYTES}")
+            raw = fh.read(n)
     if len(raw) != n:
         raise CorruptCheckpoint(f"{path}: file shrank while reading its header")
     # Any parser failure (a 5,000-digit number, 100,000 nested brackets, bad UTF-8) names the file.
@@ -513,7 +526,8 @@ class TensorStore:
             with self._lock:
                 fd = self._fds.get(path)
                 if fd is None:
-                    fd = confine.open_fd(path)  # a regular file, the one the source vetted
+                    far = remote.lookup(path)  # a remote file: its range cache (read after RemoteFile.ensure)
+                    fd = os.dup(far.fd) if far is not None else confine.open_fd(path)  # else the file vetted
                     self._fds[path] = fd
         return fd
 
@@ -534,6 +548,11 @@ class TensorStore:
         Into a new ``bytearray``, or into the first ``length`` bytes of ``into`` (then a memoryview of them
         is returned: a reused buffer skips the allocation and zero-fill of a fresh one).
         """
+        far = remote.lookup(info.file)
+        if far is not None:  # fetched first when missing; a sequential read fetches ahead within the tensor
+            out = far.pread(offset, length, into, limit=info.end)
+            self._count(length)
+            return out
         buf = bytearray(length) if into is None else into
         view = memoryview(buf)[:length]
         fd = self._fd(info.file)
@@ -553,6 +572,11 @@ class TensorStore:
                     buf) -> None:
         """Read runs (absolute file ``offsets``, ``lengths``) into ``buf`` at positions ``at``: one ``preadv``
         per run, counted once (the loop of a scattered read: no per-run Python beyond the call)."""
+        far = remote.lookup(info.file)
+        if far is not None:  # every run fetched at once (coalesced into large range requests), then read
+            far.ensure([(o, o + n) for o, n in zip(offsets, lengths)])
+            for offset, n in zip(offsets, lengths):
+                far.note_read(offset, n)
         fd = self._fd(info.file)
         view = memoryview(buf)
         short = 0
@@ -708,6 +732,10 @@ class TensorStore:
                 (np.diff(np.r_[starts, uniq.size]) * row_bytes).tolist())
 
     def _advise(self, info: TensorInfo, offsets: list[int], lengths: list[int]) -> None:
+        far = remote.lookup(info.file)
+        if far is not None:  # a remote file: announced rows are fetched now, together
+            far.ensure([(o, o + n) for o, n in zip(offsets, lengths)])
+            return
         advise = getattr(os, "posix_fadvise", None)
         if advise is not None:
             fd = self._fd(info.file)

@@ -80,16 +80,19 @@ def machine_info() -> dict[str, str]:
             "implementation": platform.python_implementation()}
 
 
-def within(data: Any, root: Path) -> Any:
+def within(data: Any, root: Path, renames: dict[str, str] | None = None) -> Any:
     """``data`` (plain JSON) with every path under ``root`` written relative to it, wherever it stands in
     a string (a file list, a tensor's source, an error message), so evidence does not depend on the
-    checkout folder."""
-    prefixes = sorted({str(root) + "/", str(Path(root).resolve()) + "/"}, key=len, reverse=True)
+    checkout folder. ``renames``: further folder prefixes written as another name (a remote source's
+    cache folder as its URL), applied first."""
+    prefixes = sorted({str(root) + "/": "", str(Path(root).resolve()) + "/": ""}.items(),
+                      key=lambda kv: len(kv[0]), reverse=True)
+    prefixes = sorted((renames or {}).items(), key=lambda kv: len(kv[0]), reverse=True) + prefixes
 
     def walk(x: Any) -> Any:
         if isinstance(x, str):
-            for prefix in prefixes:
-                x = x.replace(prefix, "")
+            for prefix, name in prefixes:
+                x = x.replace(prefix, name)
             return x
         if isinstance(x, dict):
             return {k: walk(v) for k, v in x.items()}

@@ -89,6 +89,8 @@ class ExactReuse:
     excluded: dict  # kind -> count of target tensors left out
     excluded_matches: dict  # kind -> count of left-out target tensors that also match
     by_layer: tuple[LayerReuse, ...] = ()  # counted and reused tensors per layer (None: outside layers)
+    # Target tensors that could not be checked: their bytes were not read (a remote model read in part).
+    unchecked: tuple[str, ...] = ()
 
     @property
     def reused_count(self) -> int:
@@ -114,12 +116,14 @@ class ExactReuse:
             "excluded": dict(sorted(self.excluded.items())),
             "excluded_matches": dict(sorted(self.excluded_matches.items())),
             "by_layer": [r.as_dict() for r in self.by_layer],
+            "unchecked": list(self.unchecked),
         }
 
 
 def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[TensorDigest], *,
                         buffers: Collection[str] = (),
-                        layer_of: Callable[[str], int | None] | None = None) -> ExactReuse:
+                        layer_of: Callable[[str], int | None] | None = None,
+                        unchecked: Collection[str] = ()) -> ExactReuse:
     """Find target tensors whose bytes (dtype and shape too) occur anywhere in the reference.
 
     Args:
@@ -127,6 +131,8 @@ def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[Tens
         reference: per-tensor digests of the reference model.
         buffers: target tensor names that are config-derived buffers (``NameMap.buffers``).
         layer_of: target tensor name -> layer index (``NameMap.layer_of``), for the per-layer counts.
+        unchecked: target tensors without a digest (not read: a remote model read in part); they are not
+            counted and are listed in the record, so the reader sees what the verdict did not cover.
 
     Returns:
         An ExactReuse record; any name, any layer, any expert slot counts.
@@ -164,6 +170,7 @@ def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[Tens
         excluded_matches=dict(excluded_matches),
         by_layer=tuple(LayerReuse(layer, reused, n) for layer, (reused, n)
                        in sorted(per_layer.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0))),
+        unchecked=tuple(sorted(unchecked)),
     )
 
 
