@@ -94,7 +94,7 @@ def test_evidence_carries_one_verdict_per_claim_for_a_ci_gate(demo_run):
     assert (base["headline"], base["outcome"], base["deciding_family"]) == \
         ("finetune was derived from base", "holds", "independence")
     assert base["strongest"][0]["text"].startswith("The independence test rejects separate training: p ≈ 10^-")
-    assert {u["family"] for u in base["untested"]} == {"architecture", "reuse"}  # informational / not judged
+    assert {u["family"] for u in base["untested"]} == {"architecture", "reuse", "training"}  # informational / not judged
     assert [(v["relation"], v["refinement"], v["outcome"]) for v in verdicts["references"]["scratch"]] == \
         [("independent", None, "holds"), ("derived", "tokenizer", "holds")]
     assert verdicts["catalog"]["outcome"] == "holds"
