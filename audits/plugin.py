@@ -67,6 +67,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--behaviour", action="store_true", default=False,
                     help="run the behaviour audits (sets [behaviour].run): every model answers the probe sets, "
                          "locally or through the endpoint the plan names")
+    group.addoption("--budget", metavar="BYTES|FRACTION", type=_budget, default=None,
+                    help="read budget per pair for the weight and independence audits: a share of the pair's "
+                         "bytes (0.01, 1%%) or bytes (4GB); they choose what to read and report what it costs "
+                         "(sets [options].budget)")
     group.addoption("--allow-untested", action="store_true", default=False,
                     help="accept a claim that no audit could measure and judge (sets [options].allow_untested); "
                          "by default such a claim fails the run")
@@ -83,6 +87,18 @@ def _sample_fraction(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"--sample needs a fraction in (0, 1], got {value}")
     return value
+
+
+def _budget(text: str):
+    """--budget BYTES|FRACTION (modellineage.weights.budget.parse_budget)."""
+    import argparse
+
+    from modellineage.weights.budget import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--budget: {exc}") from None
 
 
 #: Seed of the row sample of --sample (recorded in evidence.json under seeds["weights.sample"]).
@@ -172,6 +188,7 @@ class AuditSession:
         self.records: list[AuditRecord] = []
         self.seeds: dict[str, int] = {}  # every seed a measurement used (sampling), by purpose
         self.sample: float | None = None  # --sample: share of rows the weight audits read
+        self.budget = None  # --budget / [options].budget: a modellineage.weights.budget.ReadBudget
         self.inputs: list[dict] = []  # filled when the evidence is written, shown in the report
         self.versions: dict[str, str | None] = {}
         self.html_path: Path | None = None  # where the report goes (pytest-html writes a temporary file first)
@@ -230,8 +247,17 @@ def pytest_configure(config: pytest.Config) -> None:
                                                               or root / "reports" / "evidence.json")
         session = AuditSession(plan, thresholds, evidence_path, config.getoption("allow_download"))
         session.sample = config.getoption("sample", None)
+        budget = config.getoption("budget", None)
+        if budget is None and plan.options.get("budget") is not None:
+            from modellineage.weights.budget import parse_budget
+
+            budget = parse_budget(plan.options["budget"])
+        if budget is not None and session.sample is not None:
+            raise PlanError("--budget and --sample both choose what the weight audits read: give one")
+        session.budget = budget
         session.digests.verify = bool(config.getoption("verify_hashes", False))
-        session.digests.full_read = session.sample is None  # a partial read never fetches remote files whole
+        # a partial read (a row sample or a read budget) never fetches remote files whole
+        session.digests.full_read = session.sample is None and session.budget is None
         if session.sample is not None:
             session.seeds["weights.sample"] = SAMPLE_SEED
     except LineageError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from modellineage.independence.matching import IndependenceTest, measure_independence
+from modellineage.weights.budget import plan_budget
 
 from .plugin import once
 
@@ -26,12 +27,50 @@ def pair_cache(config: pytest.Config) -> dict:
     return config.stash[_CACHE]
 
 
+def budget_plan(config: pytest.Config, target, reference, audit_session):
+    """The read budget's plan for (target, reference) (None without --budget), once per session."""
+    if audit_session.budget is None:
+        return None
+    return once(pair_cache(config), ("budget", reference.name),
+                lambda: plan_budget(target, reference.model, audit_session.budget))
+
+
 def independence_test(config: pytest.Config, target, reference, audit_session) -> IndependenceTest:
     """The independence test of ``target`` against ``reference`` (a ReferenceHandle), once per session.
+
+    Under a read budget it tests the layers (and experts) the budget's plan chose, without head
+    alignment; a budget too small for one layer raises UnsupportedFormat saying so.
 
     Raises the LineageError the measurement raised (kept by :func:`audits.plugin.once`), so every
     audit that needs it skips or fails with the same reason.
     """
     audit_session.seeds["independence"] = INDEPENDENCE_SEED
-    return once(pair_cache(config), ("independence", reference.name),
-                lambda: measure_independence(target, reference.model, seed=INDEPENDENCE_SEED))
+
+    def compute():
+        plan = budget_plan(config, target, reference, audit_session)
+        stores = (target.store, reference.model.store)
+        before = sum(s.bytes_read for s in stores)
+        if plan is None:
+            test = measure_independence(target, reference.model, seed=INDEPENDENCE_SEED)
+        else:
+            plan.check_independence()
+            test = measure_independence(target, reference.model, seed=INDEPENDENCE_SEED,
+                                        layers=plan.independence_layers, experts_per_layer=plan.experts_per_layer,
+                                        heads=False, max_tokens=plan.align_tokens,
+                                        shared_units=plan.shared_units)
+        read = sum(s.bytes_read for s in stores) - before
+        present = sum(s.info(n).nbytes for s in stores for n in s.names())
+        reading = {"bytes_read": int(read), "bytes_present": int(present), "share_read": read / present if present
+                   else None, "note": "bytes the independence test of this pair read, against every tensor byte "
+                                      "of both models"}
+        if plan is not None:
+            reading.update(budget=plan.as_dict(), within_budget=read <= plan.bytes_allowed)
+        pair_cache(config)[("independence-reading", reference.name)] = reading
+        return test
+
+    return once(pair_cache(config), ("independence", reference.name), compute)
+
+
+def independence_reading(config: pytest.Config, reference) -> dict | None:
+    """What the independence test of ``reference`` read (bytes read and present, the budget's plan)."""
+    return pair_cache(config).get(("independence-reading", reference.name))

@@ -16,13 +16,14 @@ import pytest
 from modellineage.reporting import report
 
 from .criteria import _p_text, independence_alpha, independence_pvalue
-from .shared import independence_test
+from .shared import independence_reading, independence_test
 
 pytestmark = pytest.mark.independence
 
 
 def test_independence_pvalue(target, reference, thresholds, evidence, audit_session, pytestconfig):
     test = evidence.measured("independence", independence_test(pytestconfig, target, reference, audit_session))
+    evidence.measured("reading", independence_reading(pytestconfig, reference))
     bound = thresholds["independence", "alpha"]
     n_refs = len(audit_session.plan.references)
     alpha = independence_alpha(bound, n_refs)

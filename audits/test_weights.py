@@ -33,7 +33,7 @@ from .criteria import (
     weights_independent,
 )
 from .plugin import SAMPLE_SEED, once
-from .shared import independence_test
+from .shared import budget_plan, independence_test
 
 pytestmark = pytest.mark.weights
 
@@ -46,12 +46,14 @@ def weights_cache() -> dict:
     return {}
 
 
-def measure(target, reference, thresholds, audit_session, cache) -> WeightEvidence:
+def measure(target, reference, thresholds, audit_session, cache, config) -> WeightEvidence:
     """Everything the weight audits of one reference need (the library's pipeline, once per session)."""
     def compute():
-        side = once(cache, ("target", target.name), lambda: measure_target(target, sample=audit_session.sample))
+        budget = budget_plan(config, target, reference, audit_session)
+        side = None if budget is not None else \
+            once(cache, ("target", target.name), lambda: measure_target(target, sample=audit_session.sample))
         m = measure_weights(target, reference.model, min_layer_match=thresholds["weights", "derived_min_centred"].value,
-                            sample=audit_session.sample, seed=SAMPLE_SEED, target_side=side)
+                            sample=audit_session.sample, seed=SAMPLE_SEED, target_side=side, budget=budget)
         audit_session.seeds.update(m.seeds)
         return m
 
@@ -61,6 +63,9 @@ def measure(target, reference, thresholds, audit_session, cache) -> WeightEviden
 def measure_aligned(target, reference, audit_session, config, cache) -> tuple[AlignedComparison | None, str]:
     """The weight comparison in the frame the independence test aligned (once per session), or None and why."""
     def compute():
+        if audit_session.budget is not None:
+            return None, "not computed under a read budget (--budget): the aligned figures read every tensor of " \
+                         "the tested layers in full"
         try:
             test = independence_test(config, target, reference, audit_session)
         except LineageError as exc:  # no alignment (no shared tokens, refused tokenizer, ...): name-aligned only
@@ -134,9 +139,10 @@ def _ci(ci) -> str:
 
 
 def test_weight_similarity(target, reference, thresholds, evidence, audit_session, weights_cache, pytestconfig):
-    m = measure(target, reference, thresholds, audit_session, weights_cache)
+    m = measure(target, reference, thresholds, audit_session, weights_cache, pytestconfig)
     comp = m.comparison
     evidence.measured("weight_similarity", comp)
+    evidence.measured("reading", m.reading)
     evidence.measured("layer_correspondence", m.layers)
     evidence.measured("embedding_rows", m.row_alignment)
     evidence.measured("embedding_stats", m.embeddings)
@@ -213,8 +219,9 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
     assert not judgement.failed, judgement.message
 
 
-def test_no_tensor_signature_matches(target, reference, thresholds, evidence, audit_session, weights_cache):
-    m = measure(target, reference, thresholds, audit_session, weights_cache)
+def test_no_tensor_signature_matches(target, reference, thresholds, evidence, audit_session, weights_cache,
+                                     pytestconfig):
+    m = measure(target, reference, thresholds, audit_session, weights_cache, pytestconfig)
     sigs = m.signatures
     evidence.measured("signatures", sigs)
     hmax, jmin = thresholds["weights", "signature_max_hamming"], thresholds["weights", "signature_min_jaccard"]
@@ -239,8 +246,8 @@ def test_no_tensor_signature_matches(target, reference, thresholds, evidence, au
     assert not judgement.failed, judgement.message
 
 
-def test_moe_experts(target, reference, thresholds, evidence, audit_session, weights_cache):
-    m = measure(target, reference, thresholds, audit_session, weights_cache)
+def test_moe_experts(target, reference, thresholds, evidence, audit_session, weights_cache, pytestconfig):
+    m = measure(target, reference, thresholds, audit_session, weights_cache, pytestconfig)
     comp = m.comparison
     cats = {g.group: g for g in comp.by_category}
     experts = cats.get(EXPERT_CATEGORY)

@@ -74,8 +74,9 @@ def _layers_for(total_bytes: int) -> int:
 
 
 def _values(name: str, shape: tuple[int, ...], side: str) -> np.ndarray:
-    """Reference: norms ~ 1 ± 0.05, biases and weights ~ N(0, 0.02²); target: reference + 10 % noise."""
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    """Reference: norms ~ 1 ± 0.05, biases and weights ~ N(0, 0.02²); target: reference + 10 % noise;
+    independent (benchmarks/bench_scale.py): the reference's distribution from other seeds."""
+    rng = np.random.default_rng(zlib.crc32(name.encode() + (b"/independent" if side == "independent" else b"")))
     base = rng.standard_normal(shape, dtype=np.float32)
     base *= np.float32(0.05 if name.endswith("norm.weight") else 0.02)
     if name.endswith("norm.weight"):

@@ -90,6 +90,8 @@ TRAINING_LOG_KEYS = {
 OPTIONS = {
     "allow_untested": "true accepts a relation claim (or [catalog] claim) that no audit could measure and judge; "
                       "by default such a claim fails the run (also --allow-untested)",
+    "budget": "a read budget for the weight and independence audits of each pair: a share of the pair's bytes "
+              "(0.01, \"1%\") or bytes (\"4GB\"); the verdicts then carry what it costs (also --budget)",
 }
 # Every claim an audit checks, with what it means. A claim no audit checks would pass unverified, so an
 # unknown key (often a typo: `gpu_hour`) is an error rather than silently ignored.
@@ -518,9 +520,17 @@ def _catalog(raw: Any, origin: str) -> dict:
 
 
 def _options(raw: Any, origin: str) -> dict:
-    """[options]: known keys only (OPTIONS), each a boolean."""
+    """[options]: known keys only (OPTIONS), each a boolean (budget: a share or bytes)."""
     table = _known_table(raw, origin, "options", OPTIONS)
     for key, value in table.items():
+        if key == "budget":
+            from modellineage.weights.budget import parse_budget
+
+            try:
+                parse_budget(value)
+            except ValueError as exc:
+                raise PlanError(f"{origin}: [options].budget: {exc}") from None
+            continue
         if not isinstance(value, bool):
             raise PlanError(f"{origin}: [options].{key} = {value!r} must be true or false")
     return table

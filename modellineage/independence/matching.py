@@ -566,7 +566,9 @@ def _layers(model) -> list[int]:
 def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequence[tuple[int, int]] | None = None,
                          seed: int = 0, max_tokens: int = 4096, max_features: int = 256, dense_max: int = 4096,
                          top_k: int = 16, chunk_bytes: int = 16 << 20, decouple: bool = True,
-                         progress: Callable[[int, int], None] | None = None) -> IndependenceTest:
+                         progress: Callable[[int, int], None] | None = None,
+                         layers: Sequence[int] | None = None, experts_per_layer: int | None = None,
+                         heads: bool = True, shared_units: bool = True) -> IndependenceTest:
     """Test H0 "target and reference were trained from independent initialisations".
 
     Args:
@@ -581,6 +583,13 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
         decouple: remove each neuron's gate direction from its up row before the up matching (the
             default; ``False`` is the plain φ_MATCH statistic, kept for the calibration's comparison).
         progress: called with ``(layers done, layers)``.
+        layers: test only these layers (a read budget, :mod:`modellineage.weights.budget`); default every
+            layer both models have.
+        experts_per_layer: test only this many routed experts per layer, a seeded choice (``seed``) among
+            the target's (each against the reference expert the router rows assign it); default all.
+        heads: also align attention heads per tested layer (reads q, k, v; recorded, not in the p-value).
+        shared_units: test the shared expert of a layer with routed experts (a read budget may leave it out:
+            the routed experts tested are units of the same statistic).
 
     Returns:
         An :class:`IndependenceTest`; ``combined.p`` is the Fisher-combined p-value.
@@ -602,6 +611,11 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
     notes = []
     layers_t, layers_r = _layers(target), _layers(reference)
     common = [layer for layer in layers_t if layer in set(layers_r)]
+    if layers is not None:
+        chosen = {int(x) for x in layers}
+        notes.append(f"a read budget: {len(chosen & set(common))} of {len(common)} layers tested "
+                     f"({', '.join(str(x) for x in sorted(chosen & set(common)))})")
+        common = [layer for layer in common if layer in chosen]
     if len(layers_t) != len(layers_r):
         notes.append(f"layer counts differ ({len(layers_t)} vs {len(layers_r)}); layers compared by index")
     results = []
@@ -612,16 +626,24 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
         attn_read = (frames.reader("target", _gain(target, f"layers.{layer}.attn_norm.weight")),
                      frames.reader("reference", _gain(reference, f"layers.{layer}.attn_norm.weight")))
         units = []
+        experts_t, experts_r = _experts(target, layer), _experts(reference, layer)
         for gate_role, up_role in (("mlp_gate", "mlp_up"), ("shared_gate", "shared_up")):
+            if gate_role == "shared_gate" and not shared_units and experts_t and experts_r:
+                continue
             kt = f"layers.{layer}.{gate_role}.weight"
             if _ref(target, kt) and _ref(reference, kt) and _ref(target, kt.replace(gate_role, up_role)) \
                     and _ref(reference, kt.replace(gate_role, up_role)):
                 units.append(_mlp_unit(target, reference, layer, None, None, f"layers.{layer}.",
                                        f"layers.{layer}.", gate_role, up_role, frames, mlp_read, opts))
-        experts_t, experts_r = _experts(target, layer), _experts(reference, layer)
         if experts_t and experts_r:
             mapping = _match_experts(target, reference, layer, experts_t, experts_r, frames, mlp_read, chunk_bytes)
-            for e_t in experts_t:
+            tested = experts_t
+            if experts_per_layer is not None and experts_per_layer < len(experts_t):
+                pick = np.random.default_rng([seed, 0xE4, layer]).choice(len(experts_t), size=experts_per_layer,
+                                                                         replace=False)
+                tested = [experts_t[i] for i in sorted(pick)]
+                notes.append(f"layer {layer}: a read budget: {len(tested)} of {len(experts_t)} routed experts tested")
+            for e_t in tested:
                 e_r = mapping[e_t]
                 pt, pr = f"layers.{layer}.experts.{e_t}.", f"layers.{layer}.experts.{e_r}."
                 if _ref(target, pt + "expert_gate.weight") and _ref(reference, pr + "expert_gate.weight"):
@@ -630,7 +652,8 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
         if units:
             pv = units[0].pvalue if len(units) == 1 else fisher_combine([u.pvalue for u in units])
             results.append(LayerResult(layer=layer, pvalue=pv, units=tuple(units),
-                                       attention=_heads(target, reference, layer, frames, attn_read, chunk_bytes)))
+                                       attention=_heads(target, reference, layer, frames, attn_read, chunk_bytes)
+                                       if heads else None))
         if progress is not None:
             progress(done + 1, len(common))
     if not results:

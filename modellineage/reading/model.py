@@ -24,6 +24,15 @@ from modellineage.reading.sources import ModelSource
 from modellineage.reading.tensors import TensorStore
 
 
+def _is_gguf(files) -> bool:
+    return bool(files) and all(Path(f).suffix == ".gguf" for f in files)
+
+
+def _scan_gguf(path, *, progress=None) -> FileDigest:
+    from modellineage.reading.gguf_weights import scan_gguf
+    return scan_gguf(path, progress=progress)
+
+
 #: Under a partial read of a remote model, tensors up to this size are fetched for their digests anyway
 #: (norm gains, biases, routers: ~0.02% of a 100B MoE, and byte-identical trained norms are reuse evidence).
 SMALL_TENSOR_BYTES = 1 << 20
@@ -58,7 +67,7 @@ class DigestCache:
             far = remote.lookup(path)
             size = far.size if far is not None else key.stat().st_size
             hasher = scan_safetensors if key.suffix == ".safetensors" or Path(path).suffix == ".safetensors" \
-                else sha256_file
+                else _scan_gguf if Path(path).suffix == ".gguf" else sha256_file
             show = None if size > 64 << 20 else False
             with progress_bar(size, f"hashing {label or Path(path).name}", enabled=show) as update:
                 self._digests[key] = hasher(Path(path).absolute(), progress=update)
@@ -158,6 +167,9 @@ class Model:
         self.source.check_readable("config")
         path = self.source.config_file
         if path is None:
+            if _is_gguf(self.source.weight_files):  # llama.cpp files state their config in metadata
+                from modellineage.reading.gguf_weights import config_from_gguf
+                return config_from_gguf(self.store.header)
             return None
         return read_json(path, "config.json")
 
@@ -172,7 +184,11 @@ class Model:
     @cached_property
     def store(self) -> TensorStore:
         """Tensor access over all shards (headers only until rows are asked for)."""
-        return TensorStore(self.source.require_weights())
+        files = self.source.require_weights()
+        if _is_gguf(files):
+            from modellineage.reading.gguf_weights import GGUFStore
+            return GGUFStore(files)
+        return TensorStore(files)
 
     @cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:

@@ -14,6 +14,7 @@ run.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import re
@@ -130,7 +131,7 @@ def resolve_source(spec: str, *, base_dir: Path | None = None, allow_download: b
     """Find the files of a model.
 
     Args:
-        spec: a directory, a ``.safetensors`` file, a ``.gguf`` file (read for its tokenizer only), a
+        spec: a directory, a ``.safetensors`` file, a ``.gguf`` file (weights, config facts and tokenizer), a
             Hugging Face repo id (``org/name[@revision]``) in the local cache, or a remote source read by
             byte ranges (``hf://org/name[@revision]``, ``https://…/model.safetensors`` or a directory URL;
             :mod:`modellineage.reading.remote`).
@@ -189,14 +190,23 @@ def _from_path(spec: str, path: Path) -> ModelSource:
                                 f".gguf file)")
     refusal = confine.vet(path, confine.bounds_for(path), entry=path.name, role=role)
     if refusal is not None:
+        if path.suffix == GGUF_SUFFIX:  # a GGUF file is the model's weights and its tokenizer
+            return ModelSource(spec=spec, root=path, kind="file",
+                               refused=(refusal, dataclasses.replace(refusal, role="weights")))
         return ModelSource(spec=spec, root=path, kind="file", refused=(refusal,))
     if role == "weights":
         return ModelSource(spec=spec, root=path, kind="file", weight_files=(path,))
     if role == "pickle":
         return ModelSource(spec=spec, root=path, kind="file", pickle_files=(path,))
-    return ModelSource(spec=spec, root=path, kind="file", tokenizer_files=(path,),
-                       notes=("a GGUF file: its tokenizer vocabulary is read, its tensors are not "
-                              "(the weight audits read safetensors)",))
+    from modellineage.reading.gguf_weights import declares_tensors
+
+    if not declares_tensors(path):
+        return ModelSource(spec=spec, root=path, kind="file", tokenizer_files=(path,),
+                           notes=("a GGUF file without tensors: its tokenizer vocabulary is read",))
+    return ModelSource(spec=spec, root=path, kind="file", tokenizer_files=(path,), weight_files=(path,),
+                       notes=("a GGUF file: its tensors are read through modellineage.reading.gguf_weights "
+                              "(llama.cpp names and q/k order mapped back, quantised types dequantised), "
+                              "its config facts from its metadata, its tokenizer from its vocabulary",))
 
 
 def _role(name: str) -> str | None:

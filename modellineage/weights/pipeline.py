@@ -25,8 +25,10 @@ from modellineage.weights.alignment import (
     match_experts,
     project_layers,
 )
+from modellineage.weights.budget import BudgetPlan
 from modellineage.weights.embeddings import EmbeddingStats, embedding_stats, shared_token_rows, vocabulary_of
-from modellineage.weights.signatures import compare_signatures, model_signatures
+from modellineage.weights.sampling import MIN_SAMPLED_ROWS
+from modellineage.weights.signatures import GRID_MIN_ROWS, SAMPLE_ELEMENTS, compare_signatures, model_signatures
 from modellineage.weights.similarity import WeightComparison, compare_weights
 
 __all__ = ["SIGNATURE_SEED", "EMBEDDING_SEED", "TargetSide", "WeightEvidence", "measure_target", "measure",
@@ -46,6 +48,9 @@ class TargetSide:
     signatures: Mapping[str, Any]
     embeddings: Mapping[str, EmbeddingStats]
     sample: float | None
+    signature_min_rows: int = GRID_MIN_ROWS
+    bytes_read: int = 0
+    signature_elements: int = SAMPLE_ELEMENTS
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class WeightEvidence:
     embeddings: Mapping[str, EmbeddingStats]
     row_alignment: Mapping[str, Any]
     seeds: Mapping[str, int] = field(default_factory=dict)
+    reading: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def alignment_text(self) -> str:
@@ -115,13 +121,20 @@ def _embedding_stats(model: Model, sample: float | None, first_seed: int) -> dic
     return out
 
 
-def measure_target(target: Model, *, sample: float | None = None) -> TargetSide:
+def measure_target(target: Model, *, sample: float | None = None, signature_min_rows: int = GRID_MIN_ROWS,
+                   signature_elements: int = SAMPLE_ELEMENTS) -> TargetSide:
     """The target's signatures and embedding statistics (pass to :func:`measure` for each reference)."""
-    return TargetSide(model_signatures(target, seed=SIGNATURE_SEED), _embedding_stats(target, sample, 0), sample)
+    before = target.store.bytes_read
+    signatures = model_signatures(target, seed=SIGNATURE_SEED, min_rows=signature_min_rows,
+                                  elements=signature_elements)
+    embeddings = _embedding_stats(target, sample, 0)
+    return TargetSide(signatures, embeddings, sample, signature_min_rows, target.store.bytes_read - before,
+                      signature_elements)
 
 
 def measure(target: Model, reference: Model, *, min_layer_match: float, sample: float | None = None,
-            seed: int = 0, target_side: TargetSide | None = None) -> WeightEvidence:
+            seed: int = 0, target_side: TargetSide | None = None, budget: BudgetPlan | None = None
+            ) -> WeightEvidence:
     """Measure the weights of ``target`` against ``reference``, streaming one tensor pair at a time.
 
     Args:
@@ -132,22 +145,41 @@ def measure(target: Model, reference: Model, *, min_layer_match: float, sample: 
             reads every row.
         seed: seeds the sampled rows.
         target_side: :func:`measure_target` of ``target`` with the same ``sample`` (computed here if omitted).
+        budget: a read budget's plan (:func:`modellineage.weights.budget.plan_budget`): its row share,
+            rows per tensor and signature rows replace ``sample``; the bytes read are recorded in
+            :attr:`WeightEvidence.reading`.
     """
-    if target_side is None or target_side.sample != sample:
-        target_side = measure_target(target, sample=sample)
+    sig_rows, sig_elements, min_rows = GRID_MIN_ROWS, SAMPLE_ELEMENTS, MIN_SAMPLED_ROWS
+    if budget is not None:
+        sample, min_rows = budget.sample, budget.sample_min_rows
+        sig_rows, sig_elements = budget.signature_min_rows, budget.signature_elements
+    if target_side is None or (target_side.sample, target_side.signature_min_rows, target_side.signature_elements) \
+            != (sample, sig_rows, sig_elements):
+        target_side = measure_target(target, sample=sample, signature_min_rows=sig_rows,
+                                     signature_elements=sig_elements)
+    before = reference.store.bytes_read, target.store.bytes_read
     ts = target_side.signatures
-    rs = model_signatures(reference, seed=SIGNATURE_SEED)
+    rs = model_signatures(reference, seed=SIGNATURE_SEED, min_rows=sig_rows, elements=sig_elements)
     layers = correspond_layers(ts, rs, min_match=min_layer_match)
     layer_map = layers.layer_map if layers.beats_index else None
     experts = match_experts(ts, rs, layer_map)
     expert_map = {(m.layer, t): r for m in experts for t, r in m.assignment} or None
     rows, row_info = row_alignments(target, reference)
     comparison = compare_weights(target, reference, fraction=sample, seed=seed, layer_map=layer_map,
-                                 expert_map=expert_map, row_alignments=rows)
+                                 expert_map=expert_map, row_alignments=rows, min_rows=min_rows)
     # seeds [EMBEDDING_SEED, i]: i counts the target's matrices first, then the reference's
     embeddings = {f"target:{k}": v for k, v in target_side.embeddings.items()}
     embeddings.update({f"reference:{k}": v for k, v in
                        _embedding_stats(reference, sample, len(target_side.embeddings)).items()})
+    read = (reference.store.bytes_read - before[0]) + (target.store.bytes_read - before[1]) + target_side.bytes_read
+    present = sum(m.store.info(n).nbytes for m in (target, reference) for n in m.store.names())
+    reading = {"bytes_read": int(read), "bytes_present": int(present),
+               "share_read": read / present if present else None,
+               "note": "bytes this pair's weight measurement read (the target's signatures and embedding "
+                       "statistics counted with every reference), against every tensor byte of both models"}
+    if budget is not None:
+        reading["budget"] = budget.as_dict()
+        reading["within_budget"] = read <= budget.bytes_allowed
     seeds = {"weights.signatures": SIGNATURE_SEED}
     if sample is not None:
         seeds.update({"weights.sample": seed, "weights.embedding_stats": EMBEDDING_SEED})
@@ -155,7 +187,7 @@ def measure(target: Model, reference: Model, *, min_layer_match: float, sample: 
                           compare_signatures(ts, rs, target_name=target.name, reference_name=reference.name,
                                              seed=SIGNATURE_SEED),
                           experts, detect_upcycling(ts, rs, layer_map), project_layers(ts, rs), embeddings,
-                          row_info, seeds)
+                          row_info, seeds, reading)
 
 
 def measure_aligned(target: Model, reference: Model, test) -> AlignedComparison:

@@ -29,9 +29,16 @@ __all__ = ["excluded_kind", "ReusedTensor", "LayerReuse", "ExactReuse", "Constan
            "constant_replacements"]
 
 
+def _gguf_float(dtype: str) -> bool:
+    """A GGUF quantised type the reader dequantises (Q8_0, Q4_K, ...): weights, so reuse evidence."""
+    from modellineage.reading.gguf_weights import dequantisable_types
+
+    return dtype in dequantisable_types()
+
+
 def excluded_kind(digest: TensorDigest, buffers: Collection[str] = ()) -> str | None:
     """Why a tensor does not count as reuse evidence, or None when it counts."""
-    if digest.dtype not in FLOAT_DTYPES:
+    if digest.dtype not in FLOAT_DTYPES and not _gguf_float(digest.dtype):
         return "non-float"
     if digest.name in buffers:
         return "buffer"

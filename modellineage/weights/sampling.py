@@ -64,13 +64,15 @@ class Interval:
         return {"low": self.low, "high": self.high, "exact": self.exact, "method": self.method}
 
 
-def choose_rows(total: int, fraction: float | None, rng: np.random.Generator) -> np.ndarray:
+def choose_rows(total: int, fraction: float | None, rng: np.random.Generator, *,
+                min_rows: int = MIN_SAMPLED_ROWS) -> np.ndarray:
     """Positions of the rows to read, sorted.
 
     Args:
         total: rows of the (2-D view of the) tensor.
         fraction: share of rows to read, in (0, 1]; ``None`` or 1 reads every row.
         rng: the seeded generator of this comparison (advanced only when rows are drawn).
+        min_rows: rows every tensor gets at least (a read budget lowers it, :mod:`modellineage.weights.budget`).
 
     Returns:
         int64 positions in ``[0, total)``, sorted and unique; all rows when the tensor has at most
@@ -78,9 +80,9 @@ def choose_rows(total: int, fraction: float | None, rng: np.random.Generator) ->
     """
     if fraction is not None and not (0.0 < fraction <= 1.0):
         raise ValueError(f"sample fraction must be in (0, 1], got {fraction!r}")
-    if fraction is None or fraction >= 1.0 or total <= MIN_SAMPLED_ROWS:
+    if fraction is None or fraction >= 1.0 or total <= min_rows:
         return np.arange(total, dtype=np.int64)
-    k = min(total, max(MIN_SAMPLED_ROWS, math.ceil(fraction * total)))
+    k = min(total, max(min_rows, 2, math.ceil(fraction * total)))
     if k >= total:
         return np.arange(total, dtype=np.int64)
     return np.sort(rng.choice(total, size=k, replace=False)).astype(np.int64)

@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 SAMPLE_ELEMENTS = 2048
+#: Rows a signature grid reads at least, whatever the width (a read budget may lower it).
+GRID_MIN_ROWS = 16
 SIMHASH_BITS = 128
 MINHASH_PERMUTATIONS = 128
 _BINS = 8
@@ -85,12 +87,15 @@ class TensorSignature:
 
 
 @functools.lru_cache(maxsize=256)
-def _grid(rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _grid(rows: int, cols: int, seed: int, min_rows: int = GRID_MIN_ROWS, elements: int = SAMPLE_ELEMENTS
+          ) -> tuple[np.ndarray, np.ndarray]:
     """Sample rows and columns of a ``(rows, cols)`` canonical view: the same for every tensor of that shape
-    (cached: a model has few shapes; the arrays are read-only)."""
-    rng = np.random.default_rng([seed, rows, cols])
-    k_r = min(rows, max(16, math.ceil(SAMPLE_ELEMENTS / max(cols, 1))))
-    k_c = min(cols, max(1, SAMPLE_ELEMENTS // k_r))
+    (cached: a model has few shapes; the arrays are read-only). At least ``min_rows`` rows (a read budget
+    lowers it: fewer rows, more columns of each, about the same number of elements)."""
+    budgeted = (min_rows, elements) != (GRID_MIN_ROWS, SAMPLE_ELEMENTS)
+    rng = np.random.default_rng([seed, rows, cols] + ([min_rows, elements] if budgeted else []))
+    k_r = min(rows, max(min_rows, math.ceil(elements / max(cols, 1))))
+    k_c = min(cols, max(1, elements // k_r))
     r = np.sort(rng.choice(rows, size=k_r, replace=False)) if k_r < rows else np.arange(rows)
     c = np.sort(rng.choice(cols, size=k_c, replace=False)) if k_c < cols else np.arange(cols)
     r, c = r.astype(np.int64), c.astype(np.int64)
@@ -174,14 +179,15 @@ def _minhash(z: np.ndarray, seed: int) -> np.ndarray:
     return best.min(axis=0)
 
 
-def _source_rows(store: TensorStore, ref: TensorRef, seed: int):
+def _source_rows(store: TensorStore, ref: TensorRef, seed: int, min_rows: int = GRID_MIN_ROWS,
+                 elements: int = SAMPLE_ELEMENTS):
     """The plan of a canonical float tensor, its grid (canonical rows, columns) and the source rows to read."""
     plan = row_plan(ref, store.info(ref.source))
     pre_rows, pre_cols = plan.shape
     if plan.transpose:  # choose positions on the canonical (out, in) view, read the stored (in, out) rows
-        rows, cols = _grid(pre_cols, pre_rows, seed)
+        rows, cols = _grid(pre_cols, pre_rows, seed, min_rows, elements)
         return plan, rows, cols, plan.rows[cols]
-    rows, cols = _grid(pre_rows, pre_cols, seed)
+    rows, cols = _grid(pre_rows, pre_cols, seed, min_rows, elements)
     return plan, rows, cols, plan.rows[rows]
 
 
@@ -217,7 +223,8 @@ def _signature(store: TensorStore, ref: TensorRef, planned: tuple, seed: int) ->
 PREFETCH_TENSORS = 64
 
 
-def model_signatures(model, *, seed: int = 0, keys: Iterable[str] | None = None) -> dict[str, TensorSignature]:
+def model_signatures(model, *, seed: int = 0, keys: Iterable[str] | None = None,
+                     min_rows: int = GRID_MIN_ROWS, elements: int = SAMPLE_ELEMENTS) -> dict[str, TensorSignature]:
     """Signatures of every canonical tensor of a model (constant tensors left out), in canonical order.
 
     The grid rows of the next :data:`PREFETCH_TENSORS` tensors are announced to the kernel
@@ -234,7 +241,7 @@ def model_signatures(model, *, seed: int = 0, keys: Iterable[str] | None = None)
     def announce(i: int) -> None:
         if i < len(todo):
             ref = todo[i][1]
-            planned[i] = _source_rows(store, ref, seed)
+            planned[i] = _source_rows(store, ref, seed, min_rows, elements)
             store.prefetch_rows(ref.source, planned[i][3])
 
     for i in range(min(PREFETCH_TENSORS, len(todo))):

@@ -62,6 +62,7 @@ from modellineage.weights.sampling import (
     EXACT_METHOD,
     BootstrapAccumulator,
     Interval,
+    MIN_SAMPLED_ROWS,
     choose_rows,
     percentile_interval,
     row_stats,
@@ -271,6 +272,10 @@ def iter_canonical_blocks(store: TensorStore, plan: RowPlan, positions: np.ndarr
         yield chunk, side.read(chunk)
 
 
+#: Stored dtypes whose pairs go through the compiled moment sweep (:class:`PairAccumulator` ``fused``).
+FUSED_DTYPES = frozenset({"BF16", "F16"})
+
+
 #: Columns of the Gaussian sketch of the rotation null above ``2 x`` this width (exact below).
 ROTATION_SKETCH = 128
 
@@ -418,6 +423,7 @@ def compare_pair(
     row_alignment: str = "identity",
     rotation_null: bool = False,
     chunk_bytes: int = _DEFAULT_CHUNK,
+    min_rows: int = MIN_SAMPLED_ROWS,
 ) -> PairSimilarity:
     """Compare one target canonical tensor with one reference canonical tensor.
 
@@ -472,11 +478,13 @@ def compare_pair(
         if t_rows.max() >= tplan.shape[0] or r_rows.max() >= rplan.shape[0]:
             raise IncompatibleShapes(f"row alignment out of range: {where}: {tplan.shape} vs {rplan.shape}")
     total = int(t_rows.size)
-    picked = choose_rows(total, fraction, rng) if fraction is not None else np.arange(total, dtype=np.int64)
+    picked = choose_rows(total, fraction, rng, min_rows=min_rows) if fraction is not None \
+        else np.arange(total, dtype=np.int64)
     cols = tside.shape[1] if t_cols is None else int(t_cols.size)
     # PairAccumulator refuses NaN/Inf itself; its labels name the files
     acc = PairAccumulator(label_a=f"target tensor {tref.source!r} in {tinfo.file}",
-                          label_b=f"reference tensor {rref.source!r} in {rinfo.file}")
+                          label_b=f"reference tensor {rref.source!r} in {rinfo.file}",
+                          fused=tinfo.dtype in FUSED_DTYPES and rinfo.dtype in FUSED_DTYPES)
     sampled = picked.size < total
     boot = BootstrapAccumulator(rng) if sampled else None
     null = _RotationNull(cols) if rotation_null and len(tref.shape) == 2 else None
@@ -829,6 +837,7 @@ def compare_weights(
     keys: Iterable[str] | None = None,
     chunk_bytes: int = _DEFAULT_CHUNK,
     workers: int | None = None,
+    min_rows: int = MIN_SAMPLED_ROWS,
 ) -> WeightComparison:
     """Compare every canonical target tensor with its reference counterpart, one pair at a time.
 
@@ -899,6 +908,7 @@ def compare_weights(
             continue
         slots.append((key, rkey, functools.partial(
             compare_pair, target.store, tref, reference.store, rref, fraction=fraction, rng=rng, row_pairs=row_pairs,
+            min_rows=min_rows,
             col_pairs=col_pairs, row_alignment=how, chunk_bytes=chunk_bytes,
             rotation_null=role_category(tref.role) in _TOKEN_CATEGORIES)))
     pairs: list[PairSimilarity] = []

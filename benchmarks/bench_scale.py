@@ -1,0 +1,310 @@
+"""Verdicts at a 1 % read budget vs the full read, per-byte and per-tensor costs, and an extrapolation to a
+Solar-Open-100B-sized pair.
+
+1. Writes three synthetic Qwen2-MoE-style BF16 models of ``--size-gb`` per side (benchmarks/bench_weights.py's
+   generator): ``reference``, ``target`` (reference + 10 % noise: derived) and ``independent`` (the same
+   distributions from other seeds).
+2. With the page cache hot (every file read once first), for the derived and the independent pair:
+   the weight measurement (``modellineage.weights.measure``) and the independence test, every byte, then
+   at ``--budget`` (default 1 %) through ``modellineage.weights.budget.plan_budget``. Records wall and CPU
+   seconds, bytes read (the stores' own counts) and the verdicts the audits would give: each category's
+   mean centred similarity against ``thresholds.toml`` ([weights] derived_min_centred / independent_max_*)
+   and the independence p-value against α = [independence].alpha. Token pairs are the identity (the
+   synthetic models carry no tokenizer).
+3. Costs, CPU seconds per core: the streamed comparison per byte (non-token tensors), per tensor (1-D
+   tensors, whose bytes are negligible), the rotation null per token-matrix element, signatures per
+   tensor, the independence test per MLP unit; the budgeted comparison per byte read.
+4. Extrapolation: a header-only Solar-Open-100B-shaped pair (sparse files: 48 layers, 128 routed experts of
+   width 1280 + one shared expert, hidden 4096, 64 heads / 8 KV heads of 128, vocabulary 196,608, BF16;
+   ~200 GB per side; nothing is read from them) gives the tensor count, the bytes, and the budget's plan
+   (``plan_budget`` on its headers); the costs above give the time, full and at the budget, on one core.
+
+    .venv/bin/python benchmarks/bench_scale.py --size-gb 2 --workdir /tmp/bench_scale \\
+        --out benchmarks/results/bench_scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_weights as bw  # noqa: E402
+
+from modellineage.independence.matching import measure_independence  # noqa: E402
+from modellineage.reading.model import Model  # noqa: E402
+from modellineage.reading.sources import resolve_source  # noqa: E402
+from modellineage.weights.budget import parse_budget, plan_budget  # noqa: E402
+from modellineage.weights.pipeline import measure  # noqa: E402
+from modellineage.weights.similarity import compare_weights  # noqa: E402
+
+THRESHOLDS = tomllib.loads((ROOT / "thresholds.toml").read_text())
+
+
+# ---- models ----------------------------------------------------------------------------------------
+def write_models(root: Path, size_gb: float, shard_bytes: int = 1 << 30) -> dict[str, Path]:
+    """reference, target (derived) and independent, each ``size_gb`` per side (written once, reused)."""
+    out = {s: root / s for s in ("reference", "target", "independent")}
+    if all((d / "config.json").exists() for d in out.values()):
+        return out
+    t, r, _ = bw.write_pair(root, int(size_gb * bw.GIB), shard_bytes)
+    ind = out["independent"]
+    ind.mkdir(parents=True, exist_ok=True)
+    index = json.loads((r / "model.safetensors.index.json").read_text())
+    by_file: dict[str, list[str]] = {}
+    for name, fname in index["weight_map"].items():
+        by_file.setdefault(fname, []).append(name)
+    from safetensors import safe_open
+
+    for fname, names in sorted(by_file.items()):
+        with safe_open(str(r / fname), "np") as fh:  # the reference's shard layout and shapes
+            shapes = {n: tuple(fh.get_slice(n).get_shape()) for n in fh.keys()}
+        order = list(shapes)
+        bw._write_shard(ind / fname, [(n, shapes[n]) for n in order], "independent")
+    (ind / "model.safetensors.index.json").write_text((r / "model.safetensors.index.json").read_text())
+    (ind / "config.json").write_text((r / "config.json").read_text())
+    return out
+
+
+def warm(paths) -> None:
+    for p in paths:
+        bw._plain_read(sorted(Path(p).glob("*.safetensors")))
+
+
+# ---- verdicts ---------------------------------------------------------------------------------------
+def weight_verdict(evidence, expect: str) -> dict:
+    w = THRESHOLDS["weights"]
+    cats = {g.group: g.mean_centred for g in evidence.comparison.by_category}
+    if expect == "derived":
+        bound = w["derived_min_centred"]["value"]
+        ok = any(v >= bound for v in cats.values())  # some category reaches the derived bound
+    else:
+        ok = all(v < (w["independent_max_embedding_centred"]["value"] if k == "embedding"
+                      else w["independent_max_centred"]["value"]) for k, v in cats.items() if k != "routed_expert")
+    return {"categories": {k: round(v, 4) for k, v in cats.items()}, "claim_holds": bool(ok),
+            "intervals": {g.group: [round(g.centred_ci.low, 4), round(g.centred_ci.high, 4)]
+                          for g in evidence.comparison.by_category}}
+
+
+def timed(fn):
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def run_pair(target: Model, reference: Model, expect: str, budget_text: str, tokens: list[tuple[int, int]]) -> dict:
+    alpha = THRESHOLDS["independence"]["alpha"]["value"]
+    stores = (target.store, reference.store)
+
+    def read() -> int:
+        return sum(s.bytes_read for s in stores)
+
+    present = sum(s.info(n).nbytes for s in stores for n in s.names())
+    out: dict = {"expect": expect, "bytes_present": present}
+    b0 = read()
+    full, wall, cpu = timed(lambda: measure(target, reference, min_layer_match=0.5))
+    out["full_weights"] = {"seconds": wall, "cpu_seconds": cpu, "bytes_read": read() - b0, **weight_verdict(full, expect)}
+    b0 = read()
+    test, wall, cpu = timed(lambda: measure_independence(target, reference, token_pairs=tokens))
+    out["full_independence"] = {"seconds": wall, "cpu_seconds": cpu, "bytes_read": read() - b0,
+                                "log10_p": test.combined.log10_p, "units": sum(len(x.units) for x in test.layers),
+                                "claim_holds": (test.combined.p < alpha) == (expect == "derived")}
+    plan = plan_budget(target, reference, parse_budget(budget_text))
+    out["plan"] = plan.as_dict()
+    b0 = read()
+    cheap, wall, cpu = timed(lambda: measure(target, reference, min_layer_match=0.5, budget=plan))
+    out["budget_weights"] = {"seconds": wall, "cpu_seconds": cpu, "bytes_read": read() - b0,
+                             "comparison_bytes": cheap.comparison.bytes_read, **weight_verdict(cheap, expect)}
+    if plan.independence_layers is not None:
+        b0 = read()
+        test, wall, cpu = timed(lambda: measure_independence(
+            target, reference, token_pairs=tokens, layers=plan.independence_layers,
+            experts_per_layer=plan.experts_per_layer, heads=False, max_tokens=plan.align_tokens,
+            shared_units=plan.shared_units))
+        out["budget_independence"] = {"seconds": wall, "cpu_seconds": cpu, "bytes_read": read() - b0,
+                                      "log10_p": test.combined.log10_p,
+                                      "units": sum(len(x.units) for x in test.layers),
+                                      "claim_holds": (test.combined.p < alpha) == (expect == "derived")}
+    else:
+        out["budget_independence"] = {"skipped": plan.independence_reason}
+    total = out["budget_weights"]["bytes_read"] + out["budget_independence"].get("bytes_read", 0)
+    out["budget_share_read"] = total / present
+    out["verdicts_agree"] = (out["full_weights"]["claim_holds"] == out["budget_weights"]["claim_holds"]
+                             and out["full_independence"]["claim_holds"]
+                             == out["budget_independence"].get("claim_holds", None))
+    return out
+
+
+# ---- costs ------------------------------------------------------------------------------------------
+def costs(target: Model, reference: Model, repeat: int = 2) -> dict:
+    refs = target.name_map.refs
+    token = [k for k in ("embed.weight", "lm_head.weight") if k in refs]
+    flat = [k for k, r in refs.items() if len(r.shape) == 1]
+    mats = [k for k, r in refs.items() if len(r.shape) == 2 and k not in token]
+
+    def best(keys):
+        runs = []
+        for _ in range(repeat):
+            c, wall, cpu = timed(lambda: compare_weights(target, reference, keys=keys, workers=1))
+            runs.append((cpu, wall, c))
+        cpu, wall, c = min(runs, key=lambda x: x[0])
+        return cpu, wall, c
+
+    cpu_m, wall_m, cm = best(mats)
+    cpu_f, _, cf = best(flat)
+    cpu_t, _, ct = best(token)
+    per_byte = cpu_m / cm.bytes_read
+    tok_elems = sum(int(np.prod(refs[k].shape)) for k in token)
+    from modellineage.weights.signatures import model_signatures
+
+    sig, _, cpu_s = timed(lambda: model_signatures(target))
+    return {
+        "comparison_cpu_s_per_gb": per_byte * 1e9, "comparison_gb_per_s_per_core": cm.bytes_read / cpu_m / 1e9,
+        "comparison_wall_gb_per_s": cm.bytes_read / wall_m / 1e9, "matrix_pairs": len(mats),
+        "per_tensor_cpu_s": cpu_f / max(1, len(flat)),
+        "rotation_null_cpu_s_per_element": max(0.0, cpu_t - per_byte * ct.bytes_read) / max(1, tok_elems),
+        "signature_cpu_s_per_tensor": cpu_s / max(1, len(sig)),
+    }
+
+
+# ---- Solar-sized pair (headers only) ----------------------------------------------------------------
+SOLAR = {"layers": 48, "experts": 128, "moe_inter": 1280, "shared_inter": 1280, "hidden": 4096, "heads": 64,
+         "kv_heads": 8, "head_dim": 128, "vocab": 196_608}
+
+
+def _solar_tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
+    h, q, kv = c["hidden"], c["heads"] * c["head_dim"], c["kv_heads"] * c["head_dim"]
+    out = [("model.embed_tokens.weight", (c["vocab"], h))]
+    for i in range(c["layers"]):
+        p = f"model.layers.{i}."
+        out += [(p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,)),
+                (p + "self_attn.q_proj.weight", (q, h)), (p + "self_attn.k_proj.weight", (kv, h)),
+                (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, q)),
+                (p + "mlp.gate.weight", (c["experts"], h)), (p + "mlp.shared_expert_gate.weight", (1, h))]
+        for proj, shape in (("gate_proj", (c["shared_inter"], h)), ("up_proj", (c["shared_inter"], h)),
+                            ("down_proj", (h, c["shared_inter"]))):
+            out.append((f"{p}mlp.shared_expert.{proj}.weight", shape))
+        for e in range(c["experts"]):
+            for proj, shape in (("gate_proj", (c["moe_inter"], h)), ("up_proj", (c["moe_inter"], h)),
+                                ("down_proj", (h, c["moe_inter"]))):
+                out.append((f"{p}mlp.experts.{e}.{proj}.weight", shape))
+    out += [("model.norm.weight", (h,)), ("lm_head.weight", (c["vocab"], h))]
+    return out
+
+
+def write_header_only(root: Path, c: dict = SOLAR) -> Path:
+    """A sparse safetensors checkpoint: real headers, holes for data (no disk space, nothing to read)."""
+    if (root / "config.json").exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    tensors = _solar_tensors(c)
+    per_file = max(1, len(tensors) // 50)
+    weight_map = {}
+    for k in range(0, len(tensors), per_file):
+        part = tensors[k:k + per_file]
+        fname = f"model-{k // per_file + 1:05d}.safetensors"
+        header, offset = {}, 0
+        for name, shape in part:
+            n = int(np.prod(shape)) * 2
+            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+            offset += n
+            weight_map[name] = fname
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(root / fname, "wb") as fh:
+            fh.write(len(raw).to_bytes(8, "little") + raw)
+            fh.truncate(8 + len(raw) + offset)
+    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (root / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "hidden_size": c["hidden"],
+        "num_hidden_layers": c["layers"], "num_attention_heads": c["heads"], "num_key_value_heads": c["kv_heads"],
+        "head_dim": c["head_dim"], "num_experts": c["experts"], "moe_intermediate_size": c["moe_inter"],
+        "shared_expert_intermediate_size": c["shared_inter"], "intermediate_size": c["shared_inter"],
+        "num_experts_per_tok": 8, "vocab_size": c["vocab"], "tie_word_embeddings": False}))
+    return root
+
+
+def extrapolate(root: Path, cost: dict, unit_cpu_s: float, budget_text: str, budget_s_per_tensor: float) -> dict:
+    a = Model("solar-a", resolve_source(str(write_header_only(root / "a"))))
+    b = Model("solar-b", resolve_source(str(write_header_only(root / "b"))))
+    refs = a.name_map.refs
+    present = sum(m.store.info(n).nbytes for m in (a, b) for n in m.store.names())
+    tensors = len(refs)
+    token_elems = sum(int(np.prod(refs[k].shape)) for k in ("embed.weight", "lm_head.weight") if k in refs)
+    units = SOLAR["layers"] * (SOLAR["experts"] + 1)
+    per_gb = cost["comparison_cpu_s_per_gb"]
+    # a unit's cost grows with its neurons: linearly for reading and sketching, cubically for the dense
+    # assignment; the synthetic units have bw.MOE_INTER neurons, Solar's SOLAR["moe_inter"]
+    ratio = SOLAR["moe_inter"] / bw.MOE_INTER
+    unit_range = (unit_cpu_s * ratio, unit_cpu_s * ratio ** 3)
+    full = {"comparison_s": present / 1e9 * per_gb + tensors * cost["per_tensor_cpu_s"]
+            + token_elems * cost["rotation_null_cpu_s_per_element"],
+            "signatures_s": 2 * tensors * cost["signature_cpu_s_per_tensor"],
+            "independence_s": units * unit_range[0], "independence_s_if_cubic": units * unit_range[1]}
+    full["total_s"] = full["comparison_s"] + full["signatures_s"] + full["independence_s"]
+    full["weights_only_s"] = full["comparison_s"] + full["signatures_s"]
+    plan = plan_budget(a, b, parse_budget(budget_text))
+    units_b = 0 if plan.independence_layers is None else len(plan.independence_layers) * (
+        int(plan.shared_units) + (plan.experts_per_layer or SOLAR["experts"]))
+    read_b = plan.planned_total
+    # under a budget the weight measurement is per-tensor bound (a few rows each): the synthetic run's CPU
+    # seconds per target tensor (signatures of both sides, sampled comparison, embedding statistics)
+    cheap = {"weights_s": tensors * budget_s_per_tensor,
+             "independence_s": units_b * unit_range[0], "independence_s_if_cubic": units_b * unit_range[1]}
+    cheap["total_s"] = cheap["weights_s"] + cheap["independence_s"]
+    return {"shape": SOLAR, "bytes_per_side": present // 2, "tensors_per_side": tensors, "mlp_units": units,
+            "full_one_core": full, "budget_plan": plan.as_dict(), "budget_bytes_read": read_b,
+            "budget_share": read_b / present, "budget_independence_units": units_b, "budget_one_core": cheap,
+            "remote_at_100_mb_s": {"full_s": present / 100e6, "budget_s": read_b / 100e6}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-gb", type=float, default=2.0)
+    ap.add_argument("--budget", default="0.01")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale"))
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    started = time.time()
+    models = write_models(args.workdir / f"{args.size_gb:g}gb", args.size_gb)
+    warm(models.values())
+    vocab = bw.VOCAB
+    tokens = [(i, i) for i in range(vocab)]
+    ref = Model("reference", resolve_source(str(models["reference"])))
+    pairs = {}
+    for name, expect in (("target", "derived"), ("independent", "independent")):
+        t = Model(name, resolve_source(str(models[name])))
+        pairs[name] = run_pair(t, ref, expect, args.budget, tokens)
+    t = Model("target", resolve_source(str(models["target"])))
+    cost = costs(t, ref)
+    fi = pairs["target"]["full_independence"]
+    unit_cpu = fi["cpu_seconds"] / max(1, fi["units"])
+    bw_ = pairs["target"]["budget_weights"]
+    sampled_s_per_gb = bw_["cpu_seconds"] / max(1, bw_["bytes_read"]) * 1e9
+    budget_s_per_tensor = bw_["cpu_seconds"] / len(t.name_map.refs)
+    result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+              "machine": bw._machine(), "load_avg": os.getloadavg(), "size_gb_per_side": args.size_gb,
+              "budget": args.budget, "pairs": pairs, "costs": {**cost, "independence_cpu_s_per_unit": unit_cpu,
+                                                                "budgeted_weights_cpu_s_per_gb_read": sampled_s_per_gb,
+                                                                "budgeted_weights_cpu_s_per_tensor": budget_s_per_tensor},
+              "solar_open_100b": extrapolate(args.workdir / "solar", cost, unit_cpu, args.budget,
+                                             budget_s_per_tensor),
+              "seconds": time.time() - started}
+    text = json.dumps(result, indent=2, default=float)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
