@@ -170,9 +170,10 @@ def test_relayered_copy_is_caught_with_its_layer_correspondence(tmp_path, minilm
     corr = m["layer_correspondence"]
     path = [tuple(p) for p in corr["path"]]
     assert all(order[t] == r for t, r in path), path  # every matched pair is where the layer came from
-    # a monotone alignment places every layer of a pruned copy; of a depth-up-scaled one all but one: of the
-    # repeated block 2, 3, 2, 3 only three layers fit a non-decreasing order (here 2, 2, 3; layer 3 is skipped)
-    assert len(path) == (len(order) if layout == "pruned" else len(order) - 1), path
+    # the many-to-one map places every layer, both copies of the repeated block 2, 3, 2, 3 included
+    assert len(path) == len(order), path
+    if layout == "depth-upscaled":
+        assert corr["repeated_reference_layers"] == {"2": [2, 4], "3": [3, 5]}
     assert corr["beats_index"] and corr["aligned_score"] > corr["index_score"] + 1
     assert m["weight_similarity"]["layer_map"] == {str(t): r for t, r in path}
     layers = {g["layer"]: g["mean_centred"] for g in m["weight_similarity"]["by_layer"] if g["layer"] is not None}

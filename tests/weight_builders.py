@@ -46,17 +46,18 @@ def noisy(x: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
     return x + rng.standard_normal(x.shape).astype(np.float32) * np.float32(scale * float(x.std() or 1.0))
 
 
-def relayered(path: Path, order: list[int], *, noise: float = 0.02, seed: int = 0) -> Path:
-    """Demo base with layer k of the new stack = base layer order[k] (+ noise): depth up-scaling / permutation."""
+def relayered(path: Path, order: list[int], *, noise: float = 0.02, seed: int = 0, source: Path = DEMO / "base") -> Path:
+    """``source`` (default the demo base) with layer k of the new stack = its layer order[k] (+ noise): depth
+    up-scaling / permutation."""
     rng = np.random.default_rng(seed)
-    base = load(DEMO / "base")
+    base = load(source)
     out = {k: noisy(v, rng, noise) for k, v in base.items() if not _LAYER.match(k)}
     for new, old in enumerate(order):
         for k, v in base.items():
             m = _LAYER.match(k)
             if m and int(m.group(1)) == old:
                 out[f"model.layers.{new}.{m.group(2)}"] = noisy(v, rng, noise)
-    cfg = dict(config(DEMO / "base"), num_hidden_layers=len(order))
+    cfg = dict(config(source), num_hidden_layers=len(order))
     return write_model(path, out, cfg)
 
 
@@ -173,3 +174,30 @@ def train_tiny(path: Path, *, seed: int, steps: int = 60) -> Path:
         opt.step()
     model.save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+def heal(path: Path, *, steps: int = 15, lr: float = 3e-4, seed: int = 0) -> Path:
+    """Train the model at ``path`` briefly (AdamW, batch 8 x 64 tokens of the bundled Milton text with the
+    demo tokenizer) and save it back in place: the short 'healing' run after depth up-scaling or pruning."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    tok = Tokenizer.from_file(str(DEMO / "base" / "tokenizer.json"))
+    text = (ROOT / "fixtures" / "texts" / "milton_areopagitica.txt").read_text()[:40000]
+    data = torch.tensor(tok.encode(text).ids)
+    model = transformers.LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed + 1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, data.numel() - 65, (8,), generator=gen)
+        batch = torch.stack([data[s:s + 64] for s in starts])
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    return write_model(path, tensors, config(path), tokenizer_from=DEMO / "base")

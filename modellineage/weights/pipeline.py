@@ -76,7 +76,8 @@ class WeightEvidence:
         if self.comparison.layer_map is None:
             return ""
         pairs = ", ".join(f"{t}→{r}" for t, r in sorted(self.comparison.layer_map.items()))
-        return f"layers aligned by correspondence: {pairs}"
+        extra = self.layers.describe()
+        return f"layers aligned by correspondence: {pairs}" + (f" ({extra})" if extra else "")
 
 
 def row_alignments(target: Model, reference: Model) -> tuple[dict, dict]:
