@@ -108,11 +108,25 @@ def _judged_figures(comp: WeightComparison, aligned: AlignedComparison | None, w
         return _Judged(comp.by_category, name_early, False, alpha,
                        f"judged on name-aligned figures ({why})" if why else "")
     pv = aligned.quality.pvalue
-    if not pv.p < alpha:
-        return _Judged(comp.by_category, name_early, False, alpha,
-                       f"judged on name-aligned figures: the independence test's alignment is not significant "
-                       f"(p = {_p_text(pv)} ≥ α = {alpha:.3g}), so aligned figures are not judged")
     held_out = [p for p in aligned.comparison.pairs if p.key not in set(aligned.fitted)]
+    if not pv.p < alpha:
+        # A category none of whose tensors kept its shape (width pruning) has no name-aligned figure: it is judged
+        # on its matched sub-matrices' held-out figure, which nothing was fitted on (unbiased whatever p is).
+        named = {g.group for g in comp.by_category}
+        only = [replace(g, group=f"{g.group} (matched sub-matrices)")
+                for g in summarise(held_out, lambda p: p.category) if g.group not in named]
+        if not only:
+            return _Judged(comp.by_category, name_early, False, alpha,
+                           f"judged on name-aligned figures: the independence test's alignment is not significant "
+                           f"(p = {_p_text(pv)} ≥ α = {alpha:.3g}), so aligned figures are not judged")
+        early = name_early or early_of(held_out, " (matched sub-matrices)")
+        return _Judged(tuple(comp.by_category) + tuple(only), early, False, alpha,
+                       f"the independence test's alignment is not significant (p = {_p_text(pv)} ≥ α = {alpha:.3g}); "
+                       f"{', '.join(g.group.removesuffix(' (matched sub-matrices)') for g in only)} changed shape, so "
+                       f"judged on the matched sub-matrices of the tensors the matching was not fitted on (o, down: "
+                       f"channels, heads and neurons matched to a subset of the reference's): "
+                       + ", ".join(f"{g.group.removesuffix(' (matched sub-matrices)')} {g.mean_centred:.3f}"
+                                   for g in only))
     chosen = {g.group: g for g in comp.by_category}
     for g in summarise(held_out, lambda p: p.category):
         chosen[g.group] = higher(chosen.get(g.group), replace(g, group=f"{g.group} (aligned)"))
@@ -141,6 +155,8 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
     evidence.measured("embedding_rows", m.row_alignment)
     evidence.measured("embedding_stats", m.embeddings)
     aligned, why = measure_aligned(target, reference, audit_session, pytestconfig, weights_cache)
+    if m.unequal_shapes and aligned is None:
+        pytest.skip(f"{m.unequal_shapes}; and the matched sub-matrices could not be compared either: {why}")
     alpha = independence_alpha(thresholds["independence", "alpha"], len(audit_session.plan.references))
     # the early-layer profile is the dense stack's: routed experts (judged by test_moe_experts) would outnumber it
     judged = _judged_figures(comp, aligned, why, thresholds["weights", "early_layer_share"], alpha)
@@ -215,6 +231,9 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
 
 def test_no_tensor_signature_matches(target, reference, thresholds, evidence, audit_session, weights_cache):
     m = measure(target, reference, thresholds, audit_session, weights_cache)
+    if m.unequal_shapes:
+        pytest.skip(f"no tensor of {target.name} has the shape of one of {reference.name}'s, so no signature can "
+                    f"match (test_weight_similarity compares the matched sub-matrices): {m.unequal_shapes}")
     sigs = m.signatures
     evidence.measured("signatures", sigs)
     hmax, jmin = thresholds["weights", "signature_max_hamming"], thresholds["weights", "signature_min_jaccard"]

@@ -201,3 +201,47 @@ def heal(path: Path, *, steps: int = 15, lr: float = 3e-4, seed: int = 0) -> Pat
         opt.step()
     tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     return write_model(path, tensors, config(path), tokenizer_from=DEMO / "base")
+
+
+def pruned(path: Path, *, source: Path = DEMO / "base", hidden: float = 0.75, neurons: float = 0.65,
+           heads_per_group: int = 1) -> Path:
+    """Width pruning of a Llama-style model by magnitude (Minitron / Sheared-LLaMA style, without the healing run:
+    :func:`heal` it): keep the ``hidden`` share of residual channels with the largest embedding column norms
+    (the same channels in every tensor that reads or writes the stream), per layer the ``neurons`` share of MLP
+    neurons with the largest ||gate row||·||up row||·||down column||, and ``heads_per_group`` query heads of each KV
+    group with the largest ||q rows||·||o columns||. Kept channels, neurons and heads stay in their order."""
+    sd = load(source)
+    cfg = config(source)
+    h, hd = cfg["num_attention_heads"], cfg["head_dim"]
+    hkv = cfg.get("num_key_value_heads") or h
+    group = h // hkv
+    layers = cfg["num_hidden_layers"]
+    emb = sd["model.embed_tokens.weight"]
+    keep_h = np.sort(np.argsort(-np.linalg.norm(emb, axis=0), kind="stable")[:round(hidden * emb.shape[1])])
+    n_keep = round(neurons * cfg["intermediate_size"])
+    out = {"model.embed_tokens.weight": emb[:, keep_h], "lm_head.weight": sd["lm_head.weight"][:, keep_h],
+           "model.norm.weight": sd["model.norm.weight"][keep_h]}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            out[p + n + ".weight"] = sd[p + n + ".weight"][keep_h]
+        g, u, d = (sd[p + f"mlp.{x}_proj.weight"] for x in ("gate", "up", "down"))
+        score = np.linalg.norm(g, axis=1) * np.linalg.norm(u, axis=1) * np.linalg.norm(d, axis=0)
+        keep_n = np.sort(np.argsort(-score, kind="stable")[:n_keep])
+        out[p + "mlp.gate_proj.weight"] = g[keep_n][:, keep_h]
+        out[p + "mlp.up_proj.weight"] = u[keep_n][:, keep_h]
+        out[p + "mlp.down_proj.weight"] = d[keep_h][:, keep_n]
+        q, o = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.o_proj.weight"]
+        head_score = [np.linalg.norm(q[j * hd:(j + 1) * hd]) * np.linalg.norm(o[:, j * hd:(j + 1) * hd])
+                      for j in range(h)]
+        heads = sorted(g0 * group + int(k) for g0 in range(hkv)
+                       for k in np.argsort([-head_score[g0 * group + m] for m in range(group)],
+                                           kind="stable")[:heads_per_group])
+        rows = np.concatenate([np.arange(j * hd, (j + 1) * hd) for j in heads])
+        out[p + "self_attn.q_proj.weight"] = q[rows][:, keep_h]
+        out[p + "self_attn.o_proj.weight"] = o[keep_h][:, rows]
+        for x in ("k", "v"):
+            out[p + f"self_attn.{x}_proj.weight"] = sd[p + f"self_attn.{x}_proj.weight"][:, keep_h]
+    new = dict(cfg, hidden_size=int(keep_h.size), intermediate_size=int(n_keep),
+               num_attention_heads=hkv * heads_per_group, num_key_value_heads=hkv, head_dim=hd)
+    return write_model(path, out, new, tokenizer_from=source)

@@ -69,6 +69,10 @@ class WeightEvidence:
     embeddings: Mapping[str, EmbeddingStats]
     row_alignment: Mapping[str, Any]
     seeds: Mapping[str, int] = field(default_factory=dict)
+    unequal_shapes: str = ""
+    """Why no tensor pair could be compared by name (every tensor changed shape: a width-pruned or wider
+    model), or empty. The comparison then holds no pairs; the aligned comparison matches channels, neurons
+    and heads to a subset of the wider side's (:func:`measure_aligned`)."""
 
     @property
     def alignment_text(self) -> str:
@@ -144,7 +148,13 @@ def measure(target: Model, reference: Model, *, min_layer_match: float, sample: 
     expert_map = {(m.layer, t): r for m in experts for t, r in m.assignment} or None
     rows, row_info = row_alignments(target, reference)
     comparison = compare_weights(target, reference, fraction=sample, seed=seed, layer_map=layer_map,
-                                 expert_map=expert_map, row_alignments=rows)
+                                 expert_map=expert_map, row_alignments=rows, allow_empty=True)
+    unequal = ""
+    if not comparison.pairs:
+        detail = "; ".join(f"{s.key}: {s.reason}" for s in comparison.skipped[:3])
+        unequal = (f"no canonical tensor of {target.name} ({', '.join(map(str, target.store.files))}) has a "
+                   f"counterpart of the same shape in {reference.name} ({', '.join(map(str, reference.store.files))}), "
+                   f"so weights cannot be compared element by element (different widths?): {detail}")
     # seeds [EMBEDDING_SEED, i]: i counts the target's matrices first, then the reference's
     embeddings = {f"target:{k}": v for k, v in target_side.embeddings.items()}
     embeddings.update({f"reference:{k}": v for k, v in
@@ -156,7 +166,7 @@ def measure(target: Model, reference: Model, *, min_layer_match: float, sample: 
                           compare_signatures(ts, rs, target_name=target.name, reference_name=reference.name,
                                              seed=SIGNATURE_SEED),
                           experts, detect_upcycling(ts, rs, layer_map), project_layers(ts, rs), embeddings,
-                          row_info, seeds)
+                          row_info, seeds, unequal)
 
 
 def measure_aligned(target: Model, reference: Model, test) -> AlignedComparison:
