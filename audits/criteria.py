@@ -41,6 +41,7 @@ THRESHOLD_SPEC: dict[tuple[str, str], type] = {
     ("weights", "trap_max_centred"): float,
     ("weights", "signature_max_hamming"): float,
     ("weights", "signature_min_jaccard"): float,
+    ("weights", "merge_max_independent_share"): float,
     ("compute", "mfu_min"): float,
     ("compute", "mfu_max"): float,
     ("compute", "typical_mfu"): float,
@@ -310,6 +311,22 @@ def no_signature_matches(reference: str, matches, total: int, max_hamming: Bound
         message = (f"none of {total} target tensors matches a tensor of {reference!r} within the fine-tune band "
                    f"(Hamming ≤ {max_hamming.value:.0%} and Jaccard ≥ {min_jaccard.value}; {where})")
     return Judgement("no tensor signature matches", len(matches), "0 matching tensors", where, bool(matches), message)
+
+
+def merge_share_independent(reference: str, share: float, layer, layer_share: float, explained: float,
+                            bound: Bound) -> Judgement:
+    """Under `independent`: the reference explains less than a material share of the target's matrices, in every
+    layer (a merge decomposition over all references: modellineage.weights.merges)."""
+    where = bound.where
+    if layer_share >= bound.value:
+        message = (f"{reference!r} explains {layer_share:.1%} of the target's centred weight variance in layer {layer} "
+                   f"(mean over layers {share:.1%}; the candidates together {explained:.1%}) ≥ {bound.value:.1%} "
+                   f"({where}): the target looks like a merge with {reference!r}")
+    else:
+        message = (f"{reference!r} explains at most {layer_share:.2%} of the target's centred weight variance in any "
+                   f"layer (layer {layer}; mean {share:.2%}) < {bound.value:.1%} ({where})")
+    return Judgement("not merged from the reference (share of the target's weights it explains)",
+                     round(layer_share, 6), f"< {bound.value}", where, layer_share >= bound.value, message)
 
 
 # ----------------------------------------------------------------------------------------- independence

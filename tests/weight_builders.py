@@ -176,9 +176,11 @@ def train_tiny(path: Path, *, seed: int, steps: int = 60) -> Path:
     return path
 
 
-def heal(path: Path, *, steps: int = 15, lr: float = 3e-4, seed: int = 0) -> Path:
-    """Train the model at ``path`` briefly (AdamW, batch 8 x 64 tokens of the bundled Milton text with the
-    demo tokenizer) and save it back in place: the short 'healing' run after depth up-scaling or pruning."""
+def heal(path: Path, *, steps: int = 15, lr: float = 3e-4, seed: int = 0,
+         text: str = "milton_areopagitica.txt") -> Path:
+    """Train the model at ``path`` briefly (AdamW, batch 8 x 64 tokens of a bundled text, by default Milton's, with
+    the demo tokenizer) and save it back in place: the short 'healing' run after depth up-scaling or pruning, or
+    (more steps, another text) a further fine-tune."""
     import torch
     import transformers
     from tokenizers import Tokenizer
@@ -186,7 +188,7 @@ def heal(path: Path, *, steps: int = 15, lr: float = 3e-4, seed: int = 0) -> Pat
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     tok = Tokenizer.from_file(str(DEMO / "base" / "tokenizer.json"))
-    text = (ROOT / "fixtures" / "texts" / "milton_areopagitica.txt").read_text()[:40000]
+    text = (ROOT / "fixtures" / "texts" / text).read_text()[:40000]
     data = torch.tensor(tok.encode(text).ids)
     model = transformers.LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed + 1000)
@@ -245,3 +247,55 @@ def pruned(path: Path, *, source: Path = DEMO / "base", hidden: float = 0.75, ne
     new = dict(cfg, hidden_size=int(keep_h.size), intermediate_size=int(n_keep),
                num_attention_heads=hkv * heads_per_group, num_key_value_heads=hkv, head_dim=hd)
     return write_model(path, out, new, tokenizer_from=source)
+
+
+def copy_model(source: Path, path: Path) -> Path:
+    """A plain copy of a demo-style model folder (to fine-tune further with :func:`heal`)."""
+    return write_model(path, load(source), config(source), tokenizer_from=source)
+
+
+def _slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """mergekit's SLERP of two tensors: the angle from their normalised copies, applied to the originals."""
+    ua, ub = a.reshape(-1) / (np.linalg.norm(a) or 1.0), b.reshape(-1) / (np.linalg.norm(b) or 1.0)
+    dot = float(np.clip(ua @ ub, -1.0, 1.0))
+    if abs(dot) > 0.9995:
+        return (1 - t) * a + t * b
+    theta = np.arccos(dot)
+    return (np.sin((1 - t) * theta) * a + np.sin(t * theta) * b) / np.sin(theta)
+
+
+def _ties(base: np.ndarray, tunes: list[np.ndarray], density: float, scale: float) -> np.ndarray:
+    """TIES-merging (Yadav et al., NeurIPS 2023): trim each task vector to its largest ``density`` share by
+    magnitude, elect each element's sign by the summed trimmed vectors, average the agreeing entries."""
+    taus = []
+    for ft in tunes:
+        tau = ft - base
+        k = max(1, int(round(density * tau.size)))
+        cut = np.partition(np.abs(tau).reshape(-1), tau.size - k)[tau.size - k]
+        taus.append(np.where(np.abs(tau) >= cut, tau, 0.0))
+    stack = np.stack(taus)
+    sign = np.sign(stack.sum(axis=0))
+    agree = (np.sign(stack) == sign) & (stack != 0)
+    merged = np.where(agree, stack, 0.0).sum(axis=0) / np.maximum(agree.sum(axis=0), 1)
+    return base + scale * merged
+
+
+def merged(path: Path, parents: list[Path], *, method: str = "linear", weights: list[float] | None = None,
+           t: float = 0.5, base: Path | None = None, density: float = 0.5, scale: float = 1.0) -> Path:
+    """A mergekit-style merge of same-shaped demo-like models, tensor by tensor: ``linear`` (Σ weights·parent),
+    ``slerp`` (two parents, factor ``t``) or ``ties`` (task vectors of ``parents`` over ``base``, trimmed to
+    ``density``, sign-elected, disjoint mean, times ``scale``). Norm gains are merged like every other tensor."""
+    loaded = [load(p) for p in parents]
+    out = {}
+    for key in loaded[0]:
+        xs = [m[key].astype(np.float64) for m in loaded]
+        if method == "linear":
+            w = weights or [1.0 / len(xs)] * len(xs)
+            out[key] = sum(wi * x for wi, x in zip(w, xs))
+        elif method == "slerp":
+            out[key] = _slerp(xs[0], xs[1], t)
+        elif method == "ties":
+            out[key] = _ties(load(base)[key].astype(np.float64), xs, density, scale)
+        else:
+            raise ValueError(f"unknown merge method {method!r}")
+    return write_model(path, out, config(parents[0]), tokenizer_from=parents[0])
