@@ -267,6 +267,26 @@ def weights_derived(reference: str, categories, bound: Bound, alignment: str = "
                      not shown, message)
 
 
+def expert_slices_independent(reference: str, slices, bound: Bound) -> Judgement:
+    """Under `independent`: routed experts narrower than the reference's dense MLP, each matched to a slice of its
+    neurons by gate rows, keep a mean centred down-projection similarity below the from-scratch bound (fine-grained
+    upcycling check; the gate rows the matching was fitted on are not judged)."""
+    value = float(sum(s.down_centred for s in slices) / len(slices))
+    failed = value >= bound.value
+    top = sorted(slices, key=lambda s: -s.down_centred)[:6]
+    named = ", ".join(f"layer {s.layer} expert {s.expert} {s.down_centred:.3f}" for s in top)
+    what = (f"{len(slices)} routed experts of {slices[0].neurons} neurons matched to slices of {reference!r}'s dense "
+            f"MLP of {slices[0].reference_neurons} (gate rows; down projections compared)")
+    if failed:
+        message = (f"routed experts look cut from {reference!r}'s dense MLP (fine-grained upcycling): mean centred "
+                   f"similarity of the matched down projections = {value:.3f} ≥ {bound.value} ({bound.where}); "
+                   f"{what}; highest: {named}")
+    else:
+        message = f"{what}: mean centred similarity {value:.3f} < {bound.value} ({bound.where}); highest: {named}"
+    return Judgement("routed experts not cut from the reference's dense MLP", round(value, 6), f"< {bound.value}",
+                     bound.where, failed, message)
+
+
 def experts_independent(reference: str, summary, experts, bound: Bound) -> Judgement:
     """Under `independent`: the routed experts' mean centred similarity stays below the from-scratch bound.
 

@@ -26,6 +26,7 @@ from modellineage.weights.similarity import WeightComparison, summarise
 from .criteria import (
     _p_text,
     early_layer_indices,
+    expert_slices_independent,
     experts_independent,
     independence_alpha,
     no_signature_matches,
@@ -263,6 +264,11 @@ def test_moe_experts(target, reference, thresholds, evidence, audit_session, wei
     comp = m.comparison
     cats = {g.group: g for g in comp.by_category}
     experts = cats.get(EXPERT_CATEGORY)
+    slices = m.expert_slices
+    if slices:
+        evidence.measured("expert_slices", slices)
+    if experts is None and slices:
+        return _judge_slices(reference, thresholds, evidence, slices)
     if experts is None:
         has = any(r.expert is not None for r in target.name_map.refs.values())
         why = next((f"{s.key}: {s.reason}" for s in comp.skipped if ".experts." in s.key), None)
@@ -301,8 +307,31 @@ def test_moe_experts(target, reference, thresholds, evidence, audit_session, wei
     if reference.expectation("weights") == "derived":
         pytest.skip(f"recorded, not judged: under `derived` the routed experts are one of the categories that may "
                     f"show derivation (test_weight_similarity); {EXPERT_CATEGORY} {experts.mean_centred:.3f}")
-    judgement = evidence.judged(experts_independent(reference.name, experts, per_expert,
-                                                    thresholds["weights", "independent_max_centred"]))
+    judgement = experts_independent(reference.name, experts, per_expert, thresholds["weights", "independent_max_centred"])
+    if slices and not judgement.failed:  # narrower experts elsewhere: the fine-grained check may still fail
+        judgement = expert_slices_independent(reference.name, slices, thresholds["weights", "independent_max_centred"])
+    evidence.judged(judgement)
+    assert not judgement.failed, judgement.message
+
+
+def _judge_slices(reference, thresholds, evidence, slices) -> None:
+    """Routed experts narrower than the reference's dense MLP (fine-grained upcycling check)."""
+    bound = thresholds["weights", "independent_max_centred"]
+    evidence.html(report.table(
+        ["layer", "expert", "neurons", "reference layer (dense)", "dense neurons", "gate cos (matched, fitted)",
+         "down centred (not fitted)", "longest run of consecutive dense neurons"],
+        [[s.layer, s.expert, s.neurons, s.reference_layer, s.reference_neurons, _fmt(s.gate_matched_cos),
+          _fmt(s.down_centred), f"{s.contiguous_share:.0%}"] for s in slices[:64]],
+        caption=f"Routed experts matched to slices of {reference.name}'s dense MLP (first 64 of {len(slices)}; "
+                f"neurons matched by gate rows, the down projections compared; judged: the mean down figure, "
+                f"{bound.where})"))
+    mean = sum(s.down_centred for s in slices) / len(slices)
+    evidence.says(f"Fine-grained experts against {reference.name}: {len(slices)} routed experts matched to slices of "
+                  f"its dense MLP, mean centred down-projection similarity {mean:.3f}.")
+    if reference.expectation("weights") == "derived":
+        pytest.skip(f"recorded, not judged: under `derived` the weight similarity audit judges the relation; "
+                    f"mean down-projection similarity of the experts' matched slices {mean:.3f}")
+    judgement = evidence.judged(expert_slices_independent(reference.name, slices, bound))
     assert not judgement.failed, judgement.message
 
 

@@ -175,3 +175,28 @@ def test_merge_of_independent_models_fails_against_both_parents(tmp_path, merges
     # whatever base does not take; the sum is what is determined
     m = record(evidence, "test_merge_decomposition[base]")["measurements"]["merge_decomposition"]
     assert m["share"]["base"] + m["share"]["ft2"] > 0.5
+
+
+# ------------------------------------------------------------------------------------------------ fine-grained experts
+def test_fine_grained_experts_cut_from_a_dense_mlp_are_caught(tmp_path):
+    """Experts built from blocks of base's MLP neurons (shuffled), everything else from scratch: only the expert
+    audit can see it; experts cut from scratch's MLP are not accused."""
+    from modellineage.weights.slices import match_expert_slices
+
+    cut = wb.fine_grained(tmp_path / "cut", others_from=DEMO / "scratch")
+    control = wb.fine_grained(tmp_path / "control", source=DEMO / "scratch")
+    base = open_model(DEMO / "base")
+    slices = match_expert_slices(open_model(cut), base)
+    assert len(slices) == 16 and min(s.down_centred for s in slices) > 0.99 and min(s.gate_matched_cos for s in slices) > 0.99
+    assert max(s.down_centred for s in match_expert_slices(open_model(control), base)) < 0.1
+
+    proc, evidence = run_audit(tmp_path, "-m", "weights", "-k", "moe or similarity", "--target", str(cut),
+                               "--reference", f"base={DEMO / 'base'}", "--expect", "independent")
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout, proc.stdout
+    results = outcomes(evidence)
+    assert results["test_moe_experts[base]"] == "failed" and results["test_weight_similarity[base]"] == "passed"
+    assert "fine-grained upcycling" in record(evidence, "test_moe_experts[base]")["message"]
+    proc, evidence = run_audit(tmp_path, "-m", "weights", "-k", "moe", "--target", str(control),
+                               "--reference", f"base={DEMO / 'base'}", "--expect", "independent", name="control")
+    assert proc.returncode == 0, proc.stdout
+    assert outcomes(evidence)["test_moe_experts[base]"] == "passed"

@@ -299,3 +299,36 @@ def merged(path: Path, parents: list[Path], *, method: str = "linear", weights: 
         else:
             raise ValueError(f"unknown merge method {method!r}")
     return write_model(path, out, config(parents[0]), tokenizer_from=parents[0])
+
+
+def fine_grained(path: Path, *, source: Path = DEMO / "base", experts: int = 4, noise: float = 0.02,
+                 seed: int = 0, others_from: Path | None = None) -> Path:
+    """Fine-grained upcycling (DeepSeekMoE / Qwen1.5-MoE style): ``source``'s dense MLP neurons shuffled and cut
+    into ``experts`` blocks, one Mixtral-style expert per block (+ noise); attention, norms and token matrices
+    from ``source`` (or ``others_from``: then only the experts carry ``source``'s weights); a random router.
+    Every expert is narrower than the dense MLP."""
+    rng = np.random.default_rng(seed)
+    sd = load(source)
+    others = sd if others_from is None else load(others_from)
+    cfg = config(source)
+    n = cfg["intermediate_size"]
+    width = n // experts
+    out = {}
+    for k, v in others.items():
+        m = _LAYER.match(k)
+        if not m or not m.group(2).startswith("mlp."):
+            out[k] = noisy(v, rng, noise)
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        order = rng.permutation(n)
+        g, u, d = (sd[p + f"mlp.{x}_proj.weight"] for x in ("gate", "up", "down"))
+        for e in range(experts):
+            block = order[e * width:(e + 1) * width]
+            q = p + f"block_sparse_moe.experts.{e}."
+            out[q + "w1.weight"] = noisy(g[block], rng, noise)
+            out[q + "w3.weight"] = noisy(u[block], rng, noise)
+            out[q + "w2.weight"] = noisy(d[:, block], rng, noise)
+        out[p + "block_sparse_moe.gate.weight"] = rng.standard_normal((experts, cfg["hidden_size"])).astype(np.float32) * 0.02
+    mcfg = dict(cfg, model_type="mixtral", architectures=["MixtralForCausalLM"], num_local_experts=experts,
+                num_experts_per_tok=2, intermediate_size=width)
+    return write_model(path, out, mcfg, tokenizer_from=source)

@@ -27,6 +27,7 @@ from modellineage.weights.alignment import (
 )
 from modellineage.weights.embeddings import EmbeddingStats, embedding_stats, shared_token_rows, vocabulary_of
 from modellineage.weights.signatures import compare_signatures, model_signatures
+from modellineage.weights.slices import match_expert_slices
 from modellineage.weights.similarity import WeightComparison, compare_weights
 
 __all__ = ["SIGNATURE_SEED", "EMBEDDING_SEED", "TargetSide", "WeightEvidence", "measure_target", "measure",
@@ -69,6 +70,9 @@ class WeightEvidence:
     embeddings: Mapping[str, EmbeddingStats]
     row_alignment: Mapping[str, Any]
     seeds: Mapping[str, int] = field(default_factory=dict)
+    expert_slices: tuple = ()
+    """Routed experts narrower than the reference layer's dense MLP, each matched to a slice of its neurons
+    (:mod:`modellineage.weights.slices`: fine-grained upcycling)."""
     unequal_shapes: str = ""
     """Why no tensor pair could be compared by name (every tensor changed shape: a width-pruned or wider
     model), or empty. The comparison then holds no pairs; the aligned comparison matches channels, neurons
@@ -166,7 +170,7 @@ def measure(target: Model, reference: Model, *, min_layer_match: float, sample: 
                           compare_signatures(ts, rs, target_name=target.name, reference_name=reference.name,
                                              seed=SIGNATURE_SEED),
                           experts, detect_upcycling(ts, rs, layer_map), project_layers(ts, rs), embeddings,
-                          row_info, seeds, unequal)
+                          row_info, seeds, match_expert_slices(target, reference, layer_map, seed=seed), unequal)
 
 
 def measure_aligned(target: Model, reference: Model, test) -> AlignedComparison:
