@@ -227,11 +227,37 @@ def merges(bases: list[Path], tunes: list[Path], work: Path) -> dict:
             "independent": independent, "merges": parents}
 
 
+def slices(bases: list[Path], work: Path) -> dict:
+    """Fine-grained experts cut from base i's dense MLP (4 experts per layer, shuffled neurons, 2% noise) matched
+    to slices of base j's MLP: the down-projection figure test_moe_experts judges, independent (i ≠ j) and
+    derived (i = j)."""
+    from modellineage.weights.slices import match_expert_slices
+    from tests import weight_builders as wb
+
+    independent, derived = [], []
+    for i, src in enumerate(bases):
+        moe = _model(wb.fine_grained(work / f"fine-grained{i}", source=src, seed=i), "moe")
+        for j, ref in enumerate(bases):
+            found = match_expert_slices(moe, _model(ref, ref.name))
+            row = {"pair": f"fine-grained(base{i})~base{j}",
+                   "mean_down_centred": round(float(np.mean([x.down_centred for x in found])), 4),
+                   "max_down_centred": round(max(x.down_centred for x in found), 4),
+                   "mean_gate_matched_cos": round(float(np.mean([x.gate_matched_cos for x in found])), 4)}
+            (derived if i == j else independent).append(row)
+    return {"independent_pairs": len(independent), "derived_pairs": len(derived),
+            "independent_max_mean_down": max(r["mean_down_centred"] for r in independent),
+            "independent_max_single_expert_down": max(r["max_down_centred"] for r in independent),
+            "independent_max_gate_matched_cos (fitted, not judged)": max(r["mean_gate_matched_cos"] for r in independent),
+            "derived_min_mean_down": min(r["mean_down_centred"] for r in derived),
+            "independent": independent, "derived": derived}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bases", type=int, default=8)
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--parts", nargs="+", default=["depth", "pruning", "merges"])
+    ap.add_argument("--parts", nargs="+", default=["depth", "pruning", "merges", "slices"])
+    ap.add_argument("--update", action="store_true", help="keep the other parts of an existing --out file")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     import torch
@@ -248,6 +274,16 @@ def main(argv: list[str] | None = None) -> int:
                      "models_sha256": {p.name: sha(p) for p in bases + tunes},
                      "reproduced_demo_models": {n: sha(bases[s]) == sha(DEMO / n)
                                                 for s, n in ((0, "base"), (1, "scratch")) if s < len(bases)}}
+    if args.update and args.out and args.out.exists():
+        summary = json.loads(args.out.read_text()) | {k: v for k, v in summary.items() if k != "settings"}
+        summary["settings"].update({"bases": args.bases, "workdir": str(work)})
+    summary.setdefault("commands", {})
+    for part in args.parts:
+        summary["commands"][part] = ("python -m benchmarks.calibrate_derivations --bases "
+                                     f"{args.bases} --parts {part}" + (" --update" if args.update else ""))
+    if "slices" in args.parts:
+        summary["slices"] = slices(bases, derived_dir)
+        print("slices:", {k: v for k, v in summary["slices"].items() if k not in ("independent", "derived")})
     if "depth" in args.parts:
         summary["depth"] = depth(bases, tunes, derived_dir, 0.3)
         print("depth:", {k: v for k, v in summary["depth"].items() if k not in ("independent", "derived")}, flush=True)
