@@ -46,6 +46,16 @@ THRESHOLD_SPEC: dict[tuple[str, str], type] = {
     ("compute", "mfu_max"): float,
     ("compute", "typical_mfu"): float,
     ("compute", "compute_optimal_tokens_per_parameter"): float,
+    ("training", "init_max_std_deviation"): float,
+    ("training", "init_max_gain_deviation"): float,
+    ("training", "min_neighbour_centred"): float,
+    ("training", "max_rise_to_first"): float,
+    ("training", "max_jump_toward_reference"): float,
+    ("training", "scratch_max_first_loss_below_lnv"): float,
+    ("training", "scratch_max_first_loss_above_lnv"): float,
+    ("training", "tokens_per_step_rel_tol"): float,
+    ("training", "tokens_claim_rel_tol"): float,
+    ("training", "lr_max_deviation"): float,
 }
 
 
@@ -455,7 +465,7 @@ def not_a_catalog_tokenizer(model: str, matches, extension: Bound, contained: Bo
 
 # ----------------------------------------------------------------------------------------- claim coverage
 #: Families whose audits compare the target with a reference (catalog and compute audit the target alone).
-REFERENCE_FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence")
+REFERENCE_FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence", "training")
 
 
 @dataclass(frozen=True)

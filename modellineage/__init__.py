@@ -6,7 +6,8 @@ the audits (``audits/``, run by pytest or the ``modellineage`` command). One sub
 * :mod:`modellineage.reading` — sources, confinement, bounded parsing, tensors, hashing, naming, configs;
 * one per evidence family, each with a ``measure(...)`` entry point: :mod:`~modellineage.tokenizer`,
   :mod:`~modellineage.weights`, :mod:`~modellineage.independence`, :mod:`~modellineage.architecture`,
-  :mod:`~modellineage.catalog`, :mod:`~modellineage.compute`;
+  :mod:`~modellineage.catalog`, :mod:`~modellineage.compute`, :mod:`~modellineage.training` (checkpoint
+  chains and training logs);
 * :mod:`modellineage.reporting` — evidence JSON, the HTML report, plots, the combined verdict.
 
 >>> from modellineage import open_model, weights                    # doctest: +SKIP

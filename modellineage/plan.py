@@ -18,6 +18,17 @@ An audit plan is a TOML file::
     [options]
     allow_untested = false       # true: a claim that no audit could measure does not fail the run (see OPTIONS)
 
+    [[checkpoint]]               # the target's training run, in training order (training audits)
+    name = "step-0"
+    source = "./ckpt/step-0"     # a source like any model
+    step = 0                     # optional: updates done
+
+    [[log]]                      # a training log of the run (training audits; see TRAINING_LOG_KEYS)
+    name = "pretrain"
+    source = "./logs/pretrain.jsonl"
+    start = "scratch"            # or the name of the log (or reference) the run was initialised from
+    batch_size = 16
+
 Relative sources are resolved against the plan file's folder. Every error names the file, the key
 and what is allowed.
 """
@@ -40,10 +51,25 @@ from modellineage.reading.boundary import guard
 from modellineage.reading.sources import named_path
 
 RELATIONS = ("independent", "derived")
-FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence", "catalog", "compute")
+FAMILIES = ("architecture", "reuse", "tokenizer", "weights", "independence", "catalog", "compute", "training")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _REFERENCE_KEYS = {"name", "source", "expect", *FAMILIES}
-_TOP_KEYS = {"target", "reference", "claims", "catalog", "options"}
+_TOP_KEYS = {"target", "reference", "claims", "catalog", "options", "checkpoint", "log"}
+_CHECKPOINT_KEYS = {"name", "source", "step"}
+#: Keys of a [[log]] entry, with what each claims about the run the log records.
+TRAINING_LOG_KEYS = {
+    "name": "the log's name (letters, digits, '.', '_', '+', '-')",
+    "source": "the log file: JSON lines, CSV (W&B history export) or a TensorBoard events.out.tfevents.* file",
+    "start": "'scratch' (from a random initialisation, the default) or the name of the log or reference the run "
+             "was initialised from",
+    "batch_size": "sequences per optimizer step",
+    "sequence_length": "tokens per sequence",
+    "lr": "peak learning rate",
+    "warmup_steps": "steps of linear warm-up",
+    "schedule": "decay after warm-up: 'constant', 'linear' or 'cosine'",
+    "min_lr": "learning rate the decay ends at (default 0)",
+    "steps": "optimizer steps of the run",
+}
 # How the run treats what it finds, as opposed to what is claimed.
 OPTIONS = {
     "allow_untested": "true accepts a relation claim (or [catalog] claim) that no audit could measure and judge; "
@@ -79,6 +105,37 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class CheckpointSpec:
+    """One checkpoint of the target's training run ([[checkpoint]], in training order)."""
+
+    name: str
+    source: str
+    step: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "step": self.step}
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """One training log ([[log]]) and what the plan claims about its run (None: not claimed)."""
+
+    name: str
+    source: str
+    start: str = "scratch"
+    batch_size: int | None = None
+    sequence_length: int | None = None
+    lr: float | None = None
+    warmup_steps: int | None = None
+    schedule: str | None = None
+    min_lr: float = 0.0
+    steps: int | None = None
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in TRAINING_LOG_KEYS}
+
+
+@dataclass(frozen=True)
 class AuditPlan:
     """What is audited. ``base_dir`` anchors relative sources."""
 
@@ -90,6 +147,8 @@ class AuditPlan:
     options: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None
     base_dir: Path = field(default_factory=Path.cwd)
+    checkpoints: tuple[CheckpointSpec, ...] = ()
+    logs: tuple[LogSpec, ...] = ()
 
     def reference(self, name: str) -> Reference:
         for ref in self.references:
@@ -105,6 +164,8 @@ class AuditPlan:
             "claims": dict(sorted(self.claims.items())),
             "catalog": dict(sorted(self.catalog.items())),
             "options": dict(sorted(self.options.items())),
+            "checkpoints": [c.as_dict() for c in self.checkpoints],
+            "logs": [log.as_dict() for log in self.logs],
         }
 
     @property
@@ -157,6 +218,8 @@ def plan_from_mapping(data: Mapping[str, Any], *, origin: str, base_dir: Path, p
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise PlanError(f"{origin}: names must be unique across target and references; repeated: {dupes}")
+    checkpoints = _checkpoints(data.get("checkpoint", []), origin)
+    logs = _logs(data.get("log", []), origin, {r.name for r in refs})
     return AuditPlan(
         target_name=target_name,
         target_source=target_source,
@@ -166,7 +229,86 @@ def plan_from_mapping(data: Mapping[str, Any], *, origin: str, base_dir: Path, p
         options=_options(data.get("options", {}), origin),
         path=path,
         base_dir=base_dir,
+        checkpoints=checkpoints,
+        logs=logs,
     )
+
+
+def _array(raw: Any, origin: str, key: str) -> list:
+    if not isinstance(raw, list):
+        raise PlanError(f"{origin}: '{key}' must be an array of tables ([[{key}]])")
+    return raw
+
+
+def _unique(names: list[str], origin: str, what: str) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise PlanError(f"{origin}: {what} names must be unique; repeated: {dupes}")
+
+
+def _checkpoints(raw: Any, origin: str) -> tuple[CheckpointSpec, ...]:
+    """[[checkpoint]] entries in training order: name, source, optional step (non-decreasing)."""
+    found = []
+    for i, entry in enumerate(_array(raw, origin, "checkpoint")):
+        where = f"{origin}: [[checkpoint]] #{i + 1}"
+        entry = _table(entry, where)
+        unknown = sorted(set(entry) - _CHECKPOINT_KEYS)
+        if unknown:
+            raise PlanError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_CHECKPOINT_KEYS)}")
+        for key in ("name", "source"):
+            if key not in entry:
+                raise PlanError(f"{where}: missing required key {key!r}")
+        name = _name(entry["name"], f"{where}.name")
+        if not isinstance(entry["source"], str):
+            raise PlanError(f"{where} ({name}).source must be a string path or repo id")
+        step = entry.get("step")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise PlanError(f"{where} ({name}).step = {step!r} must be a non-negative integer")
+        found.append(CheckpointSpec(name, entry["source"], step))
+    _unique([c.name for c in found], origin, "[[checkpoint]]")
+    steps = [c.step for c in found if c.step is not None]
+    if steps != sorted(steps):
+        raise PlanError(f"{origin}: [[checkpoint]] entries must be in training order; steps {steps}")
+    return tuple(found)
+
+
+def _logs(raw: Any, origin: str, references: set[str]) -> tuple[LogSpec, ...]:
+    """[[log]] entries: name, source and the claimed facts of TRAINING_LOG_KEYS."""
+    found: list[LogSpec] = []
+    for i, entry in enumerate(_array(raw, origin, "log")):
+        where = f"{origin}: [[log]] #{i + 1}"
+        entry = _known_table(entry, origin, f"[log] #{i + 1}", TRAINING_LOG_KEYS)
+        for key in ("name", "source"):
+            if key not in entry:
+                raise PlanError(f"{where}: missing required key {key!r}")
+        name = _name(entry["name"], f"{where}.name")
+        if not isinstance(entry["source"], str):
+            raise PlanError(f"{where} ({name}).source must be a string path")
+        start = entry.get("start", "scratch")
+        known = {"scratch", *references, *(f.name for f in found)}
+        if start not in known:
+            raise PlanError(f"{where} ({name}).start = {start!r} is not allowed; use 'scratch', an earlier log's "
+                            f"name or a reference's name: {sorted(known)}")
+        values: dict[str, Any] = {}
+        for key in ("batch_size", "sequence_length", "warmup_steps", "steps"):
+            v = entry.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "warmup_steps"
+                                                                                        else 1)):
+                raise PlanError(f"{where} ({name}).{key} = {v!r} must be a positive integer")
+            values[key] = v
+        for key in ("lr", "min_lr"):
+            v = entry.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf")):
+                raise PlanError(f"{where} ({name}).{key} = {v!r} must be a non-negative number")
+            values[key] = None if v is None else float(v)
+        schedule = entry.get("schedule")
+        if schedule is not None and schedule not in ("constant", "linear", "cosine"):
+            raise PlanError(f"{where} ({name}).schedule = {schedule!r} is not allowed; use 'constant', 'linear' "
+                            f"or 'cosine'")
+        found.append(LogSpec(name=name, source=entry["source"], start=start, schedule=schedule,
+                             min_lr=values.pop("min_lr") or 0.0, **values))
+    _unique([f.name for f in found], origin, "[[log]]")
+    return tuple(found)
 
 
 def override_plan(

@@ -73,12 +73,31 @@ def test_report_opens_with_the_summary_table(demo_run):
     tmp, _, _ = demo_run
     html = (tmp / "run.html").read_text()
     assert "Provenance verdicts" in html and "test_no_exact_tensor_reuse" in html
-    assert html.index("Provenance verdicts") < html.index('id="results-table"')
+    assert html.index("Provenance verdicts") < html.index('class="card"') < html.index("Details by evidence family") \
+        < html.index('id="results-table"')  # the answer first, then the details, then pytest's own table
+    assert html.count('<section class="family"') >= 7  # one section per evidence family (+ claim coverage)
     sha = hashlib.sha256((DEMO / "base" / "model.safetensors").read_bytes()).hexdigest()
     assert "<h2>Inputs</h2>" in html and sha in html  # every input named with its SHA-256
     # a skipped audit reads as its reason, not as pytest's (path, line, message) tuple
     assert "recorded, not judged: a derivative may change every tensor" in html
     assert "Skipped: recorded" not in html and "test_reuse.py&#x27;, " not in html
+
+
+def test_evidence_carries_one_verdict_per_claim_for_a_ci_gate(demo_run):
+    _, _, evidence = demo_run
+    verdicts = evidence["verdicts"]
+
+    assert verdicts["overall"] | {"checks": 0} == {"claims": 4, "holds": 4, "fails": 0, "untested": 0, "contested": 0,
+                                                   "allow_untested": False, "checks": 0, "checks_failed": [],
+                                                   "failed_audits": []}
+    (base,) = verdicts["references"]["base"]
+    assert (base["headline"], base["outcome"], base["deciding_family"]) == \
+        ("finetune was derived from base", "holds", "independence")
+    assert base["strongest"][0]["text"].startswith("The independence test rejects separate training: p ≈ 10^-")
+    assert {u["family"] for u in base["untested"]} == {"architecture", "reuse"}  # informational / not judged
+    assert [(v["relation"], v["refinement"], v["outcome"]) for v in verdicts["references"]["scratch"]] == \
+        [("independent", None, "holds"), ("derived", "tokenizer", "holds")]
+    assert verdicts["catalog"]["outcome"] == "holds"
 
 
 def test_evidence_is_byte_identical_across_runs(demo_run, tmp_path):
@@ -101,6 +120,9 @@ def test_finetune_claimed_independent_of_base_fails_with_the_reused_tensor(tmp_p
     assert failing["outcome"] == "failed"
     assert "model.embed_tokens.weight" in failing["message"] and "thresholds.toml [reuse]" in failing["message"]
     assert "FAILS" in (tmp_path / "run.html").read_text()
+    (base,) = evidence["verdicts"]["references"]["base"]  # byte copies decide, whatever else agrees
+    assert (base["outcome"], base["deciding_family"]) == ("fails", "reuse")
+    assert "1 of 39 trained tensors are byte-identical copies" in base["strongest"][0]["text"]
 
 
 def test_finetune_tokenizer_claimed_independent_of_base_fails(tmp_path):

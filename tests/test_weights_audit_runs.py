@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html as html_lib
-import json
 import math
 import re
 
@@ -33,14 +32,15 @@ def demo_full(tmp_path_factory):
 
 
 def report_images(html_path) -> dict[str, dict[str, bytes]]:
-    """test id -> image name -> decoded bytes, from the report's embedded pytest-html data."""
-    blob = re.search(r'data-jsonblob="([^"]*)"', html_path.read_text())
-    data = json.loads(html_lib.unescape(blob.group(1)))
+    """test id -> image name -> decoded bytes, from each audit's row in the report's family sections."""
+    page = html_path.read_text()
+    rows = list(re.finditer(r'<tr id="audit-[^"]*" data-nodeid="([^"]*)"', page))
     out = {}
-    for nodeid, runs in data["tests"].items():
-        images = {e["name"]: base64.b64decode(e["content"].split(",", 1)[1])
-                  for r in runs for e in r.get("extras", []) if e["format_type"] == "image"}
-        out[nodeid.split("::")[-1]] = images
+    for row, following in zip(rows, rows[1:] + [None]):
+        segment = page[row.end():following.start() if following else len(page)]
+        images = {html_lib.unescape(name): base64.b64decode(data) for name, data in
+                  re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)"', segment)}
+        out[html_lib.unescape(row.group(1)).split("::")[-1]] = images
     return out
 
 
