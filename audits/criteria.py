@@ -41,6 +41,7 @@ THRESHOLD_SPEC: dict[tuple[str, str], type] = {
     ("weights", "trap_max_centred"): float,
     ("weights", "signature_max_hamming"): float,
     ("weights", "signature_min_jaccard"): float,
+    ("weights", "merge_max_independent_share"): float,
     ("compute", "mfu_min"): float,
     ("compute", "mfu_max"): float,
     ("compute", "typical_mfu"): float,
@@ -279,6 +280,26 @@ def weights_derived(reference: str, categories, bound: Bound, alignment: str = "
                      not shown, message)
 
 
+def expert_slices_independent(reference: str, slices, bound: Bound) -> Judgement:
+    """Under `independent`: routed experts narrower than the reference's dense MLP, each matched to a slice of its
+    neurons by gate rows, keep a mean centred down-projection similarity below the from-scratch bound (fine-grained
+    upcycling check; the gate rows the matching was fitted on are not judged)."""
+    value = float(sum(s.down_centred for s in slices) / len(slices))
+    failed = value >= bound.value
+    top = sorted(slices, key=lambda s: -s.down_centred)[:6]
+    named = ", ".join(f"layer {s.layer} expert {s.expert} {s.down_centred:.3f}" for s in top)
+    what = (f"{len(slices)} routed experts of {slices[0].neurons} neurons matched to slices of {reference!r}'s dense "
+            f"MLP of {slices[0].reference_neurons} (gate rows; down projections compared)")
+    if failed:
+        message = (f"routed experts look cut from {reference!r}'s dense MLP (fine-grained upcycling): mean centred "
+                   f"similarity of the matched down projections = {value:.3f} ≥ {bound.value} ({bound.where}); "
+                   f"{what}; highest: {named}")
+    else:
+        message = f"{what}: mean centred similarity {value:.3f} < {bound.value} ({bound.where}); highest: {named}"
+    return Judgement("routed experts not cut from the reference's dense MLP", round(value, 6), f"< {bound.value}",
+                     bound.where, failed, message)
+
+
 def experts_independent(reference: str, summary, experts, bound: Bound) -> Judgement:
     """Under `independent`: the routed experts' mean centred similarity stays below the from-scratch bound.
 
@@ -323,6 +344,22 @@ def no_signature_matches(reference: str, matches, total: int, max_hamming: Bound
         message = (f"none of {total} target tensors matches a tensor of {reference!r} within the fine-tune band "
                    f"(Hamming ≤ {max_hamming.value:.0%} and Jaccard ≥ {min_jaccard.value}; {where})")
     return Judgement("no tensor signature matches", len(matches), "0 matching tensors", where, bool(matches), message)
+
+
+def merge_share_independent(reference: str, share: float, layer, layer_share: float, explained: float,
+                            bound: Bound) -> Judgement:
+    """Under `independent`: the reference explains less than a material share of the target's matrices, in every
+    layer (a merge decomposition over all references: modellineage.weights.merges)."""
+    where = bound.where
+    if layer_share >= bound.value:
+        message = (f"{reference!r} explains {layer_share:.1%} of the target's centred weight variance in layer {layer} "
+                   f"(mean over layers {share:.1%}; the candidates together {explained:.1%}) ≥ {bound.value:.1%} "
+                   f"({where}): the target looks like a merge with {reference!r}")
+    else:
+        message = (f"{reference!r} explains at most {layer_share:.2%} of the target's centred weight variance in any "
+                   f"layer (layer {layer}; mean {share:.2%}) < {bound.value:.1%} ({where})")
+    return Judgement("not merged from the reference (share of the target's weights it explains)",
+                     round(layer_share, 6), f"< {bound.value}", where, layer_share >= bound.value, message)
 
 
 # ----------------------------------------------------------------------------------------- independence

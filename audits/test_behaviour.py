@@ -16,7 +16,6 @@ or answers malformed JSON skips the behaviour audits of that model with the reas
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 

@@ -260,7 +260,7 @@ def test_log_tokens_and_steps(log_spec, target, thresholds, evidence, audit_sess
     if not judged:
         pytest.skip(f"recorded, not judged: {'; '.join(missing)}; tokens trained: {log.tokens_basis}")
     failed = [j for j in judged if j.failed]
-    judgement = evidence.judged(failed[0] if failed else judged[0])
+    evidence.judged(failed[0] if failed else judged[0])
     evidence.measured("judgements", [j.as_dict() for j in judged])
     message = " ".join(j.message for j in judged) + note
     evidence.says(message)

@@ -26,6 +26,7 @@ from modellineage.weights.similarity import WeightComparison, summarise
 from .criteria import (
     _p_text,
     early_layer_indices,
+    expert_slices_independent,
     experts_independent,
     independence_alpha,
     no_signature_matches,
@@ -113,11 +114,25 @@ def _judged_figures(comp: WeightComparison, aligned: AlignedComparison | None, w
         return _Judged(comp.by_category, name_early, False, alpha,
                        f"judged on name-aligned figures ({why})" if why else "")
     pv = aligned.quality.pvalue
-    if not pv.p < alpha:
-        return _Judged(comp.by_category, name_early, False, alpha,
-                       f"judged on name-aligned figures: the independence test's alignment is not significant "
-                       f"(p = {_p_text(pv)} ≥ α = {alpha:.3g}), so aligned figures are not judged")
     held_out = [p for p in aligned.comparison.pairs if p.key not in set(aligned.fitted)]
+    if not pv.p < alpha:
+        # A category none of whose tensors kept its shape (width pruning) has no name-aligned figure: it is judged
+        # on its matched sub-matrices' held-out figure, which nothing was fitted on (unbiased whatever p is).
+        named = {g.group for g in comp.by_category}
+        only = [replace(g, group=f"{g.group} (matched sub-matrices)")
+                for g in summarise(held_out, lambda p: p.category) if g.group not in named]
+        if not only:
+            return _Judged(comp.by_category, name_early, False, alpha,
+                           f"judged on name-aligned figures: the independence test's alignment is not significant "
+                           f"(p = {_p_text(pv)} ≥ α = {alpha:.3g}), so aligned figures are not judged")
+        early = name_early or early_of(held_out, " (matched sub-matrices)")
+        return _Judged(tuple(comp.by_category) + tuple(only), early, False, alpha,
+                       f"the independence test's alignment is not significant (p = {_p_text(pv)} ≥ α = {alpha:.3g}); "
+                       f"{', '.join(g.group.removesuffix(' (matched sub-matrices)') for g in only)} changed shape, so "
+                       f"judged on the matched sub-matrices of the tensors the matching was not fitted on (o, down: "
+                       f"channels, heads and neurons matched to a subset of the reference's): "
+                       + ", ".join(f"{g.group.removesuffix(' (matched sub-matrices)')} {g.mean_centred:.3f}"
+                                   for g in only))
     chosen = {g.group: g for g in comp.by_category}
     for g in summarise(held_out, lambda p: p.category):
         chosen[g.group] = higher(chosen.get(g.group), replace(g, group=f"{g.group} (aligned)"))
@@ -147,6 +162,8 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
     evidence.measured("embedding_rows", m.row_alignment)
     evidence.measured("embedding_stats", m.embeddings)
     aligned, why = measure_aligned(target, reference, audit_session, pytestconfig, weights_cache)
+    if m.unequal_shapes and aligned is None:
+        pytest.skip(f"{m.unequal_shapes}; and the matched sub-matrices could not be compared either: {why}")
     alpha = independence_alpha(thresholds["independence", "alpha"], len(audit_session.plan.references))
     # the early-layer profile is the dense stack's: routed experts (judged by test_moe_experts) would outnumber it
     judged = _judged_figures(comp, aligned, why, thresholds["weights", "early_layer_share"], alpha)
@@ -222,6 +239,9 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
 def test_no_tensor_signature_matches(target, reference, thresholds, evidence, audit_session, weights_cache,
                                      pytestconfig):
     m = measure(target, reference, thresholds, audit_session, weights_cache, pytestconfig)
+    if m.unequal_shapes:
+        pytest.skip(f"no tensor of {target.name} has the shape of one of {reference.name}'s, so no signature can "
+                    f"match (test_weight_similarity compares the matched sub-matrices): {m.unequal_shapes}")
     sigs = m.signatures
     evidence.measured("signatures", sigs)
     hmax, jmin = thresholds["weights", "signature_max_hamming"], thresholds["weights", "signature_min_jaccard"]
@@ -251,6 +271,11 @@ def test_moe_experts(target, reference, thresholds, evidence, audit_session, wei
     comp = m.comparison
     cats = {g.group: g for g in comp.by_category}
     experts = cats.get(EXPERT_CATEGORY)
+    slices = m.expert_slices
+    if slices:
+        evidence.measured("expert_slices", slices)
+    if experts is None and slices:
+        return _judge_slices(reference, thresholds, evidence, slices)
     if experts is None:
         has = any(r.expert is not None for r in target.name_map.refs.values())
         why = next((f"{s.key}: {s.reason}" for s in comp.skipped if ".experts." in s.key), None)
@@ -289,8 +314,31 @@ def test_moe_experts(target, reference, thresholds, evidence, audit_session, wei
     if reference.expectation("weights") == "derived":
         pytest.skip(f"recorded, not judged: under `derived` the routed experts are one of the categories that may "
                     f"show derivation (test_weight_similarity); {EXPERT_CATEGORY} {experts.mean_centred:.3f}")
-    judgement = evidence.judged(experts_independent(reference.name, experts, per_expert,
-                                                    thresholds["weights", "independent_max_centred"]))
+    judgement = experts_independent(reference.name, experts, per_expert, thresholds["weights", "independent_max_centred"])
+    if slices and not judgement.failed:  # narrower experts elsewhere: the fine-grained check may still fail
+        judgement = expert_slices_independent(reference.name, slices, thresholds["weights", "independent_max_centred"])
+    evidence.judged(judgement)
+    assert not judgement.failed, judgement.message
+
+
+def _judge_slices(reference, thresholds, evidence, slices) -> None:
+    """Routed experts narrower than the reference's dense MLP (fine-grained upcycling check)."""
+    bound = thresholds["weights", "independent_max_centred"]
+    evidence.html(report.table(
+        ["layer", "expert", "neurons", "reference layer (dense)", "dense neurons", "gate cos (matched, fitted)",
+         "down centred (not fitted)", "longest run of consecutive dense neurons"],
+        [[s.layer, s.expert, s.neurons, s.reference_layer, s.reference_neurons, _fmt(s.gate_matched_cos),
+          _fmt(s.down_centred), f"{s.contiguous_share:.0%}"] for s in slices[:64]],
+        caption=f"Routed experts matched to slices of {reference.name}'s dense MLP (first 64 of {len(slices)}; "
+                f"neurons matched by gate rows, the down projections compared; judged: the mean down figure, "
+                f"{bound.where})"))
+    mean = sum(s.down_centred for s in slices) / len(slices)
+    evidence.says(f"Fine-grained experts against {reference.name}: {len(slices)} routed experts matched to slices of "
+                  f"its dense MLP, mean centred down-projection similarity {mean:.3f}.")
+    if reference.expectation("weights") == "derived":
+        pytest.skip(f"recorded, not judged: under `derived` the weight similarity audit judges the relation; "
+                    f"mean down-projection similarity of the experts' matched slices {mean:.3f}")
+    judgement = evidence.judged(expert_slices_independent(reference.name, slices, bound))
     assert not judgement.failed, judgement.message
 
 

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                      "runs": {}}
     try:
         with Nginx(models) as nginx:
-            urls = [f"--target", f"{nginx.url}/target/", "--reference", f"reference={nginx.url}/reference/",
+            urls = ["--target", f"{nginx.url}/target/", "--reference", f"reference={nginx.url}/reference/",
                     "--expect", "derived", "--allow-download"]
             for mode in args.modes:
                 hf_home = work / ("hf_sample" if mode == "remote_sample" else "hf")

@@ -157,11 +157,12 @@ def test_audit_judges_the_hidden_copy_on_aligned_figures(hidden, tmp_path):
     proc, evidence, sim = _audit(tmp_path, hidden["finetune"], "independent")
     assert proc.returncode == 1 and sim["outcome"] == "failed"
     assert outcomes(evidence)["test_independence_pvalue[base]"] == "failed"
-    # similarity (aligned) and independence agree on derived; the signature match, by name, finds nothing and is
-    # outranked, said in one sentence
+    # similarity (aligned) and independence agree on derived; the signature match and the merge decomposition,
+    # both by name, find nothing and are outranked, said in one sentence
     (combined,) = combine("base", evidence["audits"])
     assert combined.verdict == "derived" and combined.deciding.family == "independence"
-    assert [f.audit for f in combined.contradicted_by] == ["test_no_tensor_signature_matches"]
+    assert sorted(f.audit for f in combined.contradicted_by) == ["test_merge_decomposition",
+                                                                 "test_no_tensor_signature_matches"]
     assert combined.sentence in html_lib.unescape((tmp_path / "independent.html").read_text())
 
 

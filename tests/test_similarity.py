@@ -18,6 +18,7 @@ from modellineage.weights.alignment import (
     correspond_layers,
     detect_upcycling,
     match_experts,
+    many_to_one_alignment,
     monotone_alignment,
     project_layers,
 )
@@ -201,14 +202,25 @@ def test_monotone_alignment_small_cases():
     assert monotone_alignment(np.full((3, 3), 0.1), 0.3) == []  # nothing above the bound: nothing matched
 
 
+def test_many_to_one_alignment_small_cases():
+    # SOLAR-style: rows 0-2 are reference 0-2, rows 3-4 repeat reference 1-2 (the monotone map drops one copy)
+    solar = np.array([[0.9, 0.0, 0.0], [0.0, 0.9, 0.0], [0.0, 0.0, 0.9], [0.0, 0.8, 0.0], [0.0, 0.0, 0.8]])
+    assert many_to_one_alignment(solar, 0.3) == [(0, 0), (1, 1), (2, 2), (3, 1), (4, 2)]
+    assert len(monotone_alignment(solar, 0.3)) == 4
+    new_layer = np.array([[0.9, 0.0], [0.1, 0.2], [np.nan, 0.9]])  # row 1: a new layer, row 2: NaN never wins
+    assert many_to_one_alignment(new_layer, 0.3) == [(0, 0), (2, 1)]
+    assert many_to_one_alignment(np.full((3, 3), 0.1), 0.3) == []
+
+
 def test_depth_upscaled_copy_is_aligned_and_beats_index(demo, built):
     target = model(built["relayered"])
     ts, rs = model_signatures(target), model_signatures(demo["base"])
     layers = correspond_layers(ts, rs, min_match=BOUND_SCRATCH)
     order = [0, 1, 2, 3, 1, 2, 3]
-    # a monotone alignment can take five of the seven layers (0-3 and the last copy, or 0-1 and the second
-    # copy); every matched pair is a true correspondence
-    assert len(layers.path) == 5 and all(order[t] == r for t, r in layers.path), layers.path
+    # every layer of the stack is placed where it came from, both copies of the repeated block included
+    assert len(layers.path) == 7 and all(order[t] == r for t, r in layers.path), layers.path
+    assert layers.repeated == {1: (1, 4), 2: (2, 5), 3: (3, 6)} and layers.unmatched_target == ()
+    assert "reference layer 1 matched by target layers 1, 4" in layers.describe()
     assert layers.beats_index  # index alignment pairs target layers 0-3 only
     # the index pairs 4->?, 5->?, 6->? do not exist in a 4-layer reference; alignment recovers 6 -> 3
     aligned = compare_weights(target, demo["base"], layer_map=layers.layer_map)
@@ -220,7 +232,8 @@ def test_permuted_layers_are_caught_only_by_correspondence(demo, built):
     index = compare_weights(target, demo["base"])
     assert max(g.mean_centred for g in index.by_category if g.group in ("attention", "mlp")) < BOUND_SCRATCH
     layers = correspond_layers(model_signatures(target), model_signatures(demo["base"]), min_match=BOUND_SCRATCH)
-    assert layers.beats_index and len(layers.path) == 2
+    # every layer found where it came from (a monotone map could place only two of [2, 3, 0, 1])
+    assert layers.beats_index and layers.path == ((0, 2), (1, 3), (2, 0), (3, 1))
     aligned = compare_weights(target, demo["base"], layer_map=layers.layer_map)
     assert {g.group: g.mean_centred for g in aligned.by_category}["attention"] > 0.9
 

@@ -114,12 +114,21 @@ class HiddenAlignment:
     token_source: str
     seed: int
     tensors: tuple[str, str]
+    reference_dims: int | None = None
+    """The reference's hidden size (None: equal to the target's)."""
+
+    @property
+    def matched_dims(self) -> int:
+        return sum(p >= 0 for p in self.permutation)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"matched_abs_corr": self.matched_abs_corr, "identity_share": self.identity_share,
-                "negative_share": self.negative_share, "tokens_used": self.tokens_used,
-                "tokens_shared": self.tokens_shared, "token_source": self.token_source, "seed": self.seed,
-                "tensors": list(self.tensors), "dims": len(self.permutation)}
+        out = {"matched_abs_corr": self.matched_abs_corr, "identity_share": self.identity_share,
+               "negative_share": self.negative_share, "tokens_used": self.tokens_used,
+               "tokens_shared": self.tokens_shared, "token_source": self.token_source, "seed": self.seed,
+               "tensors": list(self.tensors), "dims": len(self.permutation)}
+        if self.reference_dims is not None and self.reference_dims != len(self.permutation):
+            out.update(reference_dims=self.reference_dims, matched_dims=self.matched_dims)
+        return out
 
 
 @dataclass(frozen=True)
@@ -302,11 +311,18 @@ def match_rows(target_rows: np.ndarray, reference_rows: np.ndarray, *, absolute:
 
     Returns:
         ``(perm, sims, matcher)``: target row ``i`` ↔ reference row ``perm[i]``, the cosine of each pair
-        (signed), and ``"dense"`` or ``"sparse top-k"``.
+        (signed), and ``"dense"`` or ``"sparse top-k"``. With unequal row counts the assignment is
+        rectangular: every row of the smaller side is matched to a distinct row of the larger (a pruned
+        model's neurons to a subset of its parent's); unmatched target rows get ``perm[i] = -1`` and
+        ``sims[i] = nan``.
     """
-    n = target_rows.shape[0]
-    if reference_rows.shape[0] != n:
-        raise IncompatibleShapes(f"cannot match {n} rows with {reference_rows.shape[0]} rows")
+    n, n_r = target_rows.shape[0], reference_rows.shape[0]
+    if n > n_r:  # the reference is the narrower side: match its rows into the target's, then invert
+        back, back_sims, how = match_rows(reference_rows, target_rows, absolute=absolute, dense_max=dense_max,
+                                          top_k=top_k, seed=seed)
+        perm, sims = np.full(n, -1, dtype=np.int64), np.full(n, np.nan)
+        perm[back], sims[back] = np.arange(n_r), back_sims
+        return perm, sims, how
     from scipy.optimize import linear_sum_assignment
 
     if n <= dense_max:
@@ -319,15 +335,15 @@ def match_rows(target_rows: np.ndarray, reference_rows: np.ndarray, *, absolute:
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
-    k = min(top_k, n)
+    k = min(top_k, n_r)
     rng = np.random.default_rng(seed)
-    extra = rng.permutation(n)
+    extra = rng.permutation(n_r)[:n]  # a feasible matching of every target row (a perfect one when square)
     # Candidates from a float32 product and torch's top-k (several times faster than numpy's argpartition
     # on 14k-wide rows); edge weights recomputed exactly in float64, block by block (bounded memory).
     import torch
 
     t32, r32 = torch.from_numpy(target_rows.astype(np.float32)), torch.from_numpy(reference_rows.astype(np.float32))
-    block = max(1, (64 << 20) // (4 * n))
+    block = max(1, (64 << 20) // (4 * n_r))
     ii, jj, ww = [], [], []
     for start in range(0, n, block):
         s = t32[start:start + block] @ r32.T
@@ -342,8 +358,8 @@ def match_rows(target_rows: np.ndarray, reference_rows: np.ndarray, *, absolute:
         ww.append((np.abs(w) if absolute else w).reshape(-1))
     del t32, r32
     i_all, j_all, w_all = np.concatenate(ii), np.concatenate(jj), np.concatenate(ww)
-    _, first = np.unique(i_all * n + j_all, return_index=True)
-    graph = csr_matrix((w_all[first] + 2.0, (i_all[first], j_all[first])), shape=(n, n))  # > 0: zero = no edge
+    _, first = np.unique(i_all * n_r + j_all, return_index=True)
+    graph = csr_matrix((w_all[first] + 2.0, (i_all[first], j_all[first])), shape=(n, n_r))  # > 0: zero = no edge
     rows, cols = min_weight_full_bipartite_matching(graph, maximize=True)
     perm = np.empty(n, dtype=np.int64)
     perm[rows] = cols
@@ -359,9 +375,12 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def align_hidden(target, reference, pairs: TokenPairs, *, max_tokens: int = 4096, seed: int = 0) -> HiddenAlignment:
     """Match the residual dimensions of two models through the embedding rows of shared tokens.
 
+    Hidden sizes may differ (a width-pruned model keeps a subset of its parent's channels): the
+    assignment is then rectangular, every channel of the narrower side matched to a distinct channel of
+    the wider; target channels left unmatched get ``permutation[a] = -1``.
+
     Raises:
         UnsupportedFormat: a model has no input embedding.
-        IncompatibleShapes: the hidden sizes differ.
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -370,9 +389,6 @@ def align_hidden(target, reference, pairs: TokenPairs, *, max_tokens: int = 4096
         missing = target if et is None else reference
         raise UnsupportedFormat(f"{missing.source.root}: no input embedding found; cannot align hidden dimensions")
     d_t, d_r = et.shape[-1], er.shape[-1]
-    if d_t != d_r:
-        raise IncompatibleShapes(f"{target.source.root}: hidden size {d_t} vs {d_r} in {reference.source.root}; "
-                                 "the independence test needs equal hidden sizes")
     n = len(pairs)
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(n, size=max_tokens, replace=False)) if n > max_tokens else np.arange(n)
@@ -385,16 +401,18 @@ def align_hidden(target, reference, pairs: TokenPairs, *, max_tokens: int = 4096
     corr = np.abs(a.astype(np.float32) @ b.astype(np.float32).T)  # float32 decides the assignment ...
     rows, cols = linear_sum_assignment(corr, maximize=True)
     del corr
-    perm = np.empty(d_t, dtype=np.int64)
+    perm = np.full(d_t, -1, dtype=np.int64)
     perm[rows] = cols
-    matched = np.einsum("ij,ij->i", a, b[perm])  # ... the recorded correlations are float64
-    signs = np.where(matched < 0, -1, 1)
+    # ... the recorded correlations are float64 (every target dimension matched: in target order, as always)
+    matched = np.einsum("ij,ij->i", a, b[perm]) if rows.size == d_t else np.einsum("ij,ij->i", a[rows], b[cols])
+    signs = np.ones(d_t, dtype=np.int64)
+    signs[rows] = np.where(matched < 0, -1, 1)
     return HiddenAlignment(permutation=tuple(int(x) for x in perm), signs=tuple(int(s) for s in signs),
                            matched_abs_corr=float(np.mean(np.abs(matched))),
                            identity_share=float(np.mean(perm == np.arange(d_t))),
-                           negative_share=float(np.mean(signs < 0)), tokens_used=int(pick.size),
+                           negative_share=float(np.mean(signs[rows] < 0)), tokens_used=int(pick.size),
                            tokens_shared=n, token_source=pairs.source, seed=int(seed),
-                           tensors=(et.source, er.source))
+                           tensors=(et.source, er.source), reference_dims=int(d_r))
 
 
 # ----------------------------------------------------------------------------------------- features
@@ -404,7 +422,16 @@ class _Frames:
     def __init__(self, hidden: HiddenAlignment, max_features: int, seed: int) -> None:
         self.perm = np.asarray(hidden.permutation, dtype=np.int64)
         self.signs = np.asarray(hidden.signs, dtype=np.float64)
-        d = self.perm.size
+        self.width = {"target": self.perm.size, "reference": hidden.reference_dims or self.perm.size}
+        # The frame: the matched reference channels in reference order (every channel when the widths agree);
+        # target channel t_cols[p] and reference channel r_cols[p] sit at position p.
+        matched = np.flatnonzero(self.perm >= 0)
+        order = np.argsort(self.perm[matched], kind="stable")
+        self.t_cols, self.r_cols = matched[order], self.perm[matched][order]
+        self.position = np.full(self.perm.size, -1, dtype=np.int64)
+        self.position[self.t_cols] = np.arange(self.t_cols.size)
+        d = self.t_cols.size
+        self.square = d == self.width["target"] == self.width["reference"]
         self.projected = d > max_features
         self.features = max_features if self.projected else d
         # float32: the sketch approximates cosines to ~1/sqrt(max_features) anyway, and sgemm halves its cost
@@ -414,30 +441,35 @@ class _Frames:
     def reader(self, side: str, gain: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray]:
         if self.sketch is not None:
             # Gain, sign and permutation folded into the sketch once: row a of the target's matrix is
-            # S[perm[a]] · signs[a] · gain[a], so (x · gain)[:, a] lands on S[perm[a]] as in the branch below.
-            scale = np.ones(self.perm.size) if gain is None else np.asarray(gain, dtype=np.float64)
+            # S[position[a]] · signs[a] · gain[a], so (x · gain)[:, a] lands on S[position[a]] as in the branch
+            # below; channels outside the frame get zero rows.
+            width = self.width[side]
+            scale = np.ones(width) if gain is None else np.asarray(gain, dtype=np.float64)
+            folded = np.zeros((width, self.features), dtype=np.float32)
             if side == "target":
-                folded = ((scale * self.signs)[:, None] * self.sketch[self.perm]).astype(np.float32)
+                folded[self.t_cols] = ((scale * self.signs)[self.t_cols, None] * self.sketch).astype(np.float32)
             else:
-                folded = (scale[:, None] * self.sketch).astype(np.float32)
+                folded[self.r_cols] = (scale[self.r_cols, None] * self.sketch).astype(np.float32)
             return lambda block: (block.astype(np.float32) @ folded).astype(np.float64)
 
         def fn(block: np.ndarray) -> np.ndarray:
             x = block * gain if gain is not None else block
             if side == "target":
-                y = np.empty_like(x)
-                y[:, self.perm] = x * self.signs
-                x = y
-            return x
+                if self.square:
+                    y = np.empty_like(x)
+                    y[:, self.perm] = x * self.signs
+                    return y
+                return x[:, self.t_cols] * self.signs[self.t_cols]
+            return x if self.square else x[:, self.r_cols]
 
         return fn
 
 
-def _rows(model, key: str, frames: _Frames, reader: Callable, chunk_bytes: int) -> np.ndarray:
+def _rows(model, key: str, frames: _Frames, reader: Callable, chunk_bytes: int, side: str) -> np.ndarray:
     ref = _ref(model, key)
-    if ref.shape[-1] != frames.perm.size:
+    if ref.shape[-1] != frames.width[side]:
         raise IncompatibleShapes(f"{model.source.root}: {ref.source} has {ref.shape[-1]} columns, "
-                                 f"hidden size is {frames.perm.size}")
+                                 f"hidden size is {frames.width[side]}")
     return _stream(model, ref, reader, chunk_bytes)
 
 
@@ -450,26 +482,23 @@ def _mlp_unit(target, reference, layer: int, expert: int | None, ref_expert: int
               prefix_r: str, gate_role: str, up_role: str, frames: _Frames, readers: tuple, opts: dict) -> UnitResult:
     kt = (f"{prefix_t}{gate_role}.weight", f"{prefix_t}{up_role}.weight")
     kr = (f"{prefix_r}{gate_role}.weight", f"{prefix_r}{up_role}.weight")
-    gt = _unit(_rows(target, kt[0], frames, readers[0], opts["chunk_bytes"]))
-    gr = _unit(_rows(reference, kr[0], frames, readers[1], opts["chunk_bytes"]))
-    if gt.shape[0] != gr.shape[0]:
-        raise IncompatibleShapes(f"{target.source.root}: {_ref(target, kt[0]).source} has {gt.shape[0]} neurons, "
-                                 f"{_ref(reference, kr[0]).source} of {reference.source.root} has {gr.shape[0]}")
+    gt = _unit(_rows(target, kt[0], frames, readers[0], opts["chunk_bytes"], "target"))
+    gr = _unit(_rows(reference, kr[0], frames, readers[1], opts["chunk_bytes"], "reference"))
     seed = opts["seed"] * 1_000_003 + layer * 1009 + (expert or 0)
     pi_g, sims_g, matcher = match_rows(gt, gr, absolute=False, dense_max=opts["dense_max"], top_k=opts["top_k"],
                                        seed=seed)
-    ut, coupling_t = _decoupled(_rows(target, kt[1], frames, readers[0], opts["chunk_bytes"]), gt,
+    ut, coupling_t = _decoupled(_rows(target, kt[1], frames, readers[0], opts["chunk_bytes"], "target"), gt,
                                 opts["decouple"])
-    ur, coupling_r = _decoupled(_rows(reference, kr[1], frames, readers[1], opts["chunk_bytes"]), gr,
+    ur, coupling_r = _decoupled(_rows(reference, kr[1], frames, readers[1], opts["chunk_bytes"], "reference"), gr,
                                 opts["decouple"])
     del gt, gr
     pi_u, sims_u, _ = match_rows(ut, ur, absolute=True, dense_max=opts["dense_max"], top_k=opts["top_k"],
                                  seed=seed + 1)
-    pv = spearman_permutation_pvalue(pi_g, pi_u)
+    pv = spearman_permutation_pvalue(*_matched_ranks(pi_g, pi_u))
     sources = tuple(_ref(target, k).source for k in kt) + tuple(_ref(reference, k).source for k in kr)
     return UnitResult(layer=layer, expert=expert, reference_expert=ref_expert, neurons=int(pi_g.size),
-                      rho=pv.statistic, pvalue=pv, gate_matched_cos=float(np.mean(sims_g)),
-                      up_matched_abs_cos=float(np.mean(np.abs(sims_u))),
+                      rho=pv.statistic, pvalue=pv, gate_matched_cos=float(np.nanmean(sims_g)),
+                      up_matched_abs_cos=float(np.nanmean(np.abs(sims_u))),
                       neuron_order_kept=float(np.mean(pi_g == np.arange(pi_g.size))), matcher=matcher,
                       tensors=sources, gate_up_coupling=(coupling_t, coupling_r),
                       permutation=tuple(int(x) for x in pi_g),
@@ -477,6 +506,24 @@ def _mlp_unit(target, reference, layer: int, expert: int | None, ref_expert: int
 
 
 _DOWN_ROLE = {"mlp_gate": "mlp_down", "shared_gate": "shared_down", "expert_gate": "expert_down"}
+
+
+def _matched_ranks(pi_g: np.ndarray, pi_u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two matchings as permutations of the units both matched: ranks of their partners.
+
+    Square (equal widths): the matchings themselves. Rectangular (a pruned side): each matching sends the
+    narrower side's units to a subset of the wider side's; ranking the partners within each subset gives two
+    permutations of ``0..m-1`` whose Spearman ρ is ≈ 1 when both matchings agree and, when they are unrelated,
+    has the null of a uniformly random permutation (unit indices of an independently initialised model are
+    exchangeable). benchmarks/calibrate_pruning.py checks it on independent pairs of the reduced shape.
+    """
+    both = (pi_g >= 0) & (pi_u >= 0)
+    if both.all() and pi_g.size and np.array_equal(np.sort(pi_g), np.arange(pi_g.size)) \
+            and np.array_equal(np.sort(pi_u), np.arange(pi_u.size)):
+        return pi_g, pi_u
+    g, u = pi_g[both], pi_u[both]
+    return np.argsort(np.argsort(g, kind="stable"), kind="stable"), np.argsort(np.argsort(u, kind="stable"),
+                                                                              kind="stable")
 
 
 def _decoupled(up: np.ndarray, gate_unit: np.ndarray, decouple: bool = True) -> tuple[np.ndarray, float]:
@@ -514,13 +561,15 @@ def _match_experts(target, reference, layer: int, experts_t: list[int], experts_
         return dict(zip(experts_t, experts_r))
     from scipy.optimize import linear_sum_assignment
 
-    a = _unit(_rows(target, key, frames, readers[0], chunk_bytes))
-    b = _unit(_rows(reference, key, frames, readers[1], chunk_bytes))
+    a = _unit(_rows(target, key, frames, readers[0], chunk_bytes, "target"))
+    b = _unit(_rows(reference, key, frames, readers[1], chunk_bytes, "reference"))
     rows, cols = linear_sum_assignment(a @ b.T, maximize=True)
     return {experts_t[r]: experts_r[c] for r, c in zip(rows, cols)}
 
 
 def _heads(target, reference, layer: int, frames: _Frames, readers: tuple, chunk_bytes: int) -> HeadAlignment | None:
+    """KV heads matched by their k and v rows, query heads of each matched group by their q rows. Head counts
+    may differ (a head-pruned side): the assignments are then rectangular and unmatched target heads get -1."""
     keys = [f"layers.{layer}.attn_{r}.weight" for r in ("q", "k", "v")]
     if any(_ref(m, k) is None for m in (target, reference) for k in keys):
         return None
@@ -528,32 +577,38 @@ def _heads(target, reference, layer: int, frames: _Frames, readers: tuple, chunk
     if arch_t is None or arch_r is None:
         return None
     h, hkv, hd = arch_t.num_heads, arch_t.num_kv_heads or arch_t.num_heads, arch_t.head_dim
-    if not h or not hd or (h, hkv, hd) != (arch_r.num_heads, arch_r.num_kv_heads or arch_r.num_heads,
-                                          arch_r.head_dim):
+    h_r, hkv_r = arch_r.num_heads, arch_r.num_kv_heads or arch_r.num_heads
+    if not h or not hd or not h_r or hd != arch_r.head_dim or h % hkv or h_r % hkv_r:
         return None
     from scipy.optimize import linear_sum_assignment
 
-    def per_head(key: str, heads: int) -> np.ndarray:
-        a = _unit(_rows(target, key, frames, readers[0], chunk_bytes))
-        b = _unit(_rows(reference, key, frames, readers[1], chunk_bytes))
-        if a.shape[0] != heads * hd or b.shape[0] != heads * hd:
+    def per_head(key: str, heads: int, heads_r: int) -> np.ndarray:
+        a = _unit(_rows(target, key, frames, readers[0], chunk_bytes, "target"))
+        b = _unit(_rows(reference, key, frames, readers[1], chunk_bytes, "reference"))
+        if a.shape[0] != heads * hd or b.shape[0] != heads_r * hd:
             raise IncompatibleShapes(f"{target.source.root}: {key} has {a.shape[0]} rows, expected {heads}×{hd}")
-        a, b = a.reshape(heads, hd, -1), b.reshape(heads, hd, -1)
+        a, b = a.reshape(heads, hd, -1), b.reshape(heads_r, hd, -1)
         return np.abs(np.einsum("ark,brk->abr", a, b)).mean(axis=2)
 
-    sim_q, sim_k, sim_v = per_head(keys[0], h), per_head(keys[1], hkv), per_head(keys[2], hkv)
-    group = h // hkv
+    sim_q, sim_k, sim_v = per_head(keys[0], h, h_r), per_head(keys[1], hkv, hkv_r), per_head(keys[2], hkv, hkv_r)
+    group, group_r = h // hkv, h_r // hkv_r
     sim_group = (sim_k + sim_v) / 2.0
-    _, kv = linear_sum_assignment(sim_group, maximize=True)
-    head_perm = np.empty(h, dtype=np.int64)
+    rows, cols = linear_sum_assignment(sim_group, maximize=True)
+    kv = np.full(hkv, -1, dtype=np.int64)
+    kv[rows] = cols
+    head_perm = np.full(h, -1, dtype=np.int64)
     for g_t in range(hkv):
         g_r = int(kv[g_t])
-        block = sim_q[g_t * group:(g_t + 1) * group, g_r * group:(g_r + 1) * group]
-        _, cols = linear_sum_assignment(block, maximize=True)
-        head_perm[g_t * group:(g_t + 1) * group] = g_r * group + cols
-    stored = float((np.trace(sim_q) + np.trace(sim_k) + np.trace(sim_v)) / (h + 2 * hkv))
-    matched = float((sim_q[np.arange(h), head_perm].sum() + sim_k[np.arange(hkv), kv].sum()
-                     + sim_v[np.arange(hkv), kv].sum()) / (h + 2 * hkv))
+        if g_r < 0:
+            continue
+        block = sim_q[g_t * group:(g_t + 1) * group, g_r * group_r:(g_r + 1) * group_r]
+        r_in, c_in = linear_sum_assignment(block, maximize=True)
+        head_perm[g_t * group + r_in] = g_r * group_r + c_in
+    n_q, n_kv = min(h, h_r), min(hkv, hkv_r)
+    stored = float((np.trace(sim_q) + np.trace(sim_k) + np.trace(sim_v)) / (n_q + 2 * n_kv))
+    mq, mkv = np.flatnonzero(head_perm >= 0), np.flatnonzero(kv >= 0)
+    matched = float((sim_q[mq, head_perm[mq]].sum() + sim_k[mkv, kv[mkv]].sum()
+                     + sim_v[mkv, kv[mkv]].sum()) / (mq.size + 2 * mkv.size))
     return HeadAlignment(kv_permutation=tuple(int(x) for x in kv), head_permutation=tuple(int(x) for x in head_perm),
                          as_stored_similarity=stored, matched_similarity=matched)
 
@@ -596,7 +651,9 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
 
     Raises:
         UnsupportedFormat: no shared tokens, no embedding, or no gated MLP (gate and up rows) in any layer.
-        IncompatibleShapes: hidden sizes or MLP widths differ.
+        IncompatibleShapes: a tensor's columns disagree with its model's hidden size. Hidden sizes, MLP widths
+            and head counts may differ between the models (width pruning): channels, neurons and heads of the
+            narrower side are matched to a subset of the wider side's (rectangular assignments).
     """
     if token_pairs is None:
         pairs = shared_token_pairs(target, reference)

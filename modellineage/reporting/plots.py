@@ -44,7 +44,8 @@ def layer_profile(profile: Mapping[str, Sequence], *, title: str) -> str:
 
 def layer_heatmap(matrix: np.ndarray, target_layers: Sequence[int], reference_layers: Sequence[int],
                   path: Sequence[tuple[int, int]], *, title: str) -> str:
-    """Layer × layer sample similarity with the chosen alignment marked."""
+    """Layer × layer sample similarity with the chosen alignment marked: reference layers matched more than once
+    (depth up-scaling) in orange, target layers left unmatched crossed at the left edge."""
     plt = pyplot()
     n, m = matrix.shape
     fig, ax = plt.subplots(figsize=(min(8.0, 1.5 + 0.18 * m), min(8.0, 1.2 + 0.18 * n)))
@@ -52,7 +53,20 @@ def layer_heatmap(matrix: np.ndarray, target_layers: Sequence[int], reference_la
     pos_t = {t: i for i, t in enumerate(target_layers)}
     pos_r = {r: j for j, r in enumerate(reference_layers)}
     if path:
-        ax.plot([pos_r[r] for _, r in path], [pos_t[t] for t, _ in path], "r.", ms=6, label="alignment")
+        uses: dict[int, int] = {}
+        for _, r in path:
+            uses[r] = uses.get(r, 0) + 1
+        once = [(t, r) for t, r in path if uses[r] == 1]
+        many = [(t, r) for t, r in path if uses[r] > 1]
+        if once:
+            ax.plot([pos_r[r] for _, r in once], [pos_t[t] for t, _ in once], "r.", ms=6, label="alignment")
+        if many:
+            ax.plot([pos_r[r] for _, r in many], [pos_t[t] for t, _ in many], "o", color="#fb8500", ms=5,
+                    label="reference layer matched more than once")
+        matched = {t for t, _ in path}
+        unmatched = [pos_t[t] for t in target_layers if t not in matched]
+        if unmatched:
+            ax.plot([-0.45] * len(unmatched), unmatched, "wx", ms=5, mew=1.5, label="target layer unmatched")
         ax.legend(fontsize=6, loc="upper right")
     ax.set_xlabel("reference layer", fontsize=8)
     ax.set_ylabel("target layer", fontsize=8)

@@ -131,7 +131,8 @@ class _Map:
     Target row ``t_rows[k]`` pairs with reference row ``r_rows[k]``; target column ``c`` lands on
     reference column ``cols[c]`` after multiplication by ``col_t[c]``; reference columns are
     multiplied by ``col_r``; target rows by ``row_t[k]``; ``fit``: a further per-row scale
-    ``sign(a·b) ||b|| / ||a||`` is fitted and returned.
+    ``sign(a·b) ||b|| / ||a||`` is fitted and returned. A row or column index of -1 has no partner (a
+    width-pruned side): such rows and columns are left out, so the pair compares the matched sub-matrices.
     """
 
     t_rows: np.ndarray
@@ -157,27 +158,37 @@ def _compare(target, reference, tkey: str, rkey: str, m: _Map, chunk_bytes: int)
         raise IncompatibleShapes(f"{tkey}: transposed storage is not aligned (compared by name only)")
     tinfo, rinfo = target.store.info(tref.source), reference.store.info(rref.source)
     tplan, rplan = row_plan(tref, tinfo), row_plan(rref, rinfo)
-    cols = tplan.shape[1]
-    if cols != rplan.shape[1] or (m.cols is not None and m.cols.size != cols):
+    cols, r_cols = tplan.shape[1], rplan.shape[1]
+    if (m.cols is None and cols != r_cols) or (m.cols is not None and (m.cols.size != cols or m.cols.max() >= r_cols
+                                                                       or not (m.cols >= 0).any())):
         raise IncompatibleShapes(f"{tkey}: {tplan.shape} vs reference {rkey} {rplan.shape}")
-    if m.t_rows.size == 0 or m.t_rows.max() >= tplan.shape[0] or m.r_rows.max() >= rplan.shape[0]:
+    paired = np.flatnonzero((m.t_rows >= 0) & (m.r_rows >= 0))
+    if paired.size == 0 or m.t_rows.max() >= tplan.shape[0] or m.r_rows.max() >= rplan.shape[0]:
         raise IncompatibleShapes(f"{tkey}: row pairing out of range ({tplan.shape} vs {rplan.shape})")
+    # square: a permutation of the columns (scatter, as always); otherwise gather the matched sub-matrix
+    square = m.cols is None or (cols == r_cols and bool((m.cols >= 0).all())
+                                and np.array_equal(np.sort(m.cols), np.arange(cols)))
+    kept = None if square else np.flatnonzero(m.cols >= 0)
     acc = PairAccumulator(label_a=f"target tensor {tref.source!r} in {tinfo.file}",
                           label_b=f"reference tensor {rref.source!r} in {rinfo.file}")
     scales = np.ones(m.t_rows.size)
     step = max(1, chunk_bytes // max(1, cols * 8))
     before_t, before_r = target.store.thread_bytes_read, reference.store.thread_bytes_read
-    for start in range(0, m.t_rows.size, step):
-        k = np.arange(start, min(m.t_rows.size, start + step))
+    for start in range(0, paired.size, step):
+        k = paired[start:start + step]
         a = read_canonical_rows(target.store, tplan, m.t_rows[k], check_finite=False)
         b = read_canonical_rows(reference.store, rplan, m.r_rows[k], check_finite=False)
         if m.col_t is not None:
             a = a * m.col_t
-        if m.cols is not None:
+        if kept is not None:
+            if m.col_r is not None:
+                b = b * m.col_r
+            a, b = a[:, kept], b[:, m.cols[kept]]
+        elif m.cols is not None:
             moved = np.empty_like(a)
             moved[:, m.cols] = a
             a = moved
-        if m.col_r is not None:
+        if kept is None and m.col_r is not None:
             b = b * m.col_r
         if m.row_t is not None:
             a = a * m.row_t[k][:, None]
@@ -192,7 +203,7 @@ def _compare(target, reference, tkey: str, rkey: str, m: _Map, chunk_bytes: int)
         key=tkey, reference_key=rkey, role=tref.role, layer=tref.layer, reference_layer=rref.layer,
         expert=tref.expert, reference_expert=rref.expert, shape=tuple(tref.shape), target_tensor=tref.source,
         reference_tensor=rref.source, similarity=sim, cosine_ci=exact["cosine"], centred_ci=exact["centred_cosine"],
-        rel_l2_ci=exact["rel_l2"], rows_read=int(m.t_rows.size), rows_total=int(tplan.shape[0]),
+        rel_l2_ci=exact["rel_l2"], rows_read=int(paired.size), rows_total=int(tplan.shape[0]),
         bytes_read=(target.store.thread_bytes_read - before_t) + (reference.store.thread_bytes_read - before_r),
         row_alignment=m.how)
     return pair, scales
@@ -213,8 +224,9 @@ def _head_maps(target, test_layer, rows_q: int, rows_kv: int):
     else:
         head_perm, kv_perm = np.asarray(att.head_permutation), np.asarray(att.kv_permutation)
         how = "heads matched within KV groups"
-    q_rows = (head_perm[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
-    kv_rows = (kv_perm[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
+    # an unmatched head (-1: a head-pruned side) leaves its rows unpaired
+    q_rows = np.where(head_perm[:, None] >= 0, head_perm[:, None] * hd + np.arange(hd)[None, :], -1).reshape(-1)
+    kv_rows = np.where(kv_perm[:, None] >= 0, kv_perm[:, None] * hd + np.arange(hd)[None, :], -1).reshape(-1)
     kv_of_q = np.repeat(np.arange(hkv), group)  # target query head -> its target kv head
     return q_rows, kv_rows, kv_of_q, hd, how
 
@@ -244,6 +256,7 @@ def compare_aligned(target, reference, test: IndependenceTest, *,
     perm = np.asarray(test.hidden.permutation, dtype=np.int64)
     signs = np.asarray(test.hidden.signs, dtype=np.float64)
     hidden = perm.size
+    widths = {"t": hidden, "r": test.hidden.reference_dims or hidden}
     ident = np.arange(hidden)
     layers = {r.layer: r for r in test.layers}
     pairs: list[PairSimilarity] = []
@@ -256,7 +269,7 @@ def compare_aligned(target, reference, test: IndependenceTest, *,
         model = target if side == "t" else reference
         if (side, key) not in gains:
             ref = model.name_map.refs.get(key)
-            gains[(side, key)] = None if ref is None or len(ref.shape) != 1 or ref.shape[0] != hidden \
+            gains[(side, key)] = None if ref is None or len(ref.shape) != 1 or ref.shape[0] != widths[side] \
                 else _vector(model, ref)
         return gains[(side, key)]
 
@@ -289,7 +302,7 @@ def compare_aligned(target, reference, test: IndependenceTest, *,
         given = (token_rows or {}).get(key)
         if given is not None:
             rows_t, rows_r, how = np.asarray(given[0]), np.asarray(given[1]), given[2]
-        elif t_refs[key].shape == r_refs[key].shape:
+        elif t_refs[key].shape[0] == r_refs[key].shape[0]:  # same token rows (widths may differ: pruned)
             rows_t = rows_r = np.arange(t_refs[key].shape[0])
             how = "token rows by id"
         else:

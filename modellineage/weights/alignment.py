@@ -10,10 +10,15 @@ for unrelated tensors is about ``1 / sqrt(elements)``).
 - **Layer correspondence**: a target layer × reference layer matrix, each cell the mean sample
   correlation over the non-expert roles both layers hold with equal shapes (attention, dense MLP,
   norms, shared experts; routed experts and routers are left out because their slots may be
-  permuted). The best *monotone* alignment (each target layer matched to at most one reference
-  layer, reference indices non-decreasing, so duplicated layers may map to the same reference
-  layer and dropped layers are skipped) maximises the summed similarity of matched cells by
-  dynamic programming; cells below ``min_match`` cannot be matched.
+  permuted). Each target layer is matched to the reference layer it is most similar to, if that
+  cell reaches ``min_match`` (:func:`many_to_one_alignment`): a reference layer may be matched
+  several times (depth up-scaling stacks copies: SOLAR-10.7B is layers 0..23 then 8..31 of
+  Mistral-7B, so layers 8..23 appear twice) and target layers without such a cell stay unmatched
+  (new or re-initialised layers). No order is imposed: a monotone alignment
+  (:func:`monotone_alignment`, kept for comparison) can place only one of the two copies of a
+  repeated block. The cells are sample correlations, whose noise for unrelated tensors is about
+  ``1 / sqrt(elements)`` (≤ 0.03 at 2,048 sampled elements, averaged over a layer's roles), far
+  below ``min_match``: the freedom to pick any column costs no false matches at that bound.
 - **Expert matching**: per matched layer, the routed experts' mean sample correlation (over their
   roles) forms a matrix; ``scipy.optimize.linear_sum_assignment`` finds the assignment of maximal
   total similarity.
@@ -42,6 +47,7 @@ __all__ = [
     "LayerProjection",
     "layer_similarity",
     "monotone_alignment",
+    "many_to_one_alignment",
     "correspond_layers",
     "match_experts",
     "detect_upcycling",
@@ -110,9 +116,27 @@ def monotone_alignment(matrix: np.ndarray, min_match: float) -> list[tuple[int, 
     return path[::-1]
 
 
+def many_to_one_alignment(matrix: np.ndarray, min_match: float) -> list[tuple[int, int]]:
+    """Each row (target layer) matched to its most similar column (reference layer), if that cell reaches
+    ``min_match`` (NaN cells never match). Columns may repeat (duplicated layers) and rows may stay
+    unmatched; ties go to the earlier column. Maximises the summed similarity of matched cells over all
+    many-to-one maps.
+
+    Returns:
+        ``(row, column)`` pairs in row order.
+    """
+    path = []
+    for i, row in enumerate(matrix):
+        ok = np.isfinite(row) & (row >= min_match)
+        if ok.any():
+            j = int(np.argmax(np.where(ok, row, -np.inf)))
+            path.append((i, j))
+    return path
+
+
 @dataclass(frozen=True)
 class LayerCorrespondence:
-    """Layer × layer sample similarity, the best monotone alignment and whether it beats index alignment."""
+    """Layer × layer sample similarity, the many-to-one alignment and whether it beats index alignment."""
 
     target_layers: tuple[int, ...]
     reference_layers: tuple[int, ...]
@@ -138,19 +162,54 @@ class LayerCorrespondence:
     def layer_map(self) -> dict[int, int]:
         return dict(self.path)
 
+    @property
+    def repeated(self) -> dict[int, tuple[int, ...]]:
+        """Reference layers matched by more than one target layer -> those target layers (depth up-scaling)."""
+        by_ref: dict[int, list[int]] = defaultdict(list)
+        for t, r in self.path:
+            by_ref[r].append(t)
+        return {r: tuple(ts) for r, ts in sorted(by_ref.items()) if len(ts) > 1}
+
+    @property
+    def unmatched_target(self) -> tuple[int, ...]:
+        """Target layers with no reference layer reaching ``min_match``."""
+        matched = {t for t, _ in self.path}
+        return tuple(t for t in self.target_layers if t not in matched)
+
+    @property
+    def unmatched_reference(self) -> tuple[int, ...]:
+        """Reference layers no target layer matched (pruned layers)."""
+        matched = {r for _, r in self.path}
+        return tuple(r for r in self.reference_layers if r not in matched)
+
+    def describe(self) -> str:
+        """``"reference layer 2 matched by target layers 2, 4; target layer 7 unmatched"`` (empty: nothing notable)."""
+        parts = [f"reference layer {r} matched by target layers {', '.join(map(str, ts))}"
+                 for r, ts in self.repeated.items()]
+        if self.path and self.unmatched_target:
+            parts.append(f"target layer{'s' if len(self.unmatched_target) > 1 else ''} "
+                         f"{', '.join(map(str, self.unmatched_target))} unmatched")
+        if self.path and self.unmatched_reference:
+            parts.append(f"reference layer{'s' if len(self.unmatched_reference) > 1 else ''} "
+                         f"{', '.join(map(str, self.unmatched_reference))} not matched")
+        return "; ".join(parts)
+
     def as_dict(self) -> dict:
         return {"target_layers": list(self.target_layers), "reference_layers": list(self.reference_layers),
                 "matrix": [[None if not math.isfinite(x) else round(float(x), 6) for x in row] for row in self.matrix],
                 "path": [list(p) for p in self.path], "index_score": self.index_score,
                 "aligned_score": self.aligned_score, "min_match": self.min_match,
-                "beats_index": self.beats_index}
+                "beats_index": self.beats_index,
+                "repeated_reference_layers": {str(r): list(ts) for r, ts in self.repeated.items()},
+                "unmatched_target_layers": list(self.unmatched_target),
+                "unmatched_reference_layers": list(self.unmatched_reference)}
 
 
 def correspond_layers(target: Mapping[str, TensorSignature], reference: Mapping[str, TensorSignature], *,
                       min_match: float) -> LayerCorrespondence:
     """Layer correspondence from signatures; ``min_match``: least similarity for a layer pair to count."""
     t_layers, r_layers, matrix = layer_similarity(target, reference)
-    path = monotone_alignment(matrix, min_match) if matrix.size else []
+    path = many_to_one_alignment(matrix, min_match) if matrix.size else []
     pos_r = {layer: j for j, layer in enumerate(r_layers)}
 
     def ok(x: float) -> bool:

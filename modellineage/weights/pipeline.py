@@ -29,6 +29,7 @@ from modellineage.weights.budget import BudgetPlan
 from modellineage.weights.embeddings import EmbeddingStats, embedding_stats, shared_token_rows, vocabulary_of
 from modellineage.weights.sampling import MIN_SAMPLED_ROWS
 from modellineage.weights.signatures import GRID_MIN_ROWS, SAMPLE_ELEMENTS, compare_signatures, model_signatures
+from modellineage.weights.slices import match_expert_slices
 from modellineage.weights.similarity import WeightComparison, compare_weights
 
 __all__ = ["SIGNATURE_SEED", "EMBEDDING_SEED", "TargetSide", "WeightEvidence", "measure_target", "measure",
@@ -75,6 +76,13 @@ class WeightEvidence:
     row_alignment: Mapping[str, Any]
     seeds: Mapping[str, int] = field(default_factory=dict)
     reading: Mapping[str, Any] = field(default_factory=dict)
+    expert_slices: tuple = ()
+    """Routed experts narrower than the reference layer's dense MLP, each matched to a slice of its neurons
+    (:mod:`modellineage.weights.slices`: fine-grained upcycling)."""
+    unequal_shapes: str = ""
+    """Why no tensor pair could be compared by name (every tensor changed shape: a width-pruned or wider
+    model), or empty. The comparison then holds no pairs; the aligned comparison matches channels, neurons
+    and heads to a subset of the wider side's (:func:`measure_aligned`)."""
 
     @property
     def alignment_text(self) -> str:
@@ -82,7 +90,8 @@ class WeightEvidence:
         if self.comparison.layer_map is None:
             return ""
         pairs = ", ".join(f"{t}→{r}" for t, r in sorted(self.comparison.layer_map.items()))
-        return f"layers aligned by correspondence: {pairs}"
+        extra = self.layers.describe()
+        return f"layers aligned by correspondence: {pairs}" + (f" ({extra})" if extra else "")
 
 
 def row_alignments(target: Model, reference: Model) -> tuple[dict, dict]:
@@ -166,7 +175,13 @@ def measure(target: Model, reference: Model, *, min_layer_match: float, sample: 
     expert_map = {(m.layer, t): r for m in experts for t, r in m.assignment} or None
     rows, row_info = row_alignments(target, reference)
     comparison = compare_weights(target, reference, fraction=sample, seed=seed, layer_map=layer_map,
-                                 expert_map=expert_map, row_alignments=rows, min_rows=min_rows)
+                                 expert_map=expert_map, row_alignments=rows, min_rows=min_rows, allow_empty=True)
+    unequal = ""
+    if not comparison.pairs:
+        detail = "; ".join(f"{s.key}: {s.reason}" for s in comparison.skipped[:3])
+        unequal = (f"no canonical tensor of {target.name} ({', '.join(map(str, target.store.files))}) has a "
+                   f"counterpart of the same shape in {reference.name} ({', '.join(map(str, reference.store.files))}), "
+                   f"so weights cannot be compared element by element (different widths?): {detail}")
     # seeds [EMBEDDING_SEED, i]: i counts the target's matrices first, then the reference's
     embeddings = {f"target:{k}": v for k, v in target_side.embeddings.items()}
     embeddings.update({f"reference:{k}": v for k, v in
@@ -187,7 +202,7 @@ def measure(target: Model, reference: Model, *, min_layer_match: float, sample: 
                           compare_signatures(ts, rs, target_name=target.name, reference_name=reference.name,
                                              seed=SIGNATURE_SEED),
                           experts, detect_upcycling(ts, rs, layer_map), project_layers(ts, rs), embeddings,
-                          row_info, seeds, reading)
+                          row_info, seeds, reading, match_expert_slices(target, reference, layer_map, seed=seed), unequal)
 
 
 def measure_aligned(target: Model, reference: Model, test) -> AlignedComparison:

@@ -838,6 +838,7 @@ def compare_weights(
     chunk_bytes: int = _DEFAULT_CHUNK,
     workers: int | None = None,
     min_rows: int = MIN_SAMPLED_ROWS,
+    allow_empty: bool = False,
 ) -> WeightComparison:
     """Compare every canonical target tensor with its reference counterpart, one pair at a time.
 
@@ -862,6 +863,9 @@ def compare_weights(
     dense MLP the same way (``row_alignment`` says so). Embedding and lm_head pairs also carry
     :attr:`PairSimilarity.rotation_null_sd`.
         keys: restrict to these target keys (default: all).
+        allow_empty: return a comparison without pairs (every tensor in ``skipped`` with its reason)
+            instead of raising when no tensor has a same-shaped counterpart (a width-pruned target:
+            :mod:`modellineage.weights.aligned` compares its matched sub-matrices).
         chunk_bytes: float64 bytes per block of rows per side.
         workers: threads comparing pairs at once when every row is read (default
             :func:`default_workers`); each pair is computed alone, in the same order of operations, so
@@ -924,7 +928,7 @@ def compare_weights(
             used.add(slot[1])
     t_files = tuple(str(p) for p in target.store.files)  # full paths for messages
     r_files = tuple(str(p) for p in reference.store.files)
-    if not pairs:
+    if not pairs and not allow_empty:
         detail = "; ".join(f"{s.key}: {s.reason}" for s in skipped[:3])
         raise IncompatibleShapes(
             f"no canonical tensor of {target.name} ({', '.join(t_files)}) has a counterpart of the same shape in "
