@@ -58,17 +58,11 @@ def ensure_models(bases: int, work: Path) -> tuple[list[Path], list[Path]]:
     need = [s for s in range(bases) if not (work / f"base{s}" / "model.safetensors").exists()
             or not (work / f"ft{s}" / "model.safetensors").exists()]
     if need:
-        import torch
-        from tokenizers import Tokenizer
-
-        from benchmarks.calibrate_weights import _build_demo, train
+        from benchmarks.calibrate_weights import _build_demo, demo_token_ids, train
 
         bd = _build_demo()
         bd.setup_determinism()
-        tok = Tokenizer.from_file(str(DEMO / "base" / "tokenizer.json"))
-        texts = {"A": (bd.TEXT_DIR / bd.TEXT_A).read_text(encoding="utf-8"),
-                 "B": (bd.TEXT_DIR / bd.TEXT_B).read_text(encoding="utf-8")}
-        ids = {k: torch.tensor(tok.encode(v, add_special_tokens=False).ids, dtype=torch.long) for k, v in texts.items()}
+        tok, ids = demo_token_ids(bd)
         for s in need:
             train(bd, tok, ids, work / f"base{s}", recipe=dict(bd.RECIPES["base"], init_seed=s))
             train(bd, tok, ids, work / f"ft{s}", recipe=dict(bd.RECIPES["finetune"], frozen=[]), init=work / f"base{s}")

@@ -209,6 +209,17 @@ def summarise(independent: list[dict], derived: list[dict]) -> dict:
     return summary
 
 
+def demo_token_ids(bd) -> tuple:
+    """The demo tokenizer and the token ids of the demo's two texts under it (``bd``: fixtures/build_demo.py)."""
+    import torch
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(DEMO / "base" / "tokenizer.json"))
+    texts = {"A": (bd.TEXT_DIR / bd.TEXT_A).read_text(encoding="utf-8"),
+             "B": (bd.TEXT_DIR / bd.TEXT_B).read_text(encoding="utf-8")}
+    return tok, {k: torch.tensor(tok.encode(v, add_special_tokens=False).ids, dtype=torch.long) for k, v in texts.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bases", type=int, default=8)
@@ -218,14 +229,8 @@ def main() -> None:
     t0 = time.perf_counter()
     bd = _build_demo()
     bd.setup_determinism()
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(DEMO / "base" / "tokenizer.json"))
-    texts = {"A": (bd.TEXT_DIR / bd.TEXT_A).read_text(encoding="utf-8"),
-             "B": (bd.TEXT_DIR / bd.TEXT_B).read_text(encoding="utf-8")}
+    tok, ids = demo_token_ids(bd)
     import torch
-
-    ids = {k: torch.tensor(tok.encode(v, add_special_tokens=False).ids, dtype=torch.long) for k, v in texts.items()}
     work = args.workdir or Path(tempfile.mkdtemp(prefix="calib-weights-"))
     bases, tunes, losses = [], [], {}
     for s in range(args.bases):

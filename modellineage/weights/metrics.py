@@ -190,19 +190,27 @@ def _chunk_moments(a: np.ndarray, b: np.ndarray) -> _Moments:
             s2a += float(squares[1])
             s2b += float(squares[2])
             sab += float(_dots(w[1:2], w[2:3])[0])
-        # a == b gives bit-identical s_aa, s_bb and s_ab: the three are formed the same way
-        return _Moments(
-            n=n,
-            mean_a=pa + s1a / n,
-            mean_b=pb + s1b / n,
-            m2_a=max(0.0, s2a - s1a * s1a / n),
-            m2_b=max(0.0, s2b - s1b * s1b / n),
-            c_ab=sab - s1a * s1b / n,
-            s_aa=s2a + pa * s1a + pa * s1a + n * pa * pa,
-            s_bb=s2b + pb * s1b + pb * s1b + n * pb * pb,
-            s_ab=sab + pb * s1a + pa * s1b + n * pa * pb,
-            s_dd=sdd,
-        )
+        return _from_sums(n, pa, pb, s1a, s1b, s2a, s2b, sab, sdd)
+
+
+def _from_sums(n: int, pa: float, pb: float, s1a: float, s1b: float, s2a: float, s2b: float, sab: float,
+               sdd: float) -> _Moments:
+    """Moments from the pivoted sums S(a'), S(b'), S(a'a'), S(b'b'), S(a'b'), S(dd) of n pairs (a' = a - pa).
+
+    a == b gives bit-identical s_aa, s_bb and s_ab: the three are formed the same way.
+    """
+    return _Moments(
+        n=n,
+        mean_a=pa + s1a / n,
+        mean_b=pb + s1b / n,
+        m2_a=max(0.0, s2a - s1a * s1a / n),
+        m2_b=max(0.0, s2b - s1b * s1b / n),
+        c_ab=sab - s1a * s1b / n,
+        s_aa=s2a + pa * s1a + pa * s1a + n * pa * pa,
+        s_bb=s2b + pb * s1b + pb * s1b + n * pb * pb,
+        s_ab=sab + pb * s1a + pa * s1b + n * pa * pb,
+        s_dd=sdd,
+    )
 
 
 #: Elements per register-resident block of the fused sweep (its six sums are added into the totals in order).
@@ -262,18 +270,7 @@ def _fused_moments(a: np.ndarray, b: np.ndarray, kernel) -> _Moments:
     n = a.size
     pa, pb = _pivot(a), _pivot(b)
     s1a, s1b, s2a, s2b, sab, sdd = (float(x) for x in kernel(a, b, pa, pb, FUSED_BLOCK))
-    return _Moments(
-        n=n,
-        mean_a=pa + s1a / n,
-        mean_b=pb + s1b / n,
-        m2_a=max(0.0, s2a - s1a * s1a / n),
-        m2_b=max(0.0, s2b - s1b * s1b / n),
-        c_ab=sab - s1a * s1b / n,
-        s_aa=s2a + pa * s1a + pa * s1a + n * pa * pa,
-        s_bb=s2b + pb * s1b + pb * s1b + n * pb * pb,
-        s_ab=sab + pb * s1a + pa * s1b + n * pa * pb,
-        s_dd=sdd,
-    )
+    return _from_sums(n, pa, pb, s1a, s1b, s2a, s2b, sab, sdd)
 
 
 def _combine(x: _Moments, y: _Moments) -> _Moments:
