@@ -50,6 +50,7 @@ alignment, benchmarks/bench_independence.py).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -58,8 +59,9 @@ import numpy as np
 
 from modellineage.errors import IncompatibleShapes, UnsupportedFormat
 from modellineage.reading.naming import TensorRef
+from modellineage.reading.tensors import EXACT_DTYPES, decode_exact
 from modellineage.stats import PValue, fisher_combine, spearman_permutation_pvalue
-from modellineage.weights.similarity import read_canonical_rows, row_plan
+from modellineage.weights.similarity import default_workers, read_canonical_rows, row_plan
 
 __all__ = [
     "TokenPairs",
@@ -73,6 +75,13 @@ __all__ = [
     "match_rows",
     "measure_independence",
 ]
+
+#: Routed experts per MoE layer the test takes by default (a seeded choice; every expert below this count).
+#: Solar-Open-100B (48 layers x 128 experts + a shared one) then tests 48 x 17 = 816 units instead of 6,192:
+#: ~2 min on 2 cores instead of ~20 (benchmarks/bench_scale.py --only independence); a derived pair's
+#: units each give p far below any alpha, so the cap costs nothing there, and a subset chosen without
+#: looking at the weights leaves the null distribution of the combined p-value unchanged.
+EXPERTS_PER_LAYER = 16
 
 STATISTIC = ("Spearman rho between the gate-row and up-row matchings of MLP neurons (Zhu et al. ICML 2025, "
              "phi_MATCH; up rows decoupled from their own gate row), residual dims aligned through shared-token "
@@ -219,10 +228,13 @@ class IndependenceTest:
     top_k: int
     files: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    coverage: dict[str, Any] = field(default_factory=dict)
+    """MLP units tested of those both models have (``units_tested``, ``units_available``, layers likewise)
+    and ``why`` fewer were tested (a read budget, the default expert cap)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "reference": self.reference, "statistic": self.statistic,
-                "combined": self.combined.as_dict(), "hidden": self.hidden.as_dict(),
+                "combined": self.combined.as_dict(), "coverage": dict(self.coverage), "hidden": self.hidden.as_dict(),
                 "layers": [layer.as_dict() for layer in self.layers], "features": self.features,
                 "projected": self.projected, "seed": self.seed, "dense_max": self.dense_max, "top_k": self.top_k,
                 "files": list(self.files), "notes": list(self.notes)}
@@ -238,9 +250,19 @@ def _ref(model, key: str) -> TensorRef | None:
 
 
 def _stream(model, ref: TensorRef, fn: Callable[[np.ndarray], np.ndarray], chunk_bytes: int) -> np.ndarray:
-    """Apply ``fn`` to row blocks of the canonical 2-D view of ``ref`` and stack the results."""
+    """Apply ``fn`` to row blocks of the canonical 2-D view of ``ref`` and stack the results.
+
+    When the canonical rows are one contiguous run of a float tensor whose values float32 holds exactly
+    (F32, F16, BF16; F64 as float64), each block is one ``pread`` decoded straight to that dtype
+    (:func:`~modellineage.reading.tensors.decode_exact`) — the sketch multiplies float32 anyway, so the
+    float64 decode and the narrowing copy it replaces only cost time (~40 % of a unit). Readers that
+    do not declare ``accepts_float32`` get the block widened to float64, as from the general path.
+    Non-finite values raise NonFiniteWeights naming the file and tensor on both paths.
+    """
     info = model.store.info(ref.source)
     plan = row_plan(ref, info)
+    if _fast_rows(model.store, plan, info):
+        return _stream_exact(model.store, plan, info, fn, chunk_bytes)
     if plan.transpose:  # Conv1D-style storage: the canonical rows are source columns; one tensor in memory
         whole = read_canonical_rows(model.store, plan, np.arange(plan.rows.size)).T
         step = max(1, chunk_bytes // max(1, whole.shape[1] * 8))
@@ -249,6 +271,31 @@ def _stream(model, ref: TensorRef, fn: Callable[[np.ndarray], np.ndarray], chunk
     step = max(1, chunk_bytes // max(1, cols * 8))
     parts = [fn(read_canonical_rows(model.store, plan, np.arange(i, min(n_rows, i + step))))
              for i in range(0, n_rows, step)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+
+def _fast_rows(store, plan, info) -> bool:
+    r = plan.rows
+    return (not plan.transpose and plan.cols is None and info.dtype in EXACT_DTYPES and r.size > 0
+            and hasattr(store, "read_raw_row_range") and int(r[-1]) - int(r[0]) == r.size - 1
+            and bool(np.all(np.diff(r) == 1)))
+
+
+def _stream_exact(store, plan, info, fn: Callable[[np.ndarray], np.ndarray], chunk_bytes: int) -> np.ndarray:
+    n_rows, cols = plan.shape
+    first = int(plan.rows[0])
+    step = max(1, chunk_bytes // max(1, cols * 8))
+    buf = bytearray(min(n_rows, step) * cols * info.itemsize)  # reused by every block (views of it are
+    wide = np.empty(min(n_rows, step) * cols, dtype=np.uint32) if info.dtype == "BF16" else None  # consumed
+    narrow = getattr(fn, "accepts_float32", False)  # before the next read)
+    parts = []
+    for i in range(0, n_rows, step):
+        stop = min(n_rows, i + step)
+        raw = store.read_raw_row_range(plan.source, first + i, first + stop, into=buf)
+        block = decode_exact(info.dtype, raw, (stop - i, cols), scratch=wide)
+        if not np.isfinite(block).all():  # the general path raises NonFiniteWeights naming file, tensor, rows
+            read_canonical_rows(store, plan, np.arange(i, stop))
+        parts.append(fn(block if narrow else block.astype(np.float64)))
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
@@ -326,12 +373,16 @@ def match_rows(target_rows: np.ndarray, reference_rows: np.ndarray, *, absolute:
     from scipy.optimize import linear_sum_assignment
 
     if n <= dense_max:
-        sims = target_rows @ reference_rows.T
-        score = np.abs(sims) if absolute else sims
+        # float32 decides the assignment (half the float64 product's time; cosines of sketched rows are
+        # only good to ~1/sqrt(features) anyway), the recorded cosines of the matched pairs are float64
+        score = target_rows.astype(np.float32) @ reference_rows.astype(np.float32).T
+        if absolute:
+            np.abs(score, out=score)
         rows, cols = linear_sum_assignment(score, maximize=True)
+        del score
         perm = np.empty(n, dtype=np.int64)
         perm[rows] = cols
-        return perm, sims[np.arange(n), perm], "dense"
+        return perm, np.einsum("ij,ij->i", target_rows, reference_rows[perm]), "dense"
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
@@ -450,7 +501,11 @@ class _Frames:
                 folded[self.t_cols] = ((scale * self.signs)[self.t_cols, None] * self.sketch).astype(np.float32)
             else:
                 folded[self.r_cols] = (scale[self.r_cols, None] * self.sketch).astype(np.float32)
-            return lambda block: (block.astype(np.float32) @ folded).astype(np.float64)
+            def sketched(block: np.ndarray) -> np.ndarray:
+                return (block.astype(np.float32, copy=False) @ folded).astype(np.float64)
+
+            sketched.accepts_float32 = True  # the float32 product is exact for float32-exact blocks
+            return sketched
 
         def fn(block: np.ndarray) -> np.ndarray:
             x = block * gain if gain is not None else block
@@ -617,13 +672,123 @@ def _layers(model) -> list[int]:
     return sorted({r.layer for r in _refs(model).values() if r.layer is not None})
 
 
+def _unit_count(target, reference, layer: int) -> int:
+    """MLP units of ``layer`` both models have: the dense MLP or shared expert, and each routed expert."""
+    n = 0
+    for gate_role, up_role in (("mlp_gate", "mlp_up"), ("shared_gate", "shared_up")):
+        keys = (f"layers.{layer}.{gate_role}.weight", f"layers.{layer}.{up_role}.weight")
+        n += all(_ref(m, k) is not None for m in (target, reference) for k in keys)
+    experts_t, experts_r = _experts(target, layer), _experts(reference, layer)
+    return n + (min(len(experts_t), len(experts_r)) if experts_t and experts_r else 0)
+
+
+def _layer_jobs(target, reference, layer: int, frames: _Frames, opts: dict, notes: list, *,
+                experts_per_layer: int | None, heads: bool, shared_units: bool) -> tuple[list, Callable | None]:
+    """One layer's unit jobs (closures, in canonical order: dense MLP, shared expert, routed experts by
+    target index) and its head-alignment job. Reads only norm gains and router rows (the expert matching)."""
+    chunk_bytes = opts["chunk_bytes"]
+    # one reader per side and norm, built once per layer (the folded sketch depends only on the gain)
+    mlp_read = (frames.reader("target", _gain(target, f"layers.{layer}.mlp_norm.weight")),
+                frames.reader("reference", _gain(reference, f"layers.{layer}.mlp_norm.weight")))
+    jobs = []
+    experts_t, experts_r = _experts(target, layer), _experts(reference, layer)
+    for gate_role, up_role in (("mlp_gate", "mlp_up"), ("shared_gate", "shared_up")):
+        if gate_role == "shared_gate" and not shared_units and experts_t and experts_r:
+            continue
+        kt = f"layers.{layer}.{gate_role}.weight"
+        if _ref(target, kt) and _ref(reference, kt) and _ref(target, kt.replace(gate_role, up_role)) \
+                and _ref(reference, kt.replace(gate_role, up_role)):
+            jobs.append(functools.partial(_mlp_unit, target, reference, layer, None, None, f"layers.{layer}.",
+                                          f"layers.{layer}.", gate_role, up_role, frames, mlp_read, opts))
+    if experts_t and experts_r:
+        mapping = _match_experts(target, reference, layer, experts_t, experts_r, frames, mlp_read, chunk_bytes)
+        tested = experts_t
+        if experts_per_layer is not None and experts_per_layer < len(experts_t):
+            pick = np.random.default_rng([opts["seed"], 0xE4, layer]).choice(len(experts_t), size=experts_per_layer,
+                                                                             replace=False)
+            tested = [experts_t[i] for i in sorted(pick)]
+            notes.append(f"routed experts: a seeded {len(tested)} of {len(experts_t)} per layer tested "
+                         f"(seed {opts['seed']}; {opts['subset_reason']})")
+        for e_t in tested:
+            e_r = mapping[e_t]
+            pt, pr = f"layers.{layer}.experts.{e_t}.", f"layers.{layer}.experts.{e_r}."
+            if _ref(target, pt + "expert_gate.weight") and _ref(reference, pr + "expert_gate.weight"):
+                jobs.append(functools.partial(_mlp_unit, target, reference, layer, e_t, e_r, pt, pr, "expert_gate",
+                                              "expert_up", frames, mlp_read, opts))
+    head_job = None
+    if heads and jobs:
+        attn_read = (frames.reader("target", _gain(target, f"layers.{layer}.attn_norm.weight")),
+                     frames.reader("reference", _gain(reference, f"layers.{layer}.attn_norm.weight")))
+        head_job = functools.partial(_heads, target, reference, layer, frames, attn_read, chunk_bytes)
+    return jobs, head_job
+
+
+def _run_layers(target, reference, layers: Sequence[int], frames: _Frames, opts: dict, notes: list, *,
+                progress: Callable[[int, int], None] | None, experts_per_layer: int | None, heads: bool,
+                shared_units: bool) -> list[LayerResult]:
+    """Every layer's units on ``opts["workers"]`` threads (BLAS, LAPJV and ``pread`` release the GIL).
+
+    Each unit is the same computation whatever the thread count (its own reads, its own seeded matcher)
+    and the results are combined in canonical order, so the record is identical for any ``workers``.
+    Layers are prepared on the calling thread while earlier layers' units run; at most about
+    ``4 × workers`` units are in flight, so memory stays a few units' sketches and read buffers.
+    """
+    workers = opts["workers"]
+
+    def collect(layer: int, units: list, head) -> LayerResult | None:
+        units = [u() if callable(u) else u.result() for u in units]
+        if not units:
+            return None
+        att = None if head is None else (head() if callable(head) else head.result())
+        pv = units[0].pvalue if len(units) == 1 else fisher_combine([u.pvalue for u in units])
+        return LayerResult(layer=layer, pvalue=pv, units=tuple(units), attention=att)
+
+    results: list[LayerResult] = []
+    done = 0
+
+    def finish(item) -> None:
+        nonlocal done
+        found = collect(*item)
+        if found is not None:
+            results.append(found)
+        done += 1
+        if progress is not None:
+            progress(done, len(layers))
+
+    kw = {"experts_per_layer": experts_per_layer, "heads": heads, "shared_units": shared_units}
+    if workers == 1:
+        for layer in layers:
+            jobs, head_job = _layer_jobs(target, reference, layer, frames, opts, notes, **kw)
+            finish((layer, jobs, head_job))
+        return results
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="independence") as pool:
+        try:
+            for layer in layers:
+                while pending and sum(len(item[1]) for item in pending) >= 4 * workers:
+                    finish(pending.popleft())
+                jobs, head_job = _layer_jobs(target, reference, layer, frames, opts, notes, **kw)
+                pending.append((layer, [pool.submit(job) for job in jobs],
+                                None if head_job is None else pool.submit(head_job)))
+            while pending:
+                finish(pending.popleft())
+        finally:
+            for _, futures, head in pending:
+                for fut in futures + ([head] if head is not None else []):
+                    fut.cancel()
+    return results
+
+
 # ----------------------------------------------------------------------------------------- entry point
 def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequence[tuple[int, int]] | None = None,
                          seed: int = 0, max_tokens: int = 4096, max_features: int = 256, dense_max: int = 4096,
                          top_k: int = 16, chunk_bytes: int = 16 << 20, decouple: bool = True,
                          progress: Callable[[int, int], None] | None = None,
-                         layers: Sequence[int] | None = None, experts_per_layer: int | None = None,
-                         heads: bool = True, shared_units: bool = True) -> IndependenceTest:
+                         layers: Sequence[int] | None = None, experts_per_layer: int | None = EXPERTS_PER_LAYER,
+                         heads: bool = True, shared_units: bool = True, workers: int | None = None) -> IndependenceTest:
     """Test H0 "target and reference were trained from independent initialisations".
 
     Args:
@@ -637,14 +802,19 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
         chunk_bytes: bound on each float64 block read.
         decouple: remove each neuron's gate direction from its up row before the up matching (the
             default; ``False`` is the plain φ_MATCH statistic, kept for the calibration's comparison).
-        progress: called with ``(layers done, layers)``.
+        progress: called with ``(layers done, layers)`` as each layer's result is collected.
         layers: test only these layers (a read budget, :mod:`modellineage.weights.budget`); default every
             layer both models have.
-        experts_per_layer: test only this many routed experts per layer, a seeded choice (``seed``) among
-            the target's (each against the reference expert the router rows assign it); default all.
+        experts_per_layer: test at most this many routed experts per layer, a seeded choice (``seed``) among
+            the target's (each against the reference expert the router rows assign it); default
+            :data:`EXPERTS_PER_LAYER`, ``None`` tests every expert. The choice does not look at the weights,
+            so the Fisher combination over the chosen units is as calibrated as over all of them;
+            ``IndependenceTest.coverage`` records how many units of how many were tested and why.
         heads: also align attention heads per tested layer (reads q, k, v; recorded, not in the p-value).
         shared_units: test the shared expert of a layer with routed experts (a read budget may leave it out:
             the routed experts tested are units of the same statistic).
+        workers: threads the units run on (default :func:`~modellineage.weights.similarity.default_workers`);
+            the record is the same for any value.
 
     Returns:
         An :class:`IndependenceTest`; ``combined.p`` is the Fisher-combined p-value.
@@ -665,9 +835,18 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
     hidden = align_hidden(target, reference, pairs, max_tokens=max_tokens, seed=seed)
     frames = _Frames(hidden, max_features, seed + 1)
     opts = {"seed": seed, "dense_max": dense_max, "top_k": top_k, "chunk_bytes": chunk_bytes, "decouple": decouple}
+    if layers is not None:
+        opts["subset_reason"] = "a read budget"
+    elif experts_per_layer == EXPERTS_PER_LAYER:
+        opts["subset_reason"] = (f"the full read's default: at most {EXPERTS_PER_LAYER} routed experts per layer "
+                                 "keep a 100B-class MoE within minutes; experts_per_layer=None tests all")
+    else:
+        opts["subset_reason"] = f"experts_per_layer={experts_per_layer} asked"
     notes = []
     layers_t, layers_r = _layers(target), _layers(reference)
     common = [layer for layer in layers_t if layer in set(layers_r)]
+    available = sum(_unit_count(target, reference, layer) for layer in common)
+    layers_available = len(common)
     if layers is not None:
         chosen = {int(x) for x in layers}
         notes.append(f"a read budget: {len(chosen & set(common))} of {len(common)} layers tested "
@@ -675,51 +854,30 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
         common = [layer for layer in common if layer in chosen]
     if len(layers_t) != len(layers_r):
         notes.append(f"layer counts differ ({len(layers_t)} vs {len(layers_r)}); layers compared by index")
-    results = []
-    for done, layer in enumerate(common):
-        # one reader per side and norm, built once per layer (the folded sketch depends only on the gain)
-        mlp_read = (frames.reader("target", _gain(target, f"layers.{layer}.mlp_norm.weight")),
-                    frames.reader("reference", _gain(reference, f"layers.{layer}.mlp_norm.weight")))
-        attn_read = (frames.reader("target", _gain(target, f"layers.{layer}.attn_norm.weight")),
-                     frames.reader("reference", _gain(reference, f"layers.{layer}.attn_norm.weight")))
-        units = []
-        experts_t, experts_r = _experts(target, layer), _experts(reference, layer)
-        for gate_role, up_role in (("mlp_gate", "mlp_up"), ("shared_gate", "shared_up")):
-            if gate_role == "shared_gate" and not shared_units and experts_t and experts_r:
-                continue
-            kt = f"layers.{layer}.{gate_role}.weight"
-            if _ref(target, kt) and _ref(reference, kt) and _ref(target, kt.replace(gate_role, up_role)) \
-                    and _ref(reference, kt.replace(gate_role, up_role)):
-                units.append(_mlp_unit(target, reference, layer, None, None, f"layers.{layer}.",
-                                       f"layers.{layer}.", gate_role, up_role, frames, mlp_read, opts))
-        if experts_t and experts_r:
-            mapping = _match_experts(target, reference, layer, experts_t, experts_r, frames, mlp_read, chunk_bytes)
-            tested = experts_t
-            if experts_per_layer is not None and experts_per_layer < len(experts_t):
-                pick = np.random.default_rng([seed, 0xE4, layer]).choice(len(experts_t), size=experts_per_layer,
-                                                                         replace=False)
-                tested = [experts_t[i] for i in sorted(pick)]
-                notes.append(f"layer {layer}: a read budget: {len(tested)} of {len(experts_t)} routed experts tested")
-            for e_t in tested:
-                e_r = mapping[e_t]
-                pt, pr = f"layers.{layer}.experts.{e_t}.", f"layers.{layer}.experts.{e_r}."
-                if _ref(target, pt + "expert_gate.weight") and _ref(reference, pr + "expert_gate.weight"):
-                    units.append(_mlp_unit(target, reference, layer, e_t, e_r, pt, pr, "expert_gate", "expert_up",
-                                           frames, mlp_read, opts))
-        if units:
-            pv = units[0].pvalue if len(units) == 1 else fisher_combine([u.pvalue for u in units])
-            results.append(LayerResult(layer=layer, pvalue=pv, units=tuple(units),
-                                       attention=_heads(target, reference, layer, frames, attn_read, chunk_bytes)
-                                       if heads else None))
-        if progress is not None:
-            progress(done + 1, len(common))
+    opts["workers"] = default_workers() if workers is None else max(1, int(workers))
+    results = _run_layers(target, reference, common, frames, opts, notes, progress=progress,
+                          experts_per_layer=experts_per_layer, heads=heads, shared_units=shared_units)
     if not results:
         raise UnsupportedFormat(f"{target.source.root} vs {reference.source.root}: no layer with a gated MLP "
                                 "(gate and up projections) in both models; the matching statistic needs both")
+    notes = list(dict.fromkeys(notes))  # one line for the expert subset, not one per layer
     combined = fisher_combine([u.pvalue for r in results for u in r.units])
+    tested = sum(len(r.units) for r in results)
+    subset = sorted({n for n in notes if n.startswith("routed experts:")})
+    why = []
+    if layers is not None:
+        why.append("a read budget: fewer layers")
+    if subset:
+        why.append("routed experts: " + opts["subset_reason"])
+    if not shared_units:
+        why.append("shared experts left out by a read budget")
+    coverage = {"units_tested": tested, "units_available": available, "layers_tested": len(results),
+                "layers_available": layers_available,
+                "why": "; ".join(why) if why else ("every MLP unit both models have" if tested >= available
+                                                  else "units whose tensors one side lacks are not tested")}
     files = tuple(str(p) for m in (target, reference) for p in m.source.require_weights())
     return IndependenceTest(target=target.name, reference=reference.name,
                             statistic=STATISTIC if decouple else STATISTIC_PLAIN, hidden=hidden,
                             layers=tuple(results), combined=combined, features=frames.features,
                             projected=frames.projected, seed=int(seed), dense_max=int(dense_max), top_k=int(top_k),
-                            files=files, notes=tuple(notes))
+                            files=files, notes=tuple(notes), coverage=coverage)
