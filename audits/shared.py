@@ -8,9 +8,12 @@ in ``config.stash``: one per pytest session (also for in-process runs such as ``
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
-from modellineage.independence.matching import IndependenceTest, measure_independence
+from modellineage.independence.matching import IndependenceTest, depth_layer_map, measure_independence
+from modellineage.reading import progress
 from modellineage.weights.budget import plan_budget
 
 from .plugin import once
@@ -50,14 +53,18 @@ def independence_test(config: pytest.Config, target, reference, audit_session) -
         plan = budget_plan(config, target, reference, audit_session)
         stores = (target.store, reference.model.store)
         before = sum(s.bytes_read for s in stores)
-        if plan is None:
-            test = measure_independence(target, reference.model, seed=INDEPENDENCE_SEED)
-        else:
-            plan.check_independence()
-            test = measure_independence(target, reference.model, seed=INDEPENDENCE_SEED,
-                                        layers=plan.independence_layers, experts_per_layer=plan.experts_per_layer,
-                                        heads=False, max_tokens=plan.align_tokens,
-                                        shared_units=plan.shared_units)
+        with _LayerBar(f"independence vs {reference.name}") as bar:
+            if plan is None:  # a depth-changed pair: layers paired as the weight audits' layer correspondence
+                layer_map = depth_layer_map(target, reference.model, seed=INDEPENDENCE_SEED,
+                                            min_match=audit_session.thresholds["weights", "derived_min_centred"].value)
+                test = measure_independence(target, reference.model, seed=INDEPENDENCE_SEED, progress=bar,
+                                            layer_map=layer_map)
+            else:
+                plan.check_independence()
+                test = measure_independence(target, reference.model, seed=INDEPENDENCE_SEED, progress=bar,
+                                            layers=plan.independence_layers,
+                                            experts_per_layer=plan.experts_per_layer, heads=False,
+                                            max_tokens=plan.align_tokens, shared_units=plan.shared_units)
         read = sum(s.bytes_read for s in stores) - before
         present = sum(s.info(n).nbytes for s in stores for n in s.names())
         reading = {"bytes_read": int(read), "bytes_present": int(present), "share_read": read / present if present
@@ -69,6 +76,27 @@ def independence_test(config: pytest.Config, target, reference, audit_session) -
         return test
 
     return once(pair_cache(config), ("independence", reference.name), compute)
+
+
+class _LayerBar:
+    """``progress(done, total)`` for :func:`measure_independence` drawn as a layer bar
+    (:func:`modellineage.reading.progress.count_bar`: only on a terminal, off under ``-q``)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc, self.done, self._stack = desc, 0, contextlib.ExitStack()
+        self._update = None
+
+    def __enter__(self) -> "_LayerBar":
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._update is None:
+            self._update = self._stack.enter_context(progress.count_bar(total, self.desc, unit="layer"))
+        self._update(done - self.done)
+        self.done = done
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
 
 
 def independence_reading(config: pytest.Config, reference) -> dict | None:

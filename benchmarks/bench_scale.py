@@ -21,6 +21,14 @@ Solar-Open-100B-sized pair.
 
     .venv/bin/python benchmarks/bench_scale.py --size-gb 2 --workdir /tmp/bench_scale \\
         --out benchmarks/results/bench_scale.json
+
+``--only independence`` measures instead the independence test's cost per unit on one layer of Solar's
+real shape (hidden 4096, routed experts of 1280 neurons; ``--experts`` of them + the shared expert),
+derived and independent, on one thread and on ``default_workers()`` threads (records must be identical),
+and gives the Solar-sized time for every unit (6,192) and for the default expert cap::
+
+    .venv/bin/python benchmarks/bench_scale.py --only independence --workdir /tmp/bench_scale \\
+        --out benchmarks/results/bench_scale_independence.json
 """
 
 from __future__ import annotations
@@ -268,14 +276,93 @@ def extrapolate(root: Path, cost: dict, unit_cpu_s: float, budget_text: str, bud
             "remote_at_100_mb_s": {"full_s": present / 100e6, "budget_s": read_b / 100e6}}
 
 
+# ---- the independence test on Solar-shaped units (--only independence) ---------------------------------
+def write_solar_slice(root: Path, experts: int) -> dict[str, Path]:
+    """reference, target (reference + 10 % noise) and independent: one layer of Solar's shape (hidden 4096,
+    ``experts`` routed experts of 1280 + a shared one of 1280, 64/8 heads of 128), vocabulary 8192."""
+    c = {**SOLAR, "layers": 1, "experts": experts, "vocab": 8192}
+    out = {s: root / s for s in ("reference", "target", "independent")}
+    for side, d in out.items():
+        if (d / "config.json").exists():
+            continue
+        header_only = write_header_only(d / "shape", c)  # its config and names; the data written below
+        d.mkdir(parents=True, exist_ok=True)
+        bw._write_shard(d / "model.safetensors", _solar_tensors(c), side)
+        (d / "config.json").write_text((header_only / "config.json").read_text())
+        for f in header_only.iterdir():
+            f.unlink()
+        header_only.rmdir()
+    return out
+
+
+def independence_units(root: Path, experts: int, workers: int) -> dict:
+    """CPU seconds per Solar-shaped MLP unit (1280 neurons x 4096), derived and independent pairs, one
+    thread; the same test on ``workers`` threads (wall); identical records either way."""
+    from modellineage.independence.matching import EXPERTS_PER_LAYER, align_hidden, TokenPairs
+
+    models = write_solar_slice(root, experts)
+    warm(models.values())
+    ref = Model("reference", resolve_source(str(models["reference"])))
+    ids = tuple(range(8192))
+    tokens = TokenPairs(ids, ids, "identity (synthetic)")
+    out: dict = {"neurons": SOLAR["moe_inter"], "hidden": SOLAR["hidden"], "units_per_pair": experts + 1}
+    for name in ("target", "independent"):
+        t = Model(name, resolve_source(str(models[name])))
+        _, wall_a, cpu_a = timed(lambda: align_hidden(t, ref, tokens, max_tokens=4096, seed=0))
+        runs = {}
+        for w in (1, workers):
+            test, wall, cpu = timed(lambda: measure_independence(t, ref, token_pairs=tokens, heads=False,
+                                                                 experts_per_layer=None, workers=w))
+            runs[w] = (test, wall, cpu)
+        units = sum(len(x.units) for x in runs[1][0].layers)
+        out[name] = {"align_cpu_s": cpu_a, "units": units, "log10_p": runs[1][0].combined.log10_p,
+                     "unit_cpu_s": (runs[1][2] - cpu_a) / units, "one_thread_wall_s": runs[1][1],
+                     f"wall_s_on_{workers}_threads": runs[workers][1],
+                     f"cpu_s_on_{workers}_threads": runs[workers][2],
+                     "records_identical": json.dumps(runs[1][0].as_dict()) == json.dumps(runs[workers][0].as_dict())}
+    unit_hi = max(out[n]["unit_cpu_s"] for n in ("target", "independent"))
+    unit_lo = min(out[n]["unit_cpu_s"] for n in ("target", "independent"))
+    speedup = min(out[n]["one_thread_wall_s"] / out[n][f"wall_s_on_{workers}_threads"]
+                  for n in ("target", "independent"))
+    align = max(out[n]["align_cpu_s"] for n in ("target", "independent"))
+    solar = {}
+    for label, per_layer in (("all_units", SOLAR["experts"] + 1), ("default", min(SOLAR["experts"], EXPERTS_PER_LAYER) + 1)):
+        units = SOLAR["layers"] * per_layer
+        solar[label] = {"units": units, "one_core_s": [align + units * unit_lo, align + units * unit_hi],
+                        f"wall_s_on_{workers}_threads": [align + units * unit_lo / speedup,
+                                                         align + units * unit_hi / speedup]}
+    out["measured_speedup"] = speedup
+    out["solar_open_100b"] = solar
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-gb", type=float, default=2.0)
     ap.add_argument("--budget", default="0.01")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale"))
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--only", choices=["independence"],
+                    help="independence: only the per-unit cost on Solar-shaped units (one layer, --experts routed "
+                         "experts) and the Solar-sized time from it, all units and the default expert cap")
+    ap.add_argument("--experts", type=int, default=8, help="routed experts in the --only independence slice")
     args = ap.parse_args()
     started = time.time()
+    if args.only == "independence":
+        from modellineage.weights.similarity import default_workers
+
+        workers = default_workers()
+        result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                  "machine": bw._machine(), "load_avg_before": os.getloadavg(), "workers": workers,
+                  "independence": independence_units(args.workdir / f"solar_slice_{args.experts}", args.experts,
+                                                     workers)}
+        result["load_avg_after"] = os.getloadavg()
+        result["seconds"] = time.time() - started
+        text = json.dumps(result, indent=2, default=float)
+        if args.out:
+            args.out.write_text(text + "\n")
+        print(text)
+        return
     models = write_models(args.workdir / f"{args.size_gb:g}gb", args.size_gb)
     warm(models.values())
     vocab = bw.VOCAB

@@ -194,3 +194,27 @@ def test_fine_grained_experts_cut_from_a_dense_mlp_are_caught(tmp_path):
                                "--reference", f"base={DEMO / 'base'}", "--expect", "independent", name="control")
     assert proc.returncode == 0, proc.stdout
     assert outcomes(evidence)["test_moe_experts[base]"] == "passed"
+
+
+def test_depth_upscaled_independence_pairs_layers_by_the_correspondence(built):
+    """By index, target layer 3 (a copy of base layer 1) meets base layer 3 and layers 4-5 are never tested; paired by
+    the signatures' layer correspondence every base layer meets its own copy, once (the second copies of layers 1
+    and 2 are left out so each unit p-value comes from a distinct pair of layers)."""
+    from modellineage.independence.matching import depth_layer_map, measure_independence
+
+    base, up = open_model(DEMO / "base"), open_model(built["upscaled"])
+    layer_map = depth_layer_map(up, base, min_match=0.3)
+    assert layer_map == dict(enumerate(UPSCALED))
+    test = measure_independence(up, base, layer_map=layer_map, heads=False)
+    assert test.layer_pairing == "layer correspondence"
+    pairs = [(x.layer, x.layer if x.reference_layer is None else x.reference_layer) for x in test.layers]
+    assert pairs == [(0, 0), (1, 1), (2, 2), (5, 3)]
+    assert all(x.pvalue.log10_p < -6 for x in test.layers), [x.pvalue.log10_p for x in test.layers]
+    by_index = measure_independence(up, base, heads=False)
+    assert by_index.layer_pairing == "by index" and [x.layer for x in by_index.layers] == [0, 1, 2, 3]
+    assert by_index.layers[3].pvalue.p > 1e-3  # base layer 3 against a copy of base layer 1: no dependence seen
+    assert test.combined.log10_p < by_index.combined.log10_p
+    # the independent control finds no correspondence: index pairing, and no accusation
+    control = open_model(built["scratch-upscaled"])
+    assert depth_layer_map(control, base, min_match=0.3) is None
+    assert measure_independence(control, base, heads=False).combined.p > 1e-3

@@ -53,7 +53,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -74,6 +74,7 @@ __all__ = [
     "align_hidden",
     "match_rows",
     "measure_independence",
+    "depth_layer_map",
 ]
 
 #: Routed experts per MoE layer the test takes by default (a seeded choice; every expert below this count).
@@ -203,10 +204,15 @@ class LayerResult:
     pvalue: PValue
     units: tuple[UnitResult, ...]
     attention: HeadAlignment | None = None
+    reference_layer: int | None = None
+    """The reference layer tested against target ``layer`` when the pairing is not by index (None: the same)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "pvalue": self.pvalue.as_dict(), "units": [u.as_dict() for u in self.units],
-                "attention": None if self.attention is None else self.attention.as_dict()}
+        out = {"layer": self.layer, "pvalue": self.pvalue.as_dict(), "units": [u.as_dict() for u in self.units],
+               "attention": None if self.attention is None else self.attention.as_dict()}
+        if self.reference_layer is not None:
+            out["reference_layer"] = self.reference_layer
+        return out
 
 
 @dataclass(frozen=True)
@@ -229,12 +235,17 @@ class IndependenceTest:
     files: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
     coverage: dict[str, Any] = field(default_factory=dict)
+    layer_pairing: str = "by index"
+    """How target layers were paired with reference layers: ``by index`` or ``layer correspondence``
+    (:func:`modellineage.weights.alignment.correspond_layers`, one-to-one); the pairs are the layers' own
+    ``layer`` / ``reference_layer``."""
     """MLP units tested of those both models have (``units_tested``, ``units_available``, layers likewise)
     and ``why`` fewer were tested (a read budget, the default expert cap)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "reference": self.reference, "statistic": self.statistic,
-                "combined": self.combined.as_dict(), "coverage": dict(self.coverage), "hidden": self.hidden.as_dict(),
+                "combined": self.combined.as_dict(), "coverage": dict(self.coverage),
+                "layer_pairing": self.layer_pairing, "hidden": self.hidden.as_dict(),
                 "layers": [layer.as_dict() for layer in self.layers], "features": self.features,
                 "projected": self.projected, "seed": self.seed, "dense_max": self.dense_max, "top_k": self.top_k,
                 "files": list(self.files), "notes": list(self.notes)}
@@ -605,28 +616,31 @@ def _experts(model, layer: int) -> list[int]:
     return sorted(found)
 
 
-def _match_experts(target, reference, layer: int, experts_t: list[int], experts_r: list[int], frames: _Frames,
-                   readers: tuple, chunk_bytes: int) -> dict[int, int]:
+def _match_experts(target, reference, layer: int, ref_layer: int, experts_t: list[int], experts_r: list[int],
+                   frames: _Frames, readers: tuple, chunk_bytes: int) -> dict[int, int]:
     """Target expert -> reference expert, by router rows (identity when a model has no router)."""
-    key = f"layers.{layer}.router.weight"
+    key, key_r = f"layers.{layer}.router.weight", f"layers.{ref_layer}.router.weight"
     if len(experts_t) != len(experts_r):
         raise IncompatibleShapes(f"{target.source.root}: layer {layer} has {len(experts_t)} experts, "
-                                 f"{reference.source.root} has {len(experts_r)}")
-    if _ref(target, key) is None or _ref(reference, key) is None:
+                                 f"{reference.source.root} has {len(experts_r)} (layer {ref_layer})")
+    if _ref(target, key) is None or _ref(reference, key_r) is None:
         return dict(zip(experts_t, experts_r))
     from scipy.optimize import linear_sum_assignment
 
     a = _unit(_rows(target, key, frames, readers[0], chunk_bytes, "target"))
-    b = _unit(_rows(reference, key, frames, readers[1], chunk_bytes, "reference"))
+    b = _unit(_rows(reference, key_r, frames, readers[1], chunk_bytes, "reference"))
     rows, cols = linear_sum_assignment(a @ b.T, maximize=True)
     return {experts_t[r]: experts_r[c] for r, c in zip(rows, cols)}
 
 
-def _heads(target, reference, layer: int, frames: _Frames, readers: tuple, chunk_bytes: int) -> HeadAlignment | None:
+def _heads(target, reference, layer: int, frames: _Frames, readers: tuple, chunk_bytes: int,
+           ref_layer: int | None = None) -> HeadAlignment | None:
     """KV heads matched by their k and v rows, query heads of each matched group by their q rows. Head counts
     may differ (a head-pruned side): the assignments are then rectangular and unmatched target heads get -1."""
     keys = [f"layers.{layer}.attn_{r}.weight" for r in ("q", "k", "v")]
-    if any(_ref(m, k) is None for m in (target, reference) for k in keys):
+    rkeys = {k: k.replace(f"layers.{layer}.", f"layers.{layer if ref_layer is None else ref_layer}.", 1)
+             for k in keys}
+    if any(_ref(target, k) is None or _ref(reference, rkeys[k]) is None for k in keys):
         return None
     arch_t, arch_r = target.arch, reference.arch
     if arch_t is None or arch_r is None:
@@ -639,7 +653,7 @@ def _heads(target, reference, layer: int, frames: _Frames, readers: tuple, chunk
 
     def per_head(key: str, heads: int, heads_r: int) -> np.ndarray:
         a = _unit(_rows(target, key, frames, readers[0], chunk_bytes, "target"))
-        b = _unit(_rows(reference, key, frames, readers[1], chunk_bytes, "reference"))
+        b = _unit(_rows(reference, rkeys[key], frames, readers[1], chunk_bytes, "reference"))
         if a.shape[0] != heads * hd or b.shape[0] != heads_r * hd:
             raise IncompatibleShapes(f"{target.source.root}: {key} has {a.shape[0]} rows, expected {heads}×{hd}")
         a, b = a.reshape(heads, hd, -1), b.reshape(heads_r, hd, -1)
@@ -672,36 +686,38 @@ def _layers(model) -> list[int]:
     return sorted({r.layer for r in _refs(model).values() if r.layer is not None})
 
 
-def _unit_count(target, reference, layer: int) -> int:
-    """MLP units of ``layer`` both models have: the dense MLP or shared expert, and each routed expert."""
+def _unit_count(target, reference, layer: int, ref_layer: int) -> int:
+    """MLP units target ``layer`` and reference ``ref_layer`` both have: the dense MLP or shared expert, and
+    each routed expert."""
     n = 0
     for gate_role, up_role in (("mlp_gate", "mlp_up"), ("shared_gate", "shared_up")):
-        keys = (f"layers.{layer}.{gate_role}.weight", f"layers.{layer}.{up_role}.weight")
-        n += all(_ref(m, k) is not None for m in (target, reference) for k in keys)
-    experts_t, experts_r = _experts(target, layer), _experts(reference, layer)
+        n += all(_ref(m, f"layers.{x}.{role}.weight") is not None for m, x in ((target, layer), (reference, ref_layer))
+                 for role in (gate_role, up_role))
+    experts_t, experts_r = _experts(target, layer), _experts(reference, ref_layer)
     return n + (min(len(experts_t), len(experts_r)) if experts_t and experts_r else 0)
 
 
-def _layer_jobs(target, reference, layer: int, frames: _Frames, opts: dict, notes: list, *,
+def _layer_jobs(target, reference, layer: int, ref_layer: int, frames: _Frames, opts: dict, notes: list, *,
                 experts_per_layer: int | None, heads: bool, shared_units: bool) -> tuple[list, Callable | None]:
-    """One layer's unit jobs (closures, in canonical order: dense MLP, shared expert, routed experts by
-    target index) and its head-alignment job. Reads only norm gains and router rows (the expert matching)."""
+    """Target ``layer`` against reference ``ref_layer``: its unit jobs (closures, in canonical order: dense
+    MLP, shared expert, routed experts by target index) and its head-alignment job. Reads only norm gains and
+    router rows (the expert matching)."""
     chunk_bytes = opts["chunk_bytes"]
+    pt_, pr_ = f"layers.{layer}.", f"layers.{ref_layer}."
     # one reader per side and norm, built once per layer (the folded sketch depends only on the gain)
-    mlp_read = (frames.reader("target", _gain(target, f"layers.{layer}.mlp_norm.weight")),
-                frames.reader("reference", _gain(reference, f"layers.{layer}.mlp_norm.weight")))
+    mlp_read = (frames.reader("target", _gain(target, pt_ + "mlp_norm.weight")),
+                frames.reader("reference", _gain(reference, pr_ + "mlp_norm.weight")))
     jobs = []
-    experts_t, experts_r = _experts(target, layer), _experts(reference, layer)
+    experts_t, experts_r = _experts(target, layer), _experts(reference, ref_layer)
     for gate_role, up_role in (("mlp_gate", "mlp_up"), ("shared_gate", "shared_up")):
         if gate_role == "shared_gate" and not shared_units and experts_t and experts_r:
             continue
-        kt = f"layers.{layer}.{gate_role}.weight"
-        if _ref(target, kt) and _ref(reference, kt) and _ref(target, kt.replace(gate_role, up_role)) \
-                and _ref(reference, kt.replace(gate_role, up_role)):
-            jobs.append(functools.partial(_mlp_unit, target, reference, layer, None, None, f"layers.{layer}.",
-                                          f"layers.{layer}.", gate_role, up_role, frames, mlp_read, opts))
+        if all(_ref(m, x + role + ".weight") for m, x in ((target, pt_), (reference, pr_)) for role in (gate_role, up_role)):
+            jobs.append(functools.partial(_mlp_unit, target, reference, layer, None, None, pt_, pr_, gate_role,
+                                          up_role, frames, mlp_read, opts))
     if experts_t and experts_r:
-        mapping = _match_experts(target, reference, layer, experts_t, experts_r, frames, mlp_read, chunk_bytes)
+        mapping = _match_experts(target, reference, layer, ref_layer, experts_t, experts_r, frames, mlp_read,
+                                 chunk_bytes)
         tested = experts_t
         if experts_per_layer is not None and experts_per_layer < len(experts_t):
             pick = np.random.default_rng([opts["seed"], 0xE4, layer]).choice(len(experts_t), size=experts_per_layer,
@@ -711,19 +727,19 @@ def _layer_jobs(target, reference, layer: int, frames: _Frames, opts: dict, note
                          f"(seed {opts['seed']}; {opts['subset_reason']})")
         for e_t in tested:
             e_r = mapping[e_t]
-            pt, pr = f"layers.{layer}.experts.{e_t}.", f"layers.{layer}.experts.{e_r}."
+            pt, pr = f"{pt_}experts.{e_t}.", f"{pr_}experts.{e_r}."
             if _ref(target, pt + "expert_gate.weight") and _ref(reference, pr + "expert_gate.weight"):
                 jobs.append(functools.partial(_mlp_unit, target, reference, layer, e_t, e_r, pt, pr, "expert_gate",
                                               "expert_up", frames, mlp_read, opts))
     head_job = None
     if heads and jobs:
-        attn_read = (frames.reader("target", _gain(target, f"layers.{layer}.attn_norm.weight")),
-                     frames.reader("reference", _gain(reference, f"layers.{layer}.attn_norm.weight")))
-        head_job = functools.partial(_heads, target, reference, layer, frames, attn_read, chunk_bytes)
+        attn_read = (frames.reader("target", _gain(target, pt_ + "attn_norm.weight")),
+                     frames.reader("reference", _gain(reference, pr_ + "attn_norm.weight")))
+        head_job = functools.partial(_heads, target, reference, layer, frames, attn_read, chunk_bytes, ref_layer)
     return jobs, head_job
 
 
-def _run_layers(target, reference, layers: Sequence[int], frames: _Frames, opts: dict, notes: list, *,
+def _run_layers(target, reference, layers: Sequence[tuple[int, int]], frames: _Frames, opts: dict, notes: list, *,
                 progress: Callable[[int, int], None] | None, experts_per_layer: int | None, heads: bool,
                 shared_units: bool) -> list[LayerResult]:
     """Every layer's units on ``opts["workers"]`` threads (BLAS, LAPJV and ``pread`` release the GIL).
@@ -735,13 +751,14 @@ def _run_layers(target, reference, layers: Sequence[int], frames: _Frames, opts:
     """
     workers = opts["workers"]
 
-    def collect(layer: int, units: list, head) -> LayerResult | None:
+    def collect(layer: tuple[int, int], units: list, head) -> LayerResult | None:
         units = [u() if callable(u) else u.result() for u in units]
         if not units:
             return None
         att = None if head is None else (head() if callable(head) else head.result())
         pv = units[0].pvalue if len(units) == 1 else fisher_combine([u.pvalue for u in units])
-        return LayerResult(layer=layer, pvalue=pv, units=tuple(units), attention=att)
+        return LayerResult(layer=layer[0], pvalue=pv, units=tuple(units), attention=att,
+                           reference_layer=None if layer[1] == layer[0] else layer[1])
 
     results: list[LayerResult] = []
     done = 0
@@ -758,7 +775,7 @@ def _run_layers(target, reference, layers: Sequence[int], frames: _Frames, opts:
     kw = {"experts_per_layer": experts_per_layer, "heads": heads, "shared_units": shared_units}
     if workers == 1:
         for layer in layers:
-            jobs, head_job = _layer_jobs(target, reference, layer, frames, opts, notes, **kw)
+            jobs, head_job = _layer_jobs(target, reference, *layer, frames, opts, notes, **kw)
             finish((layer, jobs, head_job))
         return results
     from collections import deque
@@ -770,7 +787,7 @@ def _run_layers(target, reference, layers: Sequence[int], frames: _Frames, opts:
             for layer in layers:
                 while pending and sum(len(item[1]) for item in pending) >= 4 * workers:
                     finish(pending.popleft())
-                jobs, head_job = _layer_jobs(target, reference, layer, frames, opts, notes, **kw)
+                jobs, head_job = _layer_jobs(target, reference, *layer, frames, opts, notes, **kw)
                 pending.append((layer, [pool.submit(job) for job in jobs],
                                 None if head_job is None else pool.submit(head_job)))
             while pending:
@@ -782,13 +799,35 @@ def _run_layers(target, reference, layers: Sequence[int], frames: _Frames, opts:
     return results
 
 
+def depth_layer_map(target, reference, *, min_match: float, seed: int = 0) -> dict[int, int] | None:
+    """Target layer -> reference layer for a depth-changed pair (layer counts differ), from the weight audits'
+    layer correspondence on tensor signatures (:func:`modellineage.weights.alignment.correspond_layers`, a
+    few seeded rows per tensor); ``None`` when the counts agree or the correspondence does not beat index
+    alignment (then layers are paired by index, as always). Pass it as ``layer_map`` to
+    :func:`measure_independence`.
+
+    Pairing by signatures does not bias the p-value under H0: signatures summarise whole layers (row norms
+    and sketches, invariant to the neuron order the statistic looks at), every candidate pair of layers of
+    independent models is itself a null pair, and the pairing is made one-to-one.
+    """
+    if len(_layers(target)) == len(_layers(reference)):
+        return None
+    from modellineage.weights.alignment import correspond_layers
+    from modellineage.weights.signatures import model_signatures
+
+    found = correspond_layers(model_signatures(target, seed=seed), model_signatures(reference, seed=seed),
+                              min_match=min_match)
+    return found.layer_map if found.beats_index else None
+
+
 # ----------------------------------------------------------------------------------------- entry point
 def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequence[tuple[int, int]] | None = None,
                          seed: int = 0, max_tokens: int = 4096, max_features: int = 256, dense_max: int = 4096,
                          top_k: int = 16, chunk_bytes: int = 16 << 20, decouple: bool = True,
                          progress: Callable[[int, int], None] | None = None,
                          layers: Sequence[int] | None = None, experts_per_layer: int | None = EXPERTS_PER_LAYER,
-                         heads: bool = True, shared_units: bool = True, workers: int | None = None) -> IndependenceTest:
+                         heads: bool = True, shared_units: bool = True, workers: int | None = None,
+                         layer_map: Mapping[int, int] | None = None) -> IndependenceTest:
     """Test H0 "target and reference were trained from independent initialisations".
 
     Args:
@@ -815,6 +854,13 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
             the routed experts tested are units of the same statistic).
         workers: threads the units run on (default :func:`~modellineage.weights.similarity.default_workers`);
             the record is the same for any value.
+        layer_map: target layer -> reference layer (a depth-changed stack: depth up-scaling, pruned or
+            reordered layers), e.g. :attr:`LayerCorrespondence.layer_map
+            <modellineage.weights.alignment.LayerCorrespondence>` of the weight audits' signatures. The pairing
+            is made one-to-one, in target order: a reference layer several target layers map to is tested
+            once, against the first (every unit p-value then comes from a distinct pair of layers, so Fisher's
+            combination still sees independent parts); target layers without a partner are not tested.
+            Default: layers paired by index.
 
     Returns:
         An :class:`IndependenceTest`; ``combined.p`` is the Fisher-combined p-value.
@@ -844,18 +890,32 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
         opts["subset_reason"] = f"experts_per_layer={experts_per_layer} asked"
     notes = []
     layers_t, layers_r = _layers(target), _layers(reference)
-    common = [layer for layer in layers_t if layer in set(layers_r)]
-    available = sum(_unit_count(target, reference, layer) for layer in common)
-    layers_available = len(common)
+    if layer_map is None:
+        paired = [(layer, layer) for layer in layers_t if layer in set(layers_r)]
+        pairing = "by index"
+        if len(layers_t) != len(layers_r):
+            notes.append(f"layer counts differ ({len(layers_t)} vs {len(layers_r)}); layers compared by index")
+    else:
+        paired, used = [], set()
+        for layer in layers_t:
+            r = layer_map.get(layer)
+            if r is not None and r in set(layers_r) and r not in used:
+                paired.append((layer, int(r)))
+                used.add(r)
+        pairing = "layer correspondence"
+        notes.append(f"layers paired by the layer correspondence ({len(paired)} pairs of {len(layers_t)} target and "
+                     f"{len(layers_r)} reference layers; a reference layer matched by several target layers is "
+                     "tested once, against the first)")
+    available = sum(_unit_count(target, reference, t, r) for t, r in paired)
+    layers_available = len(paired)
     if layers is not None:
         chosen = {int(x) for x in layers}
-        notes.append(f"a read budget: {len(chosen & set(common))} of {len(common)} layers tested "
-                     f"({', '.join(str(x) for x in sorted(chosen & set(common)))})")
-        common = [layer for layer in common if layer in chosen]
-    if len(layers_t) != len(layers_r):
-        notes.append(f"layer counts differ ({len(layers_t)} vs {len(layers_r)}); layers compared by index")
+        kept = [pair for pair in paired if pair[0] in chosen]
+        notes.append(f"a read budget: {len(kept)} of {len(paired)} layers tested "
+                     f"({', '.join(str(t) for t, _ in kept)})")
+        paired = kept
     opts["workers"] = default_workers() if workers is None else max(1, int(workers))
-    results = _run_layers(target, reference, common, frames, opts, notes, progress=progress,
+    results = _run_layers(target, reference, paired, frames, opts, notes, progress=progress,
                           experts_per_layer=experts_per_layer, heads=heads, shared_units=shared_units)
     if not results:
         raise UnsupportedFormat(f"{target.source.root} vs {reference.source.root}: no layer with a gated MLP "
@@ -880,4 +940,4 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
                             statistic=STATISTIC if decouple else STATISTIC_PLAIN, hidden=hidden,
                             layers=tuple(results), combined=combined, features=frames.features,
                             projected=frames.projected, seed=int(seed), dense_max=int(dense_max), top_k=int(top_k),
-                            files=files, notes=tuple(notes), coverage=coverage)
+                            files=files, notes=tuple(notes), coverage=coverage, layer_pairing=pairing)

@@ -288,9 +288,10 @@ def compare_aligned(target, reference, test: IndependenceTest, *,
             fitted.append(tkey)
         return scales
 
-    def reader(norm_key: str | None, rows_t: np.ndarray, rows_r: np.ndarray, how: str, fit: bool) -> _Map:
+    def reader(norm_key: str | None, rows_t: np.ndarray, rows_r: np.ndarray, how: str, fit: bool,
+               norm_r: str | None = None) -> _Map:
         g_t = gain("t", norm_key) if norm_key else None
-        g_r = gain("r", norm_key) if norm_key else None
+        g_r = gain("r", norm_r or norm_key) if norm_key else None
         col_t = signs if g_t is None else signs * g_t
         return _Map(rows_t, rows_r, cols=perm, col_t=col_t, col_r=g_r, fit=fit,
                     how=f"residual columns aligned{', ' + norm_key + ' folded' if norm_key else ''}; {how}")
@@ -315,19 +316,23 @@ def compare_aligned(target, reference, test: IndependenceTest, *,
 
     for layer in sorted({r.layer for r in t_refs.values() if r.layer is not None}):
         lr = layers.get(layer)
+        # the reference layer the independence test paired with this one (by index unless it used a layer map)
+        rl = layer if lr is None or lr.reference_layer is None else lr.reference_layer
         key = lambda role, expert=None: canonical_key(layer, expert, role, "weight")  # noqa: E731
+        rkey = lambda role, expert=None: canonical_key(rl, expert, role, "weight")  # noqa: E731
         q, k, v, o = key("attn_q"), key("attn_k"), key("attn_v"), key("attn_o")
-        if all(x in t_refs and x in r_refs for x in (q, k, v, o)):
+        if all(x in t_refs for x in (q, k, v, o)) and all(rkey(x) in r_refs for x in ("attn_q", "attn_k", "attn_v",
+                                                                                         "attn_o")):
             q_rows, kv_rows, kv_of_q, hd, how = _head_maps(target, lr, t_refs[q].shape[0], t_refs[k].shape[0])
-            norm = key("attn_norm")
-            run(q, q, reader(norm, np.arange(q_rows.size), q_rows, how, True))
-            run(k, k, reader(norm, np.arange(kv_rows.size), kv_rows, how, True))
-            s_v = run(v, v, reader(norm, np.arange(kv_rows.size), kv_rows, how, True))
+            norm, norm_r = key("attn_norm"), rkey("attn_norm")
+            run(q, rkey("attn_q"), reader(norm, np.arange(q_rows.size), q_rows, how, True, norm_r))
+            run(k, rkey("attn_k"), reader(norm, np.arange(kv_rows.size), kv_rows, how, True, norm_r))
+            s_v = run(v, rkey("attn_v"), reader(norm, np.arange(kv_rows.size), kv_rows, how, True, norm_r))
             o_cols = q_rows
             col_t = None
             if s_v is not None and kv_of_q is not None:
                 col_t = 1.0 / (s_v.reshape(-1, hd)[kv_of_q]).reshape(-1)
-            run(o, o, _Map(ident, perm, cols=o_cols, col_t=col_t, row_t=signs,
+            run(o, rkey("attn_o"), _Map(ident, perm, cols=o_cols, col_t=col_t, row_t=signs,
                            how=f"residual rows aligned; {how}; v scale undone on o columns"))
         for unit in (lr.units if lr is not None else ()):
             gate_role, up_role, down_role = unit.roles
@@ -335,12 +340,12 @@ def compare_aligned(target, reference, test: IndependenceTest, *,
             if pi.size == 0:
                 continue
             e_t, e_r = unit.expert, unit.reference_expert
-            g_t, g_r = key(gate_role, e_t), key(gate_role, e_r)
-            norm = key("mlp_norm")
+            g_t, g_r = key(gate_role, e_t), rkey(gate_role, e_r)
+            norm, norm_r = key("mlp_norm"), rkey("mlp_norm")
             how = "neurons matched by gate rows (π_gate)"
-            run(g_t, g_r, reader(norm, np.arange(pi.size), pi, how, False), fitted_here=True)
-            s_up = run(key(up_role, e_t), key(up_role, e_r), reader(norm, np.arange(pi.size), pi, how, True))
-            run(key(down_role, e_t), key(down_role, e_r),
+            run(g_t, g_r, reader(norm, np.arange(pi.size), pi, how, False, norm_r), fitted_here=True)
+            s_up = run(key(up_role, e_t), rkey(up_role, e_r), reader(norm, np.arange(pi.size), pi, how, True, norm_r))
+            run(key(down_role, e_t), rkey(down_role, e_r),
                 _Map(ident, perm, cols=pi, col_t=None if s_up is None else 1.0 / s_up, row_t=signs,
                      how=f"residual rows aligned; {how}; up scale undone on down columns"))
     folded = tuple(sorted(kk for kk, r in t_refs.items() if r.role in _FOLDED and kk not in done))

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from modellineage.independence.matching import EXPERTS_PER_LAYER
+
 from modellineage.errors import UnsupportedFormat
 from modellineage.weights.sampling import MIN_SAMPLED_ROWS
 from modellineage.weights.signatures import GRID_MIN_ROWS, SAMPLE_ELEMENTS
@@ -246,7 +248,7 @@ def _independence_units(target_ts: list[_Tensor], reference_ts: list[_Tensor], s
             most = max(len(experts[x]) for x in chosen)
             n = int((share - base) // per_expert)
             if n >= 1:
-                n = min(n, most)
+                n = min(n, most, EXPERTS_PER_LAYER)  # never more than the full read's default cap
                 return chosen, (None if n >= most else n), int(base + n * per_expert), "", with_shared
     smallest = int(fixed + min(dense[x] + router[x] + (expert_cost[x] if experts[x] else shared[x]) for x in layers))
     return None, None, 0, (f"the read budget ({allowed:,} bytes, {allowed / present:.2%} of this pair) leaves "
