@@ -63,3 +63,31 @@ def test_float32_assignment_is_the_float64_optimum(absolute):
         rows, cols = linear_sum_assignment(np.abs(score) if absolute else score, maximize=True)
         assert how == "dense" and np.array_equal(perm[rows], cols)
         assert np.allclose(sims, score[np.arange(n), perm], rtol=0, atol=1e-12)
+
+
+def test_progress_reports_layers_in_order_and_the_audit_draws_a_layer_bar():
+    import io
+
+    from audits.shared import _LayerBar
+    from modellineage.reading import progress
+
+    from .test_audit_runs import DEMO
+
+    calls = []
+    target, base = open_model(DEMO / "finetune"), open_model(DEMO / "base")
+    measure_independence(target, base, heads=False, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 4) for i in range(5)]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    before = (progress._flag, progress._stream)  # the session's setting, restored below
+    progress.configure(True, stream=screen)
+    try:
+        with _LayerBar("independence vs base") as bar:
+            measure_independence(target, base, heads=False, progress=bar)
+    finally:
+        progress.configure(*before)
+    assert "independence vs base" in screen.getvalue() and "/4" in screen.getvalue()

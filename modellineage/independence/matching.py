@@ -773,6 +773,8 @@ def _run_layers(target, reference, layers: Sequence[tuple[int, int]], frames: _F
             progress(done, len(layers))
 
     kw = {"experts_per_layer": experts_per_layer, "heads": heads, "shared_units": shared_units}
+    if progress is not None:
+        progress(0, len(layers))  # the bar appears before the first layer's units finish
     if workers == 1:
         for layer in layers:
             jobs, head_job = _layer_jobs(target, reference, *layer, frames, opts, notes, **kw)
@@ -841,7 +843,8 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
         chunk_bytes: bound on each float64 block read.
         decouple: remove each neuron's gate direction from its up row before the up matching (the
             default; ``False`` is the plain φ_MATCH statistic, kept for the calibration's comparison).
-        progress: called with ``(layers done, layers)`` as each layer's result is collected.
+        progress: called with ``(0, layers)`` first, then ``(layers done, layers)`` as each layer's result is
+            collected (in layer order).
         layers: test only these layers (a read budget, :mod:`modellineage.weights.budget`); default every
             layer both models have.
         experts_per_layer: test at most this many routed experts per layer, a seeded choice (``seed``) among
