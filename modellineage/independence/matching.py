@@ -45,7 +45,16 @@ exists) with ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` instead
 ``n × n`` assignment. Candidates come from a float32 product and ``torch.topk``; the edge weights
 and every recorded similarity are float64. Gain, sign and permutation are folded into the sketch
 matrix, so a row block costs one float32 product (a 4096 × 14336 block: ~9 s with the residual
-alignment, benchmarks/bench_independence.py).
+alignment, benchmarks/bench_independence.py). BF16/F16/F32 rows are decoded straight to float32 for it
+and the dense assignment decides on a float32 product (the matched cosines recorded are float64).
+
+Scale: units (MLP blocks, expert pairs) run on ``default_workers()`` threads, each the same computation
+whatever the thread count, combined in canonical order. MoE layers test at most
+:data:`EXPERTS_PER_LAYER` routed experts each by default (a seeded choice; ``coverage`` in the record
+says how many units of how many); a 1280-neuron × 4096 unit costs ~0.35–0.6 s of one core on the shared
+machine (benchmarks/bench_scale.py ``--only independence``). Depth-changed stacks can be paired by the
+weight audits' layer correspondence (:func:`depth_layer_map`, ``layer_map=``); ``layer_pairing`` says
+which pairing the p-value used.
 """
 
 from __future__ import annotations

@@ -146,7 +146,8 @@ class BudgetPlan:
     """What one pair's measurements read under a budget, decided from the headers.
 
     ``independence_layers`` is ``None`` when not even one layer's MLP block fits (``independence_reason``
-    says why); ``experts_per_layer`` is ``None`` for dense models or when every expert fits.
+    says why); ``experts_per_layer`` is ``None`` for dense models or when every expert fits, and never
+    above the full read's :data:`~modellineage.independence.matching.EXPERTS_PER_LAYER`.
     ``planned``: estimated bytes per measurement, both models together.
     """
 
