@@ -190,8 +190,19 @@ def test_weight_similarity(target, reference, thresholds, evidence, audit_sessio
             "their elements share a large common mean (norm gains start at 1), which dominates the raw dot product "
             "while the spread around it is unrelated — raw cosine is not evidence here, the centred figure is.")
     if early is not None and early.mean_centred >= fine.value:
-        callouts.append(f"Fine-tune pattern: the early layers keep centred similarity {early.mean_centred:.3f} "
-                        f"≥ {fine.value} ({fine.where}).")
+        light = thresholds["weights", "finetune_min_centred"]
+        judged_means = [c for c in categories if math.isfinite(c.mean_centred)]
+        lowest = min(judged_means, key=lambda c: c.mean_centred, default=None)
+        if lowest is None or lowest.mean_centred >= light.value:
+            rest = "" if lowest is None else (f", and every category keeps ≥ {light.value} (lowest: {lowest.group} "
+                                              f"{lowest.mean_centred:.3f}; {light.where})")
+            callouts.append(f"Fine-tune pattern: the early layers keep centred similarity {early.mean_centred:.3f} "
+                            f"≥ {fine.value} ({fine.where}){rest}.")
+        else:
+            callouts.append(f"Early layers kept, the rest moved: the early layers keep centred similarity "
+                            f"{early.mean_centred:.3f} ≥ {fine.value} ({fine.where}), but {lowest.group} falls to "
+                            f"{lowest.mean_centred:.3f} < {light.value}, below what a light fine-tune keeps "
+                            f"({light.where}): longer training, or tensors replaced.")
     if m.alignment_text:
         callouts.append(f"Layer correspondence beats index alignment ({m.layers.aligned_score:.2f} vs "
                         f"{m.layers.index_score:.2f} summed similarity): {m.alignment_text}.")

@@ -151,12 +151,14 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
-class LogSpec:
-    """One training log ([[log]]) and what the plan claims about its run (None: not claimed)."""
+class LogClaim:
+    """What the plan claims about the run a training log records (every field optional; see TRAINING_LOG_KEYS).
 
-    name: str
-    source: str
+    A plain record the training family judges against (:func:`modellineage.training.logs.measure_log`); it lives
+    here because the plan declares it, and the plan imports no family."""
+
     start: str = "scratch"
+    """``scratch`` or the name of the log (or model) the run was initialised from."""
     batch_size: int | None = None
     sequence_length: int | None = None
     lr: float | None = None
@@ -165,8 +167,26 @@ class LogSpec:
     min_lr: float = 0.0
     steps: int | None = None
 
+    @property
+    def tokens_per_step(self) -> int | None:
+        return self.batch_size * self.sequence_length if self.batch_size and self.sequence_length else None
+
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in TRAINING_LOG_KEYS}
+        return {"start": self.start, "batch_size": self.batch_size, "sequence_length": self.sequence_length,
+                "lr": self.lr, "warmup_steps": self.warmup_steps, "schedule": self.schedule, "min_lr": self.min_lr,
+                "steps": self.steps}
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """One training log ([[log]]): its name, its file and what the plan claims about its run."""
+
+    name: str
+    source: str
+    claim: LogClaim = field(default_factory=LogClaim)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, **self.claim.as_dict()}
 
 
 @dataclass(frozen=True)
@@ -352,8 +372,9 @@ def _logs(raw: Any, origin: str, references: set[str]) -> tuple[LogSpec, ...]:
         if schedule is not None and schedule not in ("constant", "linear", "cosine"):
             raise PlanError(f"{where} ({name}).schedule = {schedule!r} is not allowed; use 'constant', 'linear' "
                             f"or 'cosine'")
-        found.append(LogSpec(name=name, source=entry["source"], start=start, schedule=schedule,
-                             min_lr=values.pop("min_lr") or 0.0, **values))
+        found.append(LogSpec(name=name, source=entry["source"],
+                             claim=LogClaim(start=start, schedule=schedule, min_lr=values.pop("min_lr") or 0.0,
+                                            **values)))
     _unique([f.name for f in found], origin, "[[log]]")
     return tuple(found)
 
