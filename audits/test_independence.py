@@ -35,9 +35,12 @@ def test_independence_pvalue(target, reference, thresholds, evidence, audit_sess
                                        f"{-math.log10(alpha):.1f}; capped at 350)",
                                  ylabel="−log10 p"), "independence p by layer")
     low = [r.layer for r in test.layers if r.pvalue.p < alpha]
+    cov = test.coverage
+    tested = "" if not cov or cov["units_tested"] >= cov["units_available"] else \
+        f" {cov['units_tested']} of {cov['units_available']} MLP units tested ({cov['why']})."
     evidence.says(f"Independence test against {reference.name}: combined p = {_p_text(test.combined)} over "
                   f"{len(test.layers)} layers ({len(low)} layer(s) below α = {alpha:.3g}"
-                  f"{': ' + ', '.join(map(str, low)) if low else ''}).")
+                  f"{': ' + ', '.join(map(str, low)) if low else ''}); layers paired {test.layer_pairing}.{tested}")
     if expectation == "independent" and test.combined.min_p >= alpha:
         pytest.skip(f"recorded, not judged: even a perfect match could not reach α = {alpha:.3g} "
                     f"(smallest attainable p {test.combined.min_p:.3g}); the test has no power here")
@@ -50,7 +53,8 @@ def _layer_table(test, alpha: float) -> str:
     for layer in test.layers:
         att = layer.attention
         for unit in layer.units:
-            rows.append([unit.label, unit.neurons, f"{unit.rho:+.3f}", _p_text(unit.pvalue),
+            label = unit.label if layer.reference_layer is None else f"{unit.label} ↔ reference layer {layer.reference_layer}"
+            rows.append([label, unit.neurons, f"{unit.rho:+.3f}", _p_text(unit.pvalue),
                          f"{unit.pvalue.min_p:.3g}" if unit.pvalue.min_p > 0 else f"10^{unit.pvalue.log10_min_p:.0f}",
                          unit.pvalue.method, f"{unit.gate_matched_cos:.3f}", f"{unit.up_matched_abs_cos:.3f}",
                          f"{unit.neuron_order_kept:.0%}",

@@ -196,7 +196,7 @@ def test_fine_grained_experts_cut_from_a_dense_mlp_are_caught(tmp_path):
     assert outcomes(evidence)["test_moe_experts[base]"] == "passed"
 
 
-def test_depth_upscaled_independence_pairs_layers_by_the_correspondence(built):
+def test_depth_upscaled_independence_pairs_layers_by_the_correspondence(built, tmp_path):
     """By index, target layer 3 (a copy of base layer 1) meets base layer 3 and layers 4-5 are never tested; paired by
     the signatures' layer correspondence every base layer meets its own copy, once (the second copies of layers 1
     and 2 are left out so each unit p-value comes from a distinct pair of layers)."""
@@ -206,7 +206,7 @@ def test_depth_upscaled_independence_pairs_layers_by_the_correspondence(built):
     layer_map = depth_layer_map(up, base, min_match=0.3)
     assert layer_map == dict(enumerate(UPSCALED))
     test = measure_independence(up, base, layer_map=layer_map, heads=False)
-    assert test.layer_pairing == "layer correspondence"
+    assert test.layer_pairing == "by layer correspondence"
     pairs = [(x.layer, x.layer if x.reference_layer is None else x.reference_layer) for x in test.layers]
     assert pairs == [(0, 0), (1, 1), (2, 2), (5, 3)]
     assert all(x.pvalue.log10_p < -6 for x in test.layers), [x.pvalue.log10_p for x in test.layers]
@@ -218,3 +218,11 @@ def test_depth_upscaled_independence_pairs_layers_by_the_correspondence(built):
     control = open_model(built["scratch-upscaled"])
     assert depth_layer_map(control, base, min_match=0.3) is None
     assert measure_independence(control, base, heads=False).combined.p > 1e-3
+    # the audit pairs them the same way and says so
+    proc, evidence = run_audit(tmp_path, "-m", "independence", "--target", str(built["upscaled"]),
+                               "--reference", f"base={DEMO / 'base'}", "--expect", "derived")
+    assert proc.returncode == 0, proc.stdout
+    rec = record(evidence, "test_independence_pvalue[base]")
+    assert rec["outcome"] == "passed"
+    assert rec["measurements"]["independence"]["layer_pairing"] == "by layer correspondence"
+    assert [x.get("reference_layer", x["layer"]) for x in rec["measurements"]["independence"]["layers"]] == [0, 1, 2, 3]

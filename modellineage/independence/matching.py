@@ -245,7 +245,7 @@ class IndependenceTest:
     notes: tuple[str, ...] = field(default=())
     coverage: dict[str, Any] = field(default_factory=dict)
     layer_pairing: str = "by index"
-    """How target layers were paired with reference layers: ``by index`` or ``layer correspondence``
+    """How target layers were paired with reference layers: ``by index`` or ``by layer correspondence``
     (:func:`modellineage.weights.alignment.correspond_layers`, one-to-one); the pairs are the layers' own
     ``layer`` / ``reference_layer``."""
     """MLP units tested of those both models have (``units_tested``, ``units_available``, layers likewise)
@@ -914,7 +914,7 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
             if r is not None and r in set(layers_r) and r not in used:
                 paired.append((layer, int(r)))
                 used.add(r)
-        pairing = "layer correspondence"
+        pairing = "by layer correspondence"
         notes.append(f"layers paired by the layer correspondence ({len(paired)} pairs of {len(layers_t)} target and "
                      f"{len(layers_r)} reference layers; a reference layer matched by several target layers is "
                      "tested once, against the first)")
