@@ -59,6 +59,7 @@ which pairing the p-value used.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -748,6 +749,22 @@ def _layer_jobs(target, reference, layer: int, ref_layer: int, frames: _Frames, 
     return jobs, head_job
 
 
+@contextlib.contextmanager
+def _one_blas_thread():
+    """BLAS on one thread while the units run: the parallelism is the units' own (whole units per thread).
+    A unit's products are small (1280 × 4096 @ 4096 × 256); OpenBLAS splitting each over its own threads on
+    top of the unit threads doubled the CPU seconds per unit on the 2-core machine (0.25 → 0.50–0.56 s,
+    spinning threads) for little wall time. Process-wide while it lasts (threadpoolctl); the results are
+    the same (BLAS splits output blocks, not the sums)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a declared dependency
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def _run_layers(target, reference, layers: Sequence[tuple[int, int]], frames: _Frames, opts: dict, notes: list, *,
                 progress: Callable[[int, int], None] | None, experts_per_layer: int | None, heads: bool,
                 shared_units: bool) -> list[LayerResult]:
@@ -927,8 +944,9 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
                      f"({', '.join(str(t) for t, _ in kept)})")
         paired = kept
     opts["workers"] = default_workers() if workers is None else max(1, int(workers))
-    results = _run_layers(target, reference, paired, frames, opts, notes, progress=progress,
-                          experts_per_layer=experts_per_layer, heads=heads, shared_units=shared_units)
+    with _one_blas_thread():
+        results = _run_layers(target, reference, paired, frames, opts, notes, progress=progress,
+                              experts_per_layer=experts_per_layer, heads=heads, shared_units=shared_units)
     if not results:
         raise UnsupportedFormat(f"{target.source.root} vs {reference.source.root}: no layer with a gated MLP "
                                 "(gate and up projections) in both models; the matching statistic needs both")
