@@ -249,16 +249,28 @@ def extrapolate(root: Path, cost: dict, unit_cpu_s: float, budget_text: str, bud
     present = sum(m.store.info(n).nbytes for m in (a, b) for n in m.store.names())
     tensors = len(refs)
     token_elems = sum(int(np.prod(refs[k].shape)) for k in ("embed.weight", "lm_head.weight") if k in refs)
-    units = SOLAR["layers"] * (SOLAR["experts"] + 1)
+    from modellineage.independence.matching import EXPERTS_PER_LAYER
+
+    all_units = SOLAR["layers"] * (SOLAR["experts"] + 1)
+    units = SOLAR["layers"] * (min(SOLAR["experts"], EXPERTS_PER_LAYER) + 1)  # the full read's default cap
     per_gb = cost["comparison_cpu_s_per_gb"]
-    # a unit's cost grows with its neurons: linearly for reading and sketching, cubically for the dense
-    # assignment; the synthetic units have bw.MOE_INTER neurons, Solar's SOLAR["moe_inter"]
-    ratio = SOLAR["moe_inter"] / bw.MOE_INTER
-    unit_range = (unit_cpu_s * ratio, unit_cpu_s * ratio ** 3)
+    measured = ROOT / "benchmarks" / "results" / "bench_scale_independence.json"
+    if measured.exists():  # measured on units of Solar's own shape (--only independence)
+        ind = json.loads(measured.read_text())["independence"]
+        unit_range = tuple(sorted(ind[n]["unit_cpu_s"] for n in ("target", "independent")))
+        unit_source = "benchmarks/results/bench_scale_independence.json (Solar-shaped units)"
+    else:
+        # a unit's cost grows with its neurons and hidden size: linearly for reading and sketching, cubically in
+        # neurons for the dense assignment; the synthetic units are bw.MOE_INTER x bw.HIDDEN
+        ratio = SOLAR["moe_inter"] / bw.MOE_INTER * SOLAR["hidden"] / bw.HIDDEN
+        unit_range = (unit_cpu_s * ratio, unit_cpu_s * ratio * (SOLAR["moe_inter"] / bw.MOE_INTER) ** 2)
+        unit_source = "this run's units scaled to Solar's shape"
     full = {"comparison_s": present / 1e9 * per_gb + tensors * cost["per_tensor_cpu_s"]
             + token_elems * cost["rotation_null_cpu_s_per_element"],
             "signatures_s": 2 * tensors * cost["signature_cpu_s_per_tensor"],
-            "independence_s": units * unit_range[0], "independence_s_if_cubic": units * unit_range[1]}
+            "independence_s": units * unit_range[0], "independence_s_if_cubic": units * unit_range[1],
+            "independence_units": units, "independence_unit_cpu_s": list(unit_range), "unit_cost_from": unit_source,
+            "independence_every_unit_s": [all_units * u for u in unit_range]}
     full["total_s"] = full["comparison_s"] + full["signatures_s"] + full["independence_s"]
     full["weights_only_s"] = full["comparison_s"] + full["signatures_s"]
     plan = plan_budget(a, b, parse_budget(budget_text))
@@ -270,7 +282,7 @@ def extrapolate(root: Path, cost: dict, unit_cpu_s: float, budget_text: str, bud
     cheap = {"weights_s": tensors * budget_s_per_tensor,
              "independence_s": units_b * unit_range[0], "independence_s_if_cubic": units_b * unit_range[1]}
     cheap["total_s"] = cheap["weights_s"] + cheap["independence_s"]
-    return {"shape": SOLAR, "bytes_per_side": present // 2, "tensors_per_side": tensors, "mlp_units": units,
+    return {"shape": SOLAR, "bytes_per_side": present // 2, "tensors_per_side": tensors, "mlp_units": all_units,
             "full_one_core": full, "budget_plan": plan.as_dict(), "budget_bytes_read": read_b,
             "budget_share": read_b / present, "budget_independence_units": units_b, "budget_one_core": cheap,
             "remote_at_100_mb_s": {"full_s": present / 100e6, "budget_s": read_b / 100e6}}
