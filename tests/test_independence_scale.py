@@ -91,3 +91,18 @@ def test_progress_reports_layers_in_order_and_the_audit_draws_a_layer_bar():
     finally:
         progress.configure(*before)
     assert "independence vs base" in screen.getvalue() and "/4" in screen.getvalue()
+
+
+def test_a_nan_read_on_the_float32_path_is_named(tmp_path):
+    """The float32 read path checks every block: a NaN raises NonFiniteWeights naming the file and tensor."""
+    from modellineage.errors import NonFiniteWeights
+
+    from .test_audit_runs import DEMO
+
+    tensors = wb.load(DEMO / "finetune")
+    key = "model.layers.1.mlp.up_proj.weight"
+    tensors[key] = tensors[key].copy()
+    tensors[key][3, 5] = np.nan
+    bad = wb.write_model(tmp_path / "bad", tensors, wb.config(DEMO / "finetune"))
+    with pytest.raises(NonFiniteWeights, match=r"bad/model\.safetensors: tensor 'model\.layers\.1\.mlp\.up_proj\.weight'"):
+        measure_independence(open_model(bad), open_model(DEMO / "base"), heads=False)
