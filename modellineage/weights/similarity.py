@@ -335,12 +335,12 @@ class _RotationNull:
     fixed per width: the same pair gives the same figure.
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, *, seed: int | None = None) -> None:
         self.width = width
         self.sketched = width > 2 * ROTATION_SKETCH
         self.k = ROTATION_SKETCH if self.sketched else width
-        if self.sketched:
-            rng = np.random.default_rng([0x524F54, 2, width])
+        if self.sketched:  # ``seed``: other sketches of the same width (the accuracy benchmark draws many)
+            rng = np.random.default_rng([0x524F54, 2, width] + ([] if seed is None else [seed]))
             self.buckets = [rng.integers(0, self.k, width) for _ in range(2)]
             self.signs = [rng.choice(np.array([-1.0, 1.0]), width) for _ in range(2)]
             self.p = np.zeros((self.k, self.k))
@@ -587,6 +587,7 @@ def compare_pair(
                 acc.update_bf16(a, b)
                 if null is not None:  # shifted by the first block's means, as the moment sweep found them
                     null.update(a, b, bits=True, pivot=acc.means)
+                a = b = None  # the windows' views: gone before the next window is mapped, so RSS holds one
                 continue
             a = tside.read(t_rows[chunk])
             b = rside.read(r_rows[chunk])
