@@ -23,6 +23,9 @@ reductions of them; float32 and float16 input (exact BF16/F16/F32 values) is wid
 sweep, never as a separate float64 copy. Dot products run in rows of :data:`DOT_ROW` elements: a
 BLAS dot that long stays on the calling thread, where a longer one wakes BLAS worker threads whose
 spinning, on a machine whose cores are busy, slows every other step more than it speeds the dot.
+BF16/F16 pairs (large models) take the compiled sweep instead (:func:`_kernels`, ``fused``), BF16 ones as
+their raw bit patterns (:meth:`PairAccumulator.update_bf16`: decoded in registers, ~8 GB/s of pair bytes
+per core where the data is in cache, ~5.5-8 from the page cache).
 
 Edge cases (none is ever silently 0):
 
@@ -476,9 +479,9 @@ class PairAccumulator:
     Args:
         label_a: names side ``a`` in error messages (e.g. ``"target:model.norm.weight"``).
         label_b: names side ``b`` (the reference) in error messages.
-        fused: take float32 chunks through the compiled one-pass sweep (:func:`_fused_kernel`, ~4x the
-            numpy sweep's rate); the figures agree with the numpy sweep's to float64 rounding, not bit
-            for bit. The weight comparison asks for it where both tensors are stored BF16 or F16 (large
+        fused: take float32 chunks (and :meth:`update_bf16` bit patterns) through the compiled one-pass
+            sweep (:func:`_kernels`, ~5x the numpy sweep's rate); the figures agree with the numpy sweep's
+            to float64 rounding, not bit for bit. The weight comparison asks for it where both tensors are stored BF16 or F16 (large
             models); F32/F64 tensors (the demo and the calibrations the thresholds cite) keep the numpy
             sweep, so their evidence is unchanged.
     """
