@@ -11,12 +11,14 @@ the default workers. Time is CPU seconds of the process (``time.process_time``):
 shared, so wall time says more about the neighbours than about the code. GB/s per core = bytes read by the
 comparison (both sides, the stores' own counts) / CPU seconds; the median run is reported.
 
-Shares (of the least CPU time among the runs; each part also the least of ``--repeat``): the same windows
-the comparison reads, timed part by part in one process with the library's own calls — mapping (``TensorStore.map_raw_row_range``: mmap + populate + unmap), the moment sweep (the compiled
-BF16 kernel), the rotation null (both sides' CountSketch + the k x k product, token matrices only); the rest
-of the comparison's CPU time (per tensor and per window in Python: plans, pivots, records, results) is the
-median total minus those. For context, on the same windows: ``pread`` into a reused buffer (the copy the
-mapping replaces), numpy's BF16 decode to float32, and a numpy BF16 cosine (decode + float32 dots).
+Shares, two ways. (1) cProfile of one more comparison in the same child: each part's functions' own time
+(reading: mmap + populate + unmap, or before the pread copy; numpy BF16 decode; the compiled moment sweep;
+the rotation null), the rest is Python per tensor and per window plus the profiler's own cost per call.
+(2) Isolated: the same windows the comparison reads, timed part by part in one process with the library's
+own calls (each part the least of ``--repeat``), the rest = the least CPU time of the comparison runs minus
+those (a residual, so it also holds whatever the machine's load added). For context, on the same windows:
+``pread`` into a reused buffer (the copy the mapping replaces), numpy's BF16 decode to float32, and a
+numpy BF16 cosine (decode + float32 dots).
 
 Accuracy (``--accuracy``): the rotation null's standard deviation, sketched (``similarity._RotationNull``,
 40 sketch seeds) against exact, on 4096 x 1024 matrices (80 % of the variance one shared token-frequency
@@ -67,8 +69,43 @@ def once(workers):
 once(1)  # compiles (numba caches) and maps the code in
 runs = [once(1) for _ in range(spec["repeat"])]
 default = once(None)
-print(json.dumps({"runs": runs, "default_workers": default}))
+import cProfile, pstats
+prof = cProfile.Profile()
+prof.enable()
+once(1)
+prof.disable()
+tottime = {}
+for (file, line, func), (cc, nc, tt, ct, callers) in pstats.Stats(prof).stats.items():
+    key = file.rsplit("/", 2)[-1] + ":" + func
+    tottime[key] = tottime.get(key, 0.0) + tt
+print(json.dumps({"runs": runs, "default_workers": default, "profile_tottime": tottime}))
 """
+
+#: cProfile's functions (``file:function``, file = last path component) -> part of the comparison.
+PARTS = (
+    ("read: mmap + populate + unmap (now) or the pread copy (before)",
+     ("tensors.py:map_raw_row_range", "~:<method 'close' of 'mmap.mmap' objects>", "~:<built-in method posix.preadv>")),
+    ("BF16 -> float32 decode in numpy (before; now only the pivots' 256-element heads)",
+     ("tensors.py:decode_exact", "metrics.py:bf16_values")),
+    ("moment sweep (compiled)", ("metrics.py:sweep", "metrics.py:sweep_bf16")),
+    ("rotation null of embed / lm_head (sketches + product; before: two float64 BLAS products)",
+     ("similarity.py:update", "metrics.py:sketch_rows", "metrics.py:sketch_rows_bf16", "metrics.py:cross",
+      "metrics.py:count_sketch", "metrics.py:accumulate_cross", "similarity.py:sd")),
+)
+
+
+def attribute(tottime: dict[str, float]) -> dict:
+    """Shares of one profiled comparison: each part's functions' own time; the rest is Python per tensor and
+    per window (plans, pivots, windows, records, results) and the profiler's own cost per call."""
+    total = sum(tottime.values())
+    out, used = {}, 0.0
+    for label, names in PARTS:
+        t = sum(tottime.get(n, 0.0) for n in names)
+        out[label] = t
+        used += t
+    out["the rest: Python per tensor and per window (+ the profiler's own cost)"] = total - used
+    return {"profiled_cpu_s": round(total, 4), "seconds": {k: round(v, 4) for k, v in out.items()},
+            "share": {k: round(v / total, 3) for k, v in out.items()}}
 
 
 def _load() -> float:
@@ -105,6 +142,7 @@ def run_tree(src: Path, target: Path, reference: Path, repeat: int) -> dict:
             "default_workers": {"cpu_s": d["cpu_s"], "wall_s": d["wall_s"], "gb_s_wall": nbytes / d["wall_s"] / 1e9,
                                 "gb_s_per_core": nbytes / d["cpu_s"] / 1e9},
             "centred": runs[0]["centred"], "rotation_null_sd": runs[0]["rotation_null_sd"],
+            "profile": attribute(out["profile_tottime"]),
             "load_before": load, "load_after": _load()}
 
 
@@ -314,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{res['bytes'] / 1e9:.2f} GB, runs {res['cpu_s']}); default workers: "
                   f"{res['default_workers']['gb_s_per_core']:.2f} GB/s per core, {res['default_workers']['gb_s_wall']:.2f} "
                   f"wall; load {res['load_before']}-{res['load_after']}", flush=True)
+            print("  shares (cProfile): " + "; ".join(f"{k.split(':')[0].split(' (')[0]} {v:.0%}"
+                                                     for k, v in res["profile"]["share"].items()), flush=True)
             if res is not mine:
                 res["max_centred_difference_vs_this"] = max(abs(res["centred"][k] - mine["centred"][k])
                                                             for k in mine["centred"])
