@@ -90,7 +90,8 @@ PARTS = (
     ("moment sweep (compiled)", ("metrics.py:sweep", "metrics.py:sweep_bf16")),
     ("rotation null of embed / lm_head (sketches + product; before: two float64 BLAS products)",
      ("similarity.py:update", "metrics.py:sketch_rows", "metrics.py:sketch_rows_bf16", "metrics.py:cross",
-      "metrics.py:count_sketch", "metrics.py:accumulate_cross", "similarity.py:sd")),
+      "metrics.py:sketch_shifted", "metrics.py:sketch_shifted_bf16", "metrics.py:count_sketch",
+      "metrics.py:accumulate_cross", "similarity.py:sd")),
 )
 
 

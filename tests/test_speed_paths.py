@@ -20,6 +20,7 @@ from modellineage.weights.metrics import (
     accumulate_cross,
     bf16_values,
     count_sketch,
+    shifted_buckets,
     similarity,
 )
 from modellineage.weights.similarity import ROTATION_SKETCH, _RotationNull, compare_pair
@@ -108,6 +109,15 @@ def test_count_sketch_and_cross_product_equal_their_dense_products():
     for got in (count_sketch(bits, bucket, sign, k, 0.001, bits=True),
                 count_sketch(bf16_values(bits), bucket, sign, k, 0.001),
                 count_sketch(bf16_values(bits).astype(np.float64), bucket, sign, k, 0.001, slot="test")):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    shifts = rng.integers(0, k, -(-width // k))  # the rotation null's buckets: chunks of k rotated at random
+    bucket = shifted_buckets(width, k, shifts)
+    assert sorted(np.bincount(bucket[:k], minlength=k)) == [1] * k  # a whole chunk fills every bucket once
+    dense = np.zeros((width, k))
+    dense[np.arange(width), bucket] = sign
+    want = (bf16_values(bits).astype(np.float64) - 0.001) @ dense
+    for got in (count_sketch(bits, bucket, sign, k, 0.001, bits=True, shifts=shifts),
+                count_sketch(bf16_values(bits), bucket, sign, k, 0.001, shifts=shifts)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
     sa, sb = rng.standard_normal((rows, k)), rng.standard_normal((rows, k))
     p = np.ones((k, k))

@@ -334,6 +334,46 @@ def _kernels():
             for j in range(row.size):
                 o[bucket[j]] += sign[j] * (np.float64(bf16(row[j])) - pivot)
 
+    @njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz"}, cache=True)
+    def shifted_row(row, shifts, sign, pivot, o):
+        k = o.size
+        for c in range(shifts.size):  # chunk c of k columns lands on the buckets rotated by shifts[c]
+            lo = c * k
+            n = min(k, row.size - lo)
+            s = shifts[c]
+            first = min(n, k - s)
+            oa, ra, sa = o[s:s + first], row[lo:lo + first], sign[lo:lo + first]
+            for t in range(first):
+                oa[t] += sa[t] * (np.float64(ra[t]) - pivot)
+            ob, rb, sb = o[:n - first], row[lo + first:lo + n], sign[lo + first:lo + n]
+            for t in range(n - first):
+                ob[t] += sb[t] * (np.float64(rb[t]) - pivot)
+
+    @njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz"}, cache=True)
+    def shifted_row_bf16(row, shifts, sign, pivot, o):
+        k = o.size
+        for c in range(shifts.size):
+            lo = c * k
+            n = min(k, row.size - lo)
+            s = shifts[c]
+            first = min(n, k - s)
+            oa, ra, sa = o[s:s + first], row[lo:lo + first], sign[lo:lo + first]
+            for t in range(first):
+                oa[t] += sa[t] * (np.float64(bf16(ra[t])) - pivot)
+            ob, rb, sb = o[:n - first], row[lo + first:lo + n], sign[lo + first:lo + n]
+            for t in range(n - first):
+                ob[t] += sb[t] * (np.float64(bf16(rb[t])) - pivot)
+
+    @njit(nogil=True, boundscheck=False, cache=True)
+    def sketch_shifted(x, shifts, sign, pivot, out):
+        for r in range(x.shape[0]):
+            shifted_row(x[r], shifts, sign, pivot, out[r])
+
+    @njit(nogil=True, boundscheck=False, cache=True)
+    def sketch_shifted_bf16(x, shifts, sign, pivot, out):
+        for r in range(x.shape[0]):
+            shifted_row_bf16(x[r], shifts, sign, pivot, out[r])
+
     @njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz", "contract"}, cache=True)
     def cross(sa, sb, p):
         rows, k = sa.shape
@@ -359,7 +399,8 @@ def _kernels():
     from types import SimpleNamespace
 
     return SimpleNamespace(sweep=sweep, sweep_bf16=sweep_bf16, sketch_rows=sketch_rows,
-                           sketch_rows_bf16=sketch_rows_bf16, cross=cross)
+                           sketch_rows_bf16=sketch_rows_bf16, sketch_shifted=sketch_shifted,
+                           sketch_shifted_bf16=sketch_shifted_bf16, cross=cross)
 
 
 def _fused_kernel():
@@ -373,13 +414,24 @@ def bf16_values(bits: np.ndarray) -> np.ndarray:
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
+def shifted_buckets(width: int, k: int, shifts: np.ndarray) -> np.ndarray:
+    """The bucket of every column when chunk ``c`` of ``k`` columns is rotated by ``shifts[c]`` (one shift per
+    chunk, ``ceil(width / k)`` of them): ``(j mod k + shifts[j // k]) mod k`` (see :func:`count_sketch`)."""
+    j = np.arange(width)
+    return (j % k + np.asarray(shifts, dtype=np.int64)[j // k]) % k
+
+
 def count_sketch(x: np.ndarray, bucket: np.ndarray, sign: np.ndarray, k: int, pivot: float, *,
-                 bits: bool = False, slot: str | None = None) -> np.ndarray:
+                 bits: bool = False, slot: str | None = None, shifts: np.ndarray | None = None) -> np.ndarray:
     """Rows of ``x - pivot`` through a CountSketch: ``out[r, bucket[j]] += sign[j] * (x[r, j] - pivot)``.
 
     ``x``: ``(rows, H)`` float array, or with ``bits`` BF16 bit patterns (uint16) decoded on the fly;
     ``bucket``: int64 in ``[0, k)`` per column; ``sign``: ±1.0 per column. Returns ``(rows, k)`` float64,
     in the reusable buffer ``slot`` (:func:`scratch`: valid until its next use) when given.
+    ``shifts``: the buckets are ``shifted_buckets(H, k, shifts)`` (each chunk of ``k``
+    columns rotated by a random shift: two columns of different chunks share a bucket with probability
+    ``1/k``, as under random hashing), so a chunk is added as two contiguous runs (vectorised, ~2x the
+    scattered form).
     Compiled where numba is installed (one pass, ``rows x H`` additions, no ``H x k`` product); else the
     same sums as a product with the dense ``H x k`` sketch matrix (equal to rounding).
     """
@@ -391,7 +443,10 @@ def count_sketch(x: np.ndarray, bucket: np.ndarray, sign: np.ndarray, k: int, pi
         out = scratch(slot, x.shape[0] * k * 8)[:x.shape[0] * k * 8].view(np.float64).reshape(x.shape[0], k)
         out[...] = 0.0
     if kern is not None and x.size:
-        if bits:
+        if shifts is not None:
+            shifts = np.asarray(shifts, dtype=np.int64)
+            (kern.sketch_shifted_bf16 if bits else kern.sketch_shifted)(x, shifts, sign, float(pivot), out)
+        elif bits:
             kern.sketch_rows_bf16(x, bucket, sign, float(pivot), out)
         else:
             kern.sketch_rows(x, bucket, sign, float(pivot), out)

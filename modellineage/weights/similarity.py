@@ -68,6 +68,7 @@ from modellineage.weights.metrics import (
     bf16_values,
     count_sketch,
     scratch,
+    shifted_buckets,
 )
 from modellineage.weights.sampling import (
     BOOTSTRAP_METHOD,
@@ -327,18 +328,21 @@ class _RotationNull:
     ``||A_c^T B_c||_F`` over ``sqrt(H) ||A_c|| ||B_c||`` (the norms from the moment sweep) is the figure.
     Above, the same ratio with every matrix replaced by its column sketch: each side's columns are
     hashed into ``k = ROTATION_SKETCH`` buckets with random signs (a CountSketch ``S``: ``k x H``, one ±1
-    per column, ``E[S^T S] = I``), and the figure is ``||S_a A_c^T B_c S_b^T||_F / (sqrt(H) ||A_c S_a^T||_F
-    ||B_c S_b^T||_F)``. Numerator and denominator share each side's sketch, so a dominant direction
-    (the token-frequency structure this null is about) fluctuates in both and cancels. Cost per row:
-    ``2 H`` additions (the sketches, compiled, from BF16 bits where the rows are stored so) and ``k^2``
-    multiply-adds (compiled, :func:`~modellineage.weights.metrics.accumulate_cross`), against ``2 H k`` for the one-sided Gaussian sketch of 128
-    columns this replaced. Error on the standard deviation, r.m.s. over 40 sketch seeds
+    per column, ``E[S^T S] = I`` whatever the buckets; each chunk of ``k`` columns is rotated onto the
+    buckets by a random shift, so two columns of different chunks share a bucket with probability ``1/k``
+    as under random hashing, and a chunk is added as two contiguous runs), and the figure is
+    ``||S_a A_c^T B_c S_b^T||_F / (sqrt(H) ||A_c S_a^T||_F ||B_c S_b^T||_F)``. Numerator and denominator
+    share each side's sketch, so a dominant direction (the token-frequency structure this null is about)
+    fluctuates in both and cancels. Cost per row: ``2 H`` additions (the sketches, compiled, from BF16
+    bits where the rows are stored so) and ``k^2`` multiply-adds (compiled,
+    :func:`~modellineage.weights.metrics.accumulate_cross`), against ``2 H k`` for the one-sided Gaussian
+    sketch of 128 columns this replaced. Error on the standard deviation, r.m.s. over 40 sketch seeds
     (``benchmarks/bench_speed.py --accuracy``, results in ``benchmarks/results/bench_speed.json``; the
     Gaussian sketch in brackets): 4096 x 1024 matrices whose variance is 80 % one shared frequency
-    direction 1.5 % (6.3 %), the same with 4 massive hidden dimensions 1.4 % (6.2 %), no shared structure
-    0.6 % (0.4 %), one side's dominant direction not the shared one 5.3 % (5.3 %); all-MiniLM-L6-v2's real
-    word embeddings (30522 x 384) against a copy with rotated hidden axes 1.1 % (0.9 %); mean error
-    ≤ 0.6 %. The seeds are fixed per width: the same pair gives the same figure.
+    direction 1.6 % (6.3 %), the same with 4 massive hidden dimensions 1.3 % (6.2 %), no shared structure
+    0.5 % (0.4 %), one side's dominant direction not the shared one 5.4 % (5.3 %); all-MiniLM-L6-v2's real
+    word embeddings (30522 x 384) against a copy with rotated hidden axes 0.7 % (0.9 %); mean error
+    ≤ 0.5 %. The seeds are fixed per width: the same pair gives the same figure.
     """
 
     def __init__(self, width: int, *, seed: int | None = None) -> None:
@@ -347,7 +351,8 @@ class _RotationNull:
         self.k = ROTATION_SKETCH if self.sketched else width
         if self.sketched:  # ``seed``: other sketches of the same width (the accuracy benchmark draws many)
             rng = np.random.default_rng([0x524F54, 2, width] + ([] if seed is None else [seed]))
-            self.buckets = [rng.integers(0, self.k, width) for _ in range(2)]
+            self.shifts = [rng.integers(0, self.k, -(-width // self.k)) for _ in range(2)]
+            self.buckets = [shifted_buckets(width, self.k, sh) for sh in self.shifts]
             self.signs = [rng.choice(np.array([-1.0, 1.0]), width) for _ in range(2)]
             self.p = np.zeros((self.k, self.k))
             self.sq = [0.0, 0.0]  # sums of squares of the sketched (shifted) rows, per side
@@ -373,8 +378,10 @@ class _RotationNull:
                 pivot = (float(va.mean(dtype=np.float64)), float(vb.mean(dtype=np.float64)))
             self.pivot = pivot
         if self.sketched:
-            sa = count_sketch(a, self.buckets[0], self.signs[0], self.k, self.pivot[0], bits=bits, slot="null.a")
-            sb = count_sketch(b, self.buckets[1], self.signs[1], self.k, self.pivot[1], bits=bits, slot="null.b")
+            sa = count_sketch(a, self.buckets[0], self.signs[0], self.k, self.pivot[0], bits=bits, slot="null.a",
+                              shifts=self.shifts[0])
+            sb = count_sketch(b, self.buckets[1], self.signs[1], self.k, self.pivot[1], bits=bits, slot="null.b",
+                              shifts=self.shifts[1])
             accumulate_cross(sa, sb, self.p)
             self.colsum_a += sa.sum(axis=0)
             self.bg_sum += sb.sum(axis=0)
