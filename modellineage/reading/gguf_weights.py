@@ -368,6 +368,10 @@ class GGUFTensorInfo(TensorInfo):
         """Stored as plain floats (F32/F16/BF16/F64): decoded exactly, no dequantisation."""
         return self.dtype in _EXACT
 
+    def feeder(self) -> GGUFFeeder:
+        """The running digest of this tensor's bytes (modellineage.reading.hashing.feeder_for)."""
+        return GGUFFeeder(self)
+
 
 def _virtual_tensors(header: GGUFHeader, notes: list[str]) -> dict[str, GGUFTensorInfo]:
     arch = header.architecture or ""
@@ -590,90 +594,82 @@ def config_from_gguf(header: GGUFHeader) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- hashing
-def scan_gguf(path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20,
-              progress: Callable[[int], object] | None = None):
-    """SHA-256 of a GGUF file and of each tensor's byte range (per expert for stacked experts), named
-    as :class:`GGUFStore` names them, in one sequential pass.
+_NONFINITE_BITS = {"F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80),
+                   "F64": ("<u8", 0x7FF0000000000000)}
 
-    ``constant``: every GGML block of the tensor holds the same bytes. ``nonfinite``: NaN/Inf count of
-    plain float tensors from their bit patterns; for quantised tensors, of the dequantised values of
-    each row (a NaN or Inf scale).
-    """
-    from modellineage.reading.hashing import FileDigest, TensorDigest
 
-    path = Path(path)
-    header = read_gguf_header(path)
-    infos = _virtual_tensors(header, [])
-    hasher = hashlib.sha256()
-    block_bytes = {}
-    states = {}
-    for name, info in infos.items():
-        t = header.tensors[info.stored_name]
-        block_bytes[name] = t.type_size
-        states[name] = [hashlib.sha256(), None, True, 0]  # sha, first block, constant, nonfinite
-    queue = sorted((i for i in infos.values() if i.end > i.begin), key=lambda i: i.begin)
-    pos = 0
-    carry: dict[str, bytes] = {}
-    bits = {"F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80),
-            "F64": ("<u8", 0x7FF0000000000000)}
+class GGUFFeeder:
+    """Running digest of one GGUF tensor (or expert slice) for :func:`modellineage.reading.hashing.scan_file`:
+    SHA-256 of its bytes; ``constant`` when every GGML block holds the same bytes; ``nonfinite`` from the
+    bit patterns of plain floats, from the dequantised values of quantised rows (a NaN or Inf scale).
+    Bytes are checked in whole stored rows (GGML blocks never cross one); a partial row is carried."""
 
-    def feed(info: GGUFTensorInfo, piece: bytes) -> None:
-        state = states[info.name]
-        state[0].update(piece)
-        unit = info.row_bytes  # whole rows: GGML blocks never cross one
-        data = carry.pop(info.name, b"") + bytes(piece)
+    def __init__(self, info: GGUFTensorInfo) -> None:
+        self.info = info
+        self.hasher = hashlib.sha256()
+        self.block_bytes = info.row_bytes // (info.cols // GGML_BLOCK[info.ggml_type]) if info.cols else 1
+        self.first: np.ndarray | None = None
+        self.constant = True
+        self.nonfinite = 0
+        self.carry = b""
+
+    def feed(self, piece) -> None:
+        info = self.info
+        self.hasher.update(piece)
+        unit = info.row_bytes
+        data = self.carry + bytes(piece)
         whole = len(data) // unit * unit
-        if whole < len(data):
-            carry[info.name] = data[whole:]
+        self.carry = data[whole:]
         if not whole:
             return
         rows = np.frombuffer(data[:whole], dtype=np.uint8).reshape(-1, unit)
-        blocks = rows.reshape(-1, block_bytes[info.name])
-        if state[1] is None:
-            state[1] = blocks[0].copy()
-        if state[2] and not np.all(blocks == state[1]):
-            state[2] = False
-        if info.dtype in bits:
-            kind, mask = bits[info.dtype]
+        blocks = rows.reshape(-1, self.block_bytes)
+        if self.first is None:
+            self.first = blocks[0].copy()
+        if self.constant and not np.all(blocks == self.first):
+            self.constant = False
+        if info.dtype in _NONFINITE_BITS:
+            kind, mask = _NONFINITE_BITS[info.dtype]
             arr = np.frombuffer(data[:whole], dtype=kind)
-            state[3] += int(np.count_nonzero((arr & np.array(mask, dtype=kind)) == np.array(mask, dtype=kind)))
+            self.nonfinite += int(np.count_nonzero((arr & np.array(mask, dtype=kind)) == np.array(mask, dtype=kind)))
         elif info.is_float:
             from gguf import GGMLQuantizationType
             from gguf.quants import dequantize
 
             with np.errstate(invalid="ignore", over="ignore"):
                 values = dequantize(rows, GGMLQuantizationType(info.ggml_type))
-            state[3] += int(values.size - np.count_nonzero(np.isfinite(values)))
+            self.nonfinite += int(values.size - np.count_nonzero(np.isfinite(values)))
 
-    offset = 0
-    with confine.open_file(path) as fh:
-        buf = bytearray(chunk_bytes)
-        view = memoryview(buf)
-        while True:
-            n = fh.readinto(view)
-            if not n:
-                break
-            chunk = view[:n]
-            hasher.update(chunk)
-            end = offset + n
-            i = pos
-            while i < len(queue) and queue[i].begin < end:
-                info = queue[i]
-                lo, hi = max(info.begin, offset), min(info.end, end)
-                if lo < hi:
-                    feed(info, chunk[lo - offset:hi - offset])
-                if info.end <= end:
-                    i += 1
-                    pos = i
-                else:
-                    break
-            if progress is not None:
-                progress(n)
-            offset = end
-    if offset != header.size:
-        raise CorruptCheckpoint(f"{path}: file changed size while being read ({header.size} -> {offset} bytes)")
-    digests = tuple(
-        TensorDigest(name, info.dtype, tuple(info.shape), info.end - info.begin, states[name][0].hexdigest(),
-                     bool(states[name][2]), int(states[name][3]))
-        for name, info in infos.items())
-    return FileDigest(str(path), header.size, hasher.hexdigest(), digests)
+    def digest(self, rows: tuple[int, ...] | None = None):
+        from modellineage.reading.hashing import TensorDigest
+
+        info = self.info
+        return TensorDigest(info.name, info.dtype, tuple(info.shape), info.end - info.begin, self.hasher.hexdigest(),
+                            bool(self.constant), int(self.nonfinite), rows)
+
+
+class _BlockSizes(dict):
+    """GGML type -> elements per block (``gguf.GGML_QUANT_SIZES``), looked up on first use."""
+
+    def __missing__(self, ggml_type: int) -> int:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        self[ggml_type] = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)][0]
+        return self[ggml_type]
+
+
+GGML_BLOCK = _BlockSizes()
+
+
+def scan_gguf(path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20,
+              progress: Callable[[int], object] | None = None):
+    """SHA-256 of a GGUF file and of each tensor's byte range (per expert for stacked experts), named
+    as :class:`GGUFStore` names them, in one sequential pass (:func:`modellineage.reading.hashing.scan_file`
+    with one :class:`GGUFFeeder` per tensor)."""
+    from modellineage.reading.hashing import FileDigest, scan_file
+
+    path = Path(path)
+    header = read_gguf_header(path)
+    feeders = [GGUFFeeder(info) for info in _virtual_tensors(header, []).values()]
+    _, sha = scan_file(path, feeders, expected_size=header.size, chunk_bytes=chunk_bytes, progress=progress)
+    return FileDigest(str(path), header.size, sha, tuple(f.digest() for f in feeders))
