@@ -33,6 +33,7 @@ safetensors store's, so memory stays flat in the model's size.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -62,6 +63,7 @@ __all__ = [
     "scan_gguf",
     "unpermute_rows",
     "dequantisable_types",
+    "check_split",
     "PERMUTED_ARCHITECTURES",
 ]
 
@@ -430,34 +432,90 @@ def _virtual_tensors(header: GGUFHeader, notes: list[str]) -> dict[str, GGUFTens
     return dict(sorted(out.items()))
 
 
+_SPLIT_NAME = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+_SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
+
+
+def check_split(headers: Sequence[GGUFHeader]) -> None:
+    """Check that ``headers`` (in shard order) are the whole of one split GGUF (llama.cpp's gguf-split), or
+    one unsplit file: every shard states ``split.no`` (its index from 0), ``split.count`` (the number of
+    shards) and ``split.tensors.count`` (the tensors of all shards), and they agree with the shard's name
+    (``-0000k-of-0000n.gguf``), the files given and the tensors found.
+
+    Raises:
+        CorruptCheckpoint: naming the first file that disagrees, and how.
+    """
+    n = len(headers)
+    total = sum(len(h.tensors) for h in headers)
+    values = [[h.metadata.get(k) for k in _SPLIT_KEYS] for h in headers]
+    if n == 1 and all(v is None for v in values[0]):
+        return  # an ordinary single GGUF file
+    for i, (h, (no, count, _)) in enumerate(zip(headers, values)):  # each shard is the one its place says
+        bad = [k for k, v in zip(_SPLIT_KEYS, values[i]) if not isinstance(v, int) or isinstance(v, bool)]
+        if bad:
+            raise _fail(h.path, f"shard {i + 1} of {n} of a split GGUF without a usable {', '.join(bad)}")
+        if count != n:
+            raise _fail(h.path, f"split.count = {count}, but the split GGUF was given as {n} shard file(s)"
+                                + ("; name its first shard (…-00001-of-…gguf) as the source" if n == 1 else ""))
+        if no != i:
+            raise _fail(h.path, f"split.no = {no}, but it is shard {i + 1} of {n} (split.no counts from 0)")
+        m = _SPLIT_NAME.search(h.path.name)
+        if m is None or (int(m.group(1)), int(m.group(2))) != (i + 1, n):
+            raise _fail(h.path, f"shard {i + 1} of {n} of a split GGUF must be named …-{i + 1:05d}-of-{n:05d}.gguf")
+    for h, (_, _, tensors) in zip(headers, values):  # and together they hold what each says they hold
+        if tensors != total:
+            raise _fail(h.path, f"split.tensors.count = {tensors}, but the {n} shard(s) hold {total} tensors")
+
+
 class GGUFStore(TensorStore):
-    """A GGUF file's tensors behind the :class:`TensorStore` interface (Hugging Face names, shapes and
+    """A GGUF model's tensors behind the :class:`TensorStore` interface (Hugging Face names, shapes and
     row order; values dequantised to float64, or exact float32 on the streaming fast path).
 
     Args:
-        files: one ``.gguf`` file (split GGUFs are not read yet).
+        files: one ``.gguf`` file, or every shard of a split GGUF in order (``-00001-of-0000n`` first; each
+            header validated, and their ``split.*`` metadata checked by :func:`check_split`). The first
+            shard's metadata (architecture, head counts) applies to the tensors of every shard.
     """
 
     def __init__(self, files: Sequence[str | os.PathLike[str]], *, scale_block=None) -> None:  # noqa: ARG002
         paths = tuple(Path(f) for f in files)
-        if len(paths) != 1:
-            raise UnsupportedFormat(f"{', '.join(map(str, paths)) or 'no file'}: one GGUF file per model is read "
-                                    f"(split GGUF files are not supported yet)")
-        header = read_gguf_header(paths[0])
+        if not paths:
+            raise UnsupportedFormat("no GGUF file given")
+        headers = tuple(read_gguf_header(p) for p in paths)
+        check_split(headers)
         notes: list[str] = []
+        first = headers[0]
+        index: dict[str, GGUFTensorInfo] = {}
+        for h in headers:
+            shard = h if h is first else dataclasses.replace(h, metadata={**first.metadata, **h.metadata})
+            for name, info in _virtual_tensors(shard, notes if h is first else []).items():
+                if name in index:
+                    raise _fail(h.path, f"tensor {quote(info.stored_name)} ({quote(name)}) is also in "
+                                        f"{index[name].file.name}")
+                index[name] = info
+            if len(index) > MAX_TENSORS:
+                raise _fail(h.path, f"the shards up to this one hold {len(index):,} tensors, above the safety "
+                                    f"limit of {MAX_TENSORS:,} (MAX_TENSORS, modellineage.reading.tensors)")
         self._scale_block = None
         self._files = paths
-        self._headers = (header,)
-        self._index = _virtual_tensors(header, notes)
+        self._headers = headers
+        self._index = dict(sorted(index.items()))
         self.notes = tuple(notes)
         self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
         self.bytes_read = 0
 
-    @property
+    @functools.cached_property
     def header(self) -> GGUFHeader:
-        return self._headers[0]
+        """The model's header: the first shard's, with the tensors of every shard (for config facts)."""
+        first = self._headers[0]
+        if len(self._headers) == 1:
+            return first
+        tensors = {}
+        for h in self._headers:
+            tensors.update(h.tensors)
+        return dataclasses.replace(first, size=sum(h.size for h in self._headers), tensors=dict(sorted(tensors.items())))
 
     # -- stored rows -------------------------------------------------------------------------
     def _stored(self, info: GGUFTensorInfo, rows: np.ndarray) -> np.ndarray:
