@@ -198,21 +198,30 @@ class DigestCache:
             allowed = digest_allowance(store, self.budget)
             plan, unchecked, planned = plan_digests(store, allowed)
             before = store.bytes_read
-            digests = []
+            digests, offline = [], []
             for name, row in plan:
                 info = store.info(name)
                 feeder = feeder_for(info)
-                if row is None:
-                    if info.nbytes:
-                        feeder.feed(store.read_raw_row_range(name, 0, info.rows))
-                    digests.append(feeder.digest())
-                else:
-                    feeder.feed(store.read_raw_row_range(name, row, row + 1))
-                    digests.append(feeder.digest(rows=(row,)))
-            reason = (f"beyond the tensor digests' share of the read budget ({allowed:,} bytes = "
-                      f"{DIGEST_SHARE:.0%} of this model's part of --budget {self.budget.text}; one row each)")
-            self._sampled[key] = SampledDigests(tuple(sorted(digests, key=lambda d: d.name)), tuple(unchecked),
-                                                reason, allowed, planned, store.bytes_read - before)
+                try:
+                    if row is None:
+                        if info.nbytes:
+                            feeder.feed(store.read_raw_row_range(name, 0, info.rows))
+                        digests.append(feeder.digest())
+                    else:
+                        feeder.feed(store.read_raw_row_range(name, row, row + 1))
+                        digests.append(feeder.digest(rows=(row,)))
+                except remote.RemoteError:  # a remote file's row not in the range cache, downloads not allowed
+                    offline.append(name)
+            reasons = []
+            if unchecked:
+                reasons.append(f"{len(unchecked):,} beyond the tensor digests' share of the read budget ({allowed:,} "
+                               f"bytes = {DIGEST_SHARE:.0%} of this model's part of --budget {self.budget.text}; one "
+                               f"row each)")
+            if offline:
+                reasons.append(f"{len(offline):,} not in the remote source's range cache (pass --allow-download)")
+            self._sampled[key] = SampledDigests(tuple(sorted(digests, key=lambda d: d.name)),
+                                                tuple(sorted(unchecked + offline)), "; ".join(reasons), allowed,
+                                                planned, store.bytes_read - before)
         return self._sampled[key]
 
     def _budget_record(self, path: Path, key: Path) -> dict:
