@@ -49,7 +49,12 @@ def test_weights_are_finite(subject, evidence):
             pytest.skip(f"{subject.name}: no tensor was read ({len(subject.unchecked_tensors)} tensor(s): "
                         f"{subject.unchecked_reason})")
     files = ", ".join(str(p) for p in subject.source.weight_files)
-    judgement = evidence.judged(weights_finite(subject.name, files, bad, len(digests)))
+    coverage = subject.digest_coverage
+    scope = "" if coverage is None else (
+        f" (checked on one seeded row each under the read budget, 1-D tensors whole"
+        + (f"; {len(subject.unchecked_tensors)} tensor(s) not checked: {subject.unchecked_reason}"
+           if subject.unchecked_tensors else "") + ")")
+    judgement = evidence.judged(weights_finite(subject.name, files, bad, len(digests), scope))
     assert not judgement.failed, judgement.message
 
 
