@@ -164,3 +164,20 @@ def test_a_budgeted_audit_reads_within_the_budget_plus_headers(tmp_path):
     assert res["weights_read"] <= 4 * (4096 * len(files) + res["header_bytes_sum"]), res
     sources = {i["sha256_source"] for i in res["reading_layer"]["inputs"]}
     assert sources == {SHA_NOT_UNDER_BUDGET, SHA_COMPUTED}  # weights not hashed whole; config and index hashed
+
+
+def test_sampled_digests_see_through_gguf_storage(tmp_path):
+    """A GGUF copy (F32, llama.cpp's names and permuted q/k rows) of a safetensors model: under a budget the row
+    digests are taken in the Hugging Face row order, so every tensor matches its original — the GGUF feeder on
+    rows and the safetensors feeder give the same digest for the same bytes."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gguf_convert import convert
+
+    gguf = convert(DEMO / "finetune", tmp_path / "ft.gguf", "F32")
+    a = Model("gguf", resolve_source(str(gguf)), DigestCache(budget=parse_budget("100%"), full_read=False))
+    b = Model("st", resolve_source(str(DEMO / "finetune")), DigestCache(budget=parse_budget("100%"), full_read=False))
+    da, db = a.tensor_digests(), b.tensor_digests()
+    assert [d.as_dict() for d in da] == [d.as_dict() for d in db] and len(da) == 39
+    reuse = measure_exact_reuse(da, db)
+    assert reuse.reused_count == reuse.counted_tensors == 39
+    assert any(r.target_name.endswith("q_proj.weight") for r in reuse.reused)  # permuted on disk, same rows
