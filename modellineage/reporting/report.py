@@ -493,11 +493,18 @@ def inputs_html(inputs: Sequence[Mapping[str, Any]], versions: Mapping[str, Any]
 
     pytest-html's own environment table is hidden: the versions that matter are listed here instead.
     """
-    rows = [[i["model"], i["path"], "" if i.get("size") is None else f"{i['size']:,}", i.get("sha256") or "",
-             i.get("error", "")] for i in inputs]
+    rows = [[i["model"], i["path"], "" if i.get("size") is None else f"{i['size']:,}",
+             i.get("sha256") or (f"header {i['header_sha256']}" if i.get("header_sha256") else ""),
+             i.get("sha256_source") or "", i.get("error", "")] for i in inputs]
     hide = "<style>#environment-header,#environment{display:none}</style>"
-    return (hide + f"<h2>Inputs</h2><p>Every number above comes from these files; the full record is {esc(evidence)}.</p>"
-            + table(["model", "file", "bytes", "SHA-256", "problem"], rows, css_class="inputs")
+    budgeted = any(i.get("header_sha256") and not i.get("sha256") for i in inputs)
+    note = (" Under a read budget a weight file is not read whole: its size and the SHA-256 of its header (its first "
+            "<code>header_bytes</code> bytes) identify it; files of one architecture and layout share a header, so "
+            "the tensor digests of the reuse and finiteness audits tell their contents apart; "
+            "<code>--verify-hashes</code> computes every SHA-256." if budgeted else "")
+    return (hide + f"<h2>Inputs</h2><p>Every number above comes from these files; the full record is {esc(evidence)}."
+            f"{note}</p>"
+            + table(["model", "file", "bytes", "SHA-256", "SHA-256 from", "problem"], rows, css_class="inputs")
             + table(["library", "version"], sorted(versions.items()), caption="Versions"))
 
 
