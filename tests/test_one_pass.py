@@ -155,3 +155,29 @@ def test_weight_audits_measure_only_the_selected_references(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     audit = next(a for a in evidence["audits"] if a["nodeid"].endswith("test_weight_similarity[base]"))
     assert audit["measurements"]["reading"]["one_pass"]["reference_names"] == ["base"]
+
+
+def test_shared_reads_give_the_store_s_values_and_fetch_each_row_once():
+    from modellineage.weights.sharing import SharedReads
+
+    store = open_model(DEMO / "finetune").store
+    name = max(store.names(), key=lambda n: store.info(n).nbytes)  # a matrix
+    info = store.info(name)
+    view = SharedReads(store, max_bytes=info.nbytes)
+    rng = np.random.default_rng(0)
+    picks = [np.sort(rng.choice(info.rows, size=info.rows // 3, replace=False)) for _ in range(2)]
+    calls = [lambda s, rows=rows: s.read_rows(name, rows) for rows in picks + [np.array([5, 3, 5, 0])]]
+    calls += [lambda s: s.read_row_range(name, 2, 40), lambda s: bytes(s.read_raw_row_range(name, 0, info.rows)),
+              lambda s: b"".join(s.iter_bytes(name, chunk_bytes=1000))]
+    for call in calls:  # sorted samples, any order with repeats, ranges, raw bytes, unaligned chunks
+        before = store.bytes_read
+        plain = call(store)
+        consumed = store.bytes_read - before
+        before, counted, fetched = store.bytes_read, view.bytes_read, view.bytes_fetched
+        shared = call(view)
+        assert np.array_equal(shared, plain) if isinstance(plain, np.ndarray) else shared == plain
+        assert view.bytes_read - counted == consumed  # the view counts what its reader consumed ...
+        assert store.bytes_read - before == view.bytes_fetched - fetched  # ... the store what the view fetched
+    # ... and fetched every row of the tensor once, whatever was asked how often
+    assert view.bytes_fetched == info.nbytes and view.bytes_unshared == 0
+    view.release()

@@ -25,6 +25,7 @@ import threading
 import numpy as np
 
 from modellineage.reading.tensors import TensorInfo, TensorStore
+from modellineage.weights.metrics import scratch
 
 __all__ = ["SharedReads", "can_share"]
 
@@ -35,46 +36,43 @@ def can_share(store) -> bool:
     return type(store) is TensorStore
 
 
+def _runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique rows -> (first row, row count) of each run of consecutive rows."""
+    if not rows.size:
+        return rows, rows
+    cut = np.flatnonzero(np.diff(rows) != 1) + 1
+    firsts = rows[np.r_[0, cut]]
+    counts = np.diff(np.r_[0, cut, rows.size])
+    return firsts, counts
+
+
+def _expand(firsts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Runs (first row, row count) -> every row, in order."""
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    shift = firsts - np.r_[0, np.cumsum(counts)[:-1]]
+    return np.repeat(shift, counts) + np.arange(total, dtype=np.int64)
+
+
 class _Kept:
-    """The fetched bytes of one tensor: a buffer over its byte range and the sorted, disjoint
-    ``[lo, hi)`` intervals (relative to the tensor's first byte) already in it."""
+    """The fetched bytes of one tensor: a buffer over its byte range and which of its rows (of the 2-D view
+    the readers read by) are in it. Reads are row-aligned; a request that is not is widened to whole rows."""
 
-    __slots__ = ("buf", "have")
+    __slots__ = ("buf", "row_bytes", "present")
 
-    def __init__(self, nbytes: int) -> None:
-        self.buf = np.empty(nbytes, dtype=np.uint8)  # pages are committed only where bytes are written
-        self.have: list[tuple[int, int]] = []
+    def __init__(self, buf: np.ndarray, row_bytes: int) -> None:
+        self.buf = buf
+        self.row_bytes = row_bytes
+        self.present = np.zeros(buf.size // row_bytes, dtype=bool)
 
-    def missing(self, lo: int, hi: int) -> list[tuple[int, int]]:
-        """Sub-intervals of ``[lo, hi)`` not yet fetched."""
-        out, at = [], lo
-        for a, b in self.have:
-            if b <= at:
-                continue
-            if a >= hi:
-                break
-            if a > at:
-                out.append((at, a))
-            at = max(at, b)
-            if at >= hi:
-                break
-        if at < hi:
-            out.append((at, hi))
-        return out
+    def missing(self, rows: np.ndarray) -> np.ndarray:
+        return rows[~self.present[rows]]
 
-    def add(self, lo: int, hi: int) -> None:
-        merged, placed = [], False
-        for a, b in self.have:
-            if b < lo or a > hi:
-                if a > hi and not placed:
-                    merged.append((lo, hi))
-                    placed = True
-                merged.append((a, b))
-            else:
-                lo, hi = min(a, lo), max(b, hi)
-        if not placed:
-            merged.append((lo, hi))
-        self.have = sorted(merged)
+    def rows_of(self, lo: int, hi: int) -> np.ndarray:
+        """Rows covering relative bytes ``[lo, hi)``."""
+        rb = self.row_bytes
+        return np.arange(lo // rb, -(-hi // rb), dtype=np.int64)
 
 
 class SharedReads(TensorStore):
@@ -114,20 +112,32 @@ class SharedReads(TensorStore):
     def _tensor(self, info: TensorInfo) -> _Kept | None:
         if info.name not in self._kept:
             size = info.end - info.begin
-            if self._held + size <= self.max_bytes:
-                self._kept[info.name] = _Kept(size)
+            if size and info.rows and size % info.rows == 0 and self._held + size <= self.max_bytes:
+                # the first tensor (usually the only one) in this thread's reused buffer: no page faults and
+                # zero-fill per tensor; a second (an F8 tensor's scale) in a fresh one, committed where written
+                buf = scratch("sharing.kept", size)[:size] if not self._kept else np.empty(size, dtype=np.uint8)
+                self._kept[info.name] = _Kept(buf, size // info.rows)
                 self._held += size
             else:
                 self._kept[info.name] = None
                 self.unshared.append(info.name)
         return self._kept[info.name]
 
-    def _fetch(self, info: TensorInfo, kept: _Kept, lo: int, hi: int) -> None:
-        """Make ``[lo, hi)`` (relative) present in ``kept``, fetching only what is missing."""
-        for a, b in kept.missing(lo, hi):
+    def _fetch(self, info: TensorInfo, kept: _Kept, rows: np.ndarray) -> None:
+        """Make ``rows`` (sorted, unique) present in ``kept``, fetching only the missing ones, one run per ``pread``."""
+        miss = kept.missing(rows)
+        if not miss.size:
+            return
+        rb = kept.row_bytes
+        firsts, counts = _runs(miss)
+        if firsts.size == 1:
+            a, b = int(firsts[0]) * rb, int(firsts[0] + counts[0]) * rb
             self._store._pread(info, info.begin + a, b - a, kept.buf[a:b])
-            self.bytes_fetched += b - a
-            kept.add(a, b)
+        else:  # scattered rows: the store's run reader (announced and, remote, fetched together)
+            self._store._pread_runs(info, (info.begin + firsts * rb).tolist(), (firsts * rb).tolist(),
+                                    (counts * rb).tolist(), kept.buf)
+        kept.present[miss] = True
+        self.bytes_fetched += int(miss.size) * rb
 
     def _pread(self, info: TensorInfo, offset: int, length: int, into=None):
         kept = self._tensor(info)
@@ -137,10 +147,11 @@ class SharedReads(TensorStore):
             self.bytes_unshared += length
         else:
             lo = offset - info.begin
-            self._fetch(info, kept, lo, lo + length)
-            # the store's contract: into ``into`` when given (readers may rely on it), else a new bytearray
-            out = bytearray(length) if into is None else memoryview(into)[:length]
-            np.frombuffer(memoryview(out).cast("B"), dtype=np.uint8)[:length] = kept.buf[lo:lo + length]
+            self._fetch(info, kept, kept.rows_of(lo, lo + length))
+            # no copy into ``into``: the store's readers use the bytes returned (read_raw_row_range, _rows_raw,
+            # iter_bytes), and read-only, so a reader that would write into them fails instead of changing
+            # what the next reference reads
+            out = memoryview(kept.buf[lo:lo + length]).toreadonly()
         self._count(length)
         return out
 
@@ -152,12 +163,22 @@ class SharedReads(TensorStore):
             got = self._store.thread_bytes_read - before
             self.bytes_fetched += got
             self.bytes_unshared += got
-        else:
+        elif offsets:
+            rb = kept.row_bytes
+            offs = np.asarray(offsets, dtype=np.int64) - info.begin
+            lens = np.asarray(lengths, dtype=np.int64)
             view = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
-            for offset, pos, length in zip(offsets, at, lengths):
-                lo = offset - info.begin
-                self._fetch(info, kept, lo, lo + length)
-                view[pos:pos + length] = kept.buf[lo:lo + length]
+            pos = np.asarray(at, dtype=np.int64)
+            if np.all(offs % rb == 0) and np.all(lens % rb == 0) and np.array_equal(
+                    pos, pos[0] + np.r_[0, np.cumsum(lens)[:-1]]):  # whole rows into one stretch: vectorised
+                rows = _expand(offs // rb, lens // rb)
+                self._fetch(info, kept, np.unique(rows))
+                total = int(lens.sum())
+                view[pos[0]:pos[0] + total].reshape(-1, rb)[:] = kept.buf.reshape(-1, rb)[rows]
+            else:
+                for o, p_, n in zip(offs.tolist(), pos.tolist(), lens.tolist()):
+                    self._fetch(info, kept, kept.rows_of(o, o + n))
+                    view[p_:p_ + n] = kept.buf[o:o + n]
         self._count(sum(lengths))
 
     def _advise(self, info: TensorInfo, offsets: list[int], lengths: list[int]) -> None:
@@ -165,15 +186,22 @@ class SharedReads(TensorStore):
         if kept is None:
             self._store._advise(info, offsets, lengths)
             return
-        todo = [(info.begin + a, b - a) for o, n in zip(offsets, lengths)
-                for a, b in kept.missing(o - info.begin, o - info.begin + n)]
-        if todo:
-            self._store._advise(info, [o for o, _ in todo], [n for _, n in todo])
+        rb = kept.row_bytes
+        offs = np.asarray(offsets, dtype=np.int64) - info.begin
+        lens = np.asarray(lengths, dtype=np.int64)
+        if np.all(offs % rb == 0) and np.all(lens % rb == 0):
+            rows = np.unique(_expand(offs // rb, lens // rb))
+        else:
+            rows = np.unique(np.concatenate([kept.rows_of(o, o + n) for o, n in zip(offs.tolist(), lens.tolist())]
+                                            or [np.zeros(0, dtype=np.int64)]))
+        firsts, counts = _runs(kept.missing(rows))
+        if firsts.size:
+            self._store._advise(info, (info.begin + firsts * rb).tolist(), (counts * rb).tolist())
 
     def _fd(self, path):  # pragma: no cover - every read goes through the store above
         raise RuntimeError("SharedReads opens no files")
 
     def release(self) -> None:
-        """Drop every kept byte (the group of comparisons sharing them is done)."""
+        """Drop every kept byte (the group of comparisons sharing them is done; the thread's buffer is reused)."""
         self._kept.clear()
         self._held = 0
