@@ -15,7 +15,7 @@ every thread), peak RSS, the bytes the stores read (per model, the library's cou
 SHA-256 of every record (the records of both modes must be identical). The machine is shared: the load
 average is recorded beside every run; CPU seconds and bytes are the figures to compare, wall is indicative.
 
-    .venv/bin/python benchmarks/bench_one_pass.py --size-gb 1 --workdir /tmp/parallel_bench \\
+    .venv/bin/python benchmarks/bench_one_pass.py --size-gb 1 --repeat 3 --workdir /tmp/parallel_bench \\
         --out benchmarks/results/bench_one_pass.json
 """
 
@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -92,6 +93,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/parallel_bench"))
     ap.add_argument("--samples", type=float, nargs="*", default=[0.1], help="sampled runs besides the full read")
     ap.add_argument("--caches", nargs="*", default=["hot", "cold"], choices=["hot", "cold"])
+    ap.add_argument("--repeat", type=int, default=1, help="runs per mode, interleaved (medians reported)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=["sequential", "one_pass"], help=argparse.SUPPRESS)
@@ -110,8 +112,9 @@ def main() -> None:
     written = time.perf_counter() - t0
     runs = []
     for sample in [None, *args.samples]:
-        for cache in args.caches:
-            for mode in ("sequential", "one_pass"):
+        for cache, _, mode in ((c, k, m) for c in args.caches for k in range(args.repeat)
+                               for m in ("sequential", "one_pass")):
+            if True:
                 if cache == "hot":
                     bs.warm(paths.values())
                 else:
@@ -128,7 +131,17 @@ def main() -> None:
     for sample in [None, *args.samples]:
         digests = {r["records_sha256"] for r in runs if r["sample"] == sample}
         assert len(digests) == 1, f"records differ between modes at sample {sample}"
-    result = {"size_gb_per_side": args.size_gb, "models_written_s": round(written, 1), "cpus": os.cpu_count(),
+    medians = []
+    for sample in [None, *args.samples]:
+        for cache in args.caches:
+            for mode in ("sequential", "one_pass"):
+                mine = [r for r in runs if (r["sample"], r["cache"], r["mode"]) == (sample, cache, mode)]
+                medians.append({"sample": sample, "cache": cache, "mode": mode, "runs": len(mine),
+                                **{k: statistics.median(r[k] for r in mine)
+                                   for k in ("wall_s", "cpu_s", "peak_rss_mib", "rchar", "read_bytes")},
+                                "bytes_read": mine[0]["bytes_read"]})
+                print(json.dumps(medians[-1]), flush=True)
+    result = {"size_gb_per_side": args.size_gb, "medians": medians, "models_written_s": round(written, 1), "cpus": os.cpu_count(),
               "runs": runs, "command": " ".join(sys.argv)}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
