@@ -111,23 +111,22 @@ def main() -> None:
     paths = bs.write_models(args.workdir, args.size_gb)
     written = time.perf_counter() - t0
     runs = []
-    for sample in [None, *args.samples]:
-        for cache, _, mode in ((c, k, m) for c in args.caches for k in range(args.repeat)
-                               for m in ("sequential", "one_pass")):
-            if True:
-                if cache == "hot":
-                    bs.warm(paths.values())
-                else:
-                    bw._evict(paths.values())
-                cmd = [sys.executable, __file__, "--child", "--workdir", str(args.workdir), "--mode", mode,
-                       "--cache", cache] + ([] if sample is None else ["--sample", str(sample)])
-                load = os.getloadavg()
-                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-                run = json.loads(proc.stdout.strip().splitlines()[-1])
-                run["loadavg_before"] = load
-                runs.append(run)
-                print(json.dumps({k: run[k] for k in ("mode", "cache", "sample", "wall_s", "cpu_s", "peak_rss_mib",
-                                                       "bytes_read", "read_bytes")}), flush=True)
+    plan = [(sample, cache, mode) for sample in [None, *args.samples] for cache in args.caches
+            for _ in range(args.repeat) for mode in ("sequential", "one_pass")]  # modes interleaved
+    for sample, cache, mode in plan:
+        if cache == "hot":
+            bs.warm(paths.values())
+        else:
+            bw._evict(paths.values())
+        cmd = [sys.executable, __file__, "--child", "--workdir", str(args.workdir), "--mode", mode,
+               "--cache", cache] + ([] if sample is None else ["--sample", str(sample)])
+        load = os.getloadavg()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+        run = json.loads(proc.stdout.strip().splitlines()[-1])
+        run["loadavg_before"] = load
+        runs.append(run)
+        print(json.dumps({k: run[k] for k in ("mode", "cache", "sample", "wall_s", "cpu_s", "peak_rss_mib",
+                                               "bytes_read", "read_bytes")}), flush=True)
     for sample in [None, *args.samples]:
         digests = {r["records_sha256"] for r in runs if r["sample"] == sample}
         assert len(digests) == 1, f"records differ between modes at sample {sample}"
@@ -141,8 +140,8 @@ def main() -> None:
                                    for k in ("wall_s", "cpu_s", "peak_rss_mib", "rchar", "read_bytes")},
                                 "bytes_read": mine[0]["bytes_read"]})
                 print(json.dumps(medians[-1]), flush=True)
-    result = {"size_gb_per_side": args.size_gb, "medians": medians, "models_written_s": round(written, 1), "cpus": os.cpu_count(),
-              "runs": runs, "command": " ".join(sys.argv)}
+    result = {"size_gb_per_side": args.size_gb, "medians": medians, "models_written_s": round(written, 1),
+              "cpus": os.cpu_count(), "runs": runs, "command": " ".join(sys.argv)}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -32,7 +32,8 @@ from modellineage.weights.signatures import GRID_MIN_ROWS, SAMPLE_ELEMENTS, comp
 from modellineage.weights.slices import match_expert_slices
 from modellineage.weights.similarity import CompareRequest, WeightComparison, compare_weights, compare_weights_many
 
-__all__ = ["SIGNATURE_SEED", "EMBEDDING_SEED", "TargetSide", "WeightEvidence", "measure_target", "measure", "measure_many",
+__all__ = ["SIGNATURE_SEED", "EMBEDDING_SEED", "TargetSide", "WeightEvidence", "measure_target", "measure",
+           "measure_many",
            "row_alignments", "measure_aligned"]
 
 #: Seeds the rows each tensor signature reads.

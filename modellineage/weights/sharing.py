@@ -87,7 +87,7 @@ class SharedReads(TensorStore):
     Not thread-safe: one view per thread (the comparisons sharing it run one after another).
     """
 
-    def __init__(self, store: TensorStore, max_bytes: int) -> None:  # noqa: D107 - no TensorStore.__init__: no files opened
+    def __init__(self, store: TensorStore, max_bytes: int) -> None:  # not TensorStore.__init__: opens no file
         if not can_share(store):
             raise TypeError(f"SharedReads needs a plain TensorStore, got {type(store).__name__}")
         self._store = store

@@ -1091,7 +1091,7 @@ def compare_weights_many(target, requests, *, chunk_bytes: int = _DEFAULT_CHUNK,
                 start = store.thread_bytes_read
                 try:
                     out = planned[j][s][2](store)
-                except (IncompatibleShapes, LineageError) as exc:  # IncompatibleShapes: a skip; others: the reference's error
+                except (IncompatibleShapes, LineageError) as exc:  # a skip, or the reference's error
                     out = exc
                 done.append((j, s, out, store.thread_bytes_read - start))
         finally:
