@@ -59,12 +59,15 @@ class _Kept:
     """The fetched bytes of one tensor: a buffer over its byte range and which of its rows (of the 2-D view
     the readers read by) are in it. Reads are row-aligned; a request that is not is widened to whole rows."""
 
-    __slots__ = ("buf", "row_bytes", "present")
+    __slots__ = ("buf", "row_bytes", "present", "mapped")
 
-    def __init__(self, buf: np.ndarray, row_bytes: int) -> None:
+    def __init__(self, buf: np.ndarray, row_bytes: int, mapped=None) -> None:
         self.buf = buf
         self.row_bytes = row_bytes
         self.present = np.zeros(buf.size // row_bytes, dtype=bool)
+        self.mapped = mapped  # the store's mapped window of the whole tensor (every row present), or None
+        if mapped is not None:
+            self.present[:] = True
 
     def missing(self, rows: np.ndarray) -> np.ndarray:
         return rows[~self.present[rows]]
@@ -73,6 +76,22 @@ class _Kept:
         """Rows covering relative bytes ``[lo, hi)``."""
         rb = self.row_bytes
         return np.arange(lo // rb, -(-hi // rb), dtype=np.int64)
+
+
+class _Window:
+    """A window of a mapping :class:`SharedReads` keeps (a reader's ``close`` leaves the mapping to the view)."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+
+    def close(self) -> None:
+        self.data = None
+
+    def __enter__(self) -> _Window:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SharedReads(TensorStore):
@@ -198,10 +217,39 @@ class SharedReads(TensorStore):
         if firsts.size:
             self._store._advise(info, (info.begin + firsts * rb).tolist(), (counts * rb).tolist())
 
+    def map_raw_row_range(self, name: str, start: int, stop: int):
+        """Rows ``start:stop`` as a mapped window, where the store maps rows (its no-copy streaming path):
+        the whole tensor is mapped once, on the first request, and every reader gets windows of that one
+        mapping (closing a window unmaps nothing; :meth:`release` does). ``None`` — the store does not map,
+        the tensor is already kept as fetched bytes, or does not fit — sends the reader to
+        :meth:`read_raw_row_range`, which is shared the same way."""
+        mapper = getattr(self._store, "map_raw_row_range", None)
+        info = self.info(name)
+        if not (0 <= start <= stop <= info.rows):
+            raise IndexError(f"{info.file}: rows {start}:{stop} out of range for tensor {name!r} with {info.rows} rows")
+        kept = self._kept.get(name)
+        if kept is None and name not in self._kept and mapper is not None:
+            size = info.end - info.begin
+            if size and info.rows and size % info.rows == 0 and self._held + size <= self.max_bytes:
+                whole = mapper(name, 0, info.rows)
+                if whole is not None:
+                    kept = self._kept[name] = _Kept(whole.data, size // info.rows, whole)
+                    self._held += size
+                    self.bytes_fetched += size
+        if kept is None or kept.mapped is None:
+            return None
+        rb = kept.row_bytes
+        self._count((stop - start) * rb)
+        return _Window(kept.buf[start * rb:stop * rb])
+
     def _fd(self, path):  # pragma: no cover - every read goes through the store above
         raise RuntimeError("SharedReads opens no files")
 
     def release(self) -> None:
         """Drop every kept byte (the group of comparisons sharing them is done; the thread's buffer is reused)."""
+        for kept in self._kept.values():
+            if kept is not None and kept.mapped is not None:
+                kept.buf = None
+                kept.mapped.close()
         self._kept.clear()
         self._held = 0
