@@ -48,7 +48,8 @@ def without_one_pass(evidence):
 
 
 class ReadLog:
-    """Every byte range the target's store fetches from its files (observed at the store's read primitives)."""
+    """Every byte range the target's store fetches from its files (observed at the store's read primitives and,
+    where the store maps rows, its mapped windows)."""
 
     def __init__(self, store) -> None:
         self.ranges: list[tuple[str, int, int]] = []
@@ -63,6 +64,17 @@ class ReadLog:
             return runs(info, offsets, at, lengths, buf)
 
         store._pread, store._pread_runs = logged_pread, logged_runs
+        mapper = getattr(store, "map_raw_row_range", None)  # a store that maps rows (no-copy streaming)
+        if mapper is not None:
+            def logged_map(name, start, stop):
+                mapped = mapper(name, start, stop)
+                if mapped is not None:
+                    info = store.info(name)
+                    rb = info.cols * info.itemsize
+                    self.ranges.append((str(info.file), info.begin + start * rb, info.begin + stop * rb))
+                return mapped
+
+            store.map_raw_row_range = logged_map
 
     def overlaps(self) -> list:
         out, last = [], {}
