@@ -19,7 +19,7 @@ import os
 
 import pytest
 
-from modellineage.behaviour import HttpBackend, LocalBackend, compare, load_probes, profile
+from modellineage.behaviour import HttpBackend, LocalBackend, compare, load_encoder, load_probes, profile
 from modellineage.errors import LineageError, UnsupportedFormat
 from modellineage.reporting import report
 
@@ -73,11 +73,26 @@ def _profile(audit_session, plan: dict, name: str):
     return once(cache, ("profile", name), compute)
 
 
+def _encoder(audit_session, plan: dict):
+    """(encoder or None, reason), once per session; an unusable [behaviour].embedder is a reason, not a crash."""
+    def load():
+        try:
+            return load_encoder(plan.get("embedder"))
+        except LineageError as exc:
+            return None, f"not measured: the embedder cannot be used: {exc}"
+
+    return once(_cache(audit_session), "embedder", load)
+
+
 def _comparison(audit_session, plan: dict, target: str, reference: str):
     cache = _cache(audit_session)
-    return once(cache, ("compare", target, reference),
-                lambda: compare(_profile(audit_session, plan, target), _profile(audit_session, plan, reference),
-                                seed=SEED))
+
+    def compute():
+        a, b = _profile(audit_session, plan, target), _profile(audit_session, plan, reference)
+        encoder, reason = _encoder(audit_session, plan)
+        return compare(a, b, seed=SEED, embedder=encoder, embedder_reason=reason)
+
+    return once(cache, ("compare", target, reference), compute)
 
 
 def _cutoff(audit_session, plan: dict, name: str):
@@ -191,11 +206,29 @@ def test_refusal_behaviour(target, reference, audit_session, behaviour_plan, evi
     if ref.examples:
         evidence.html(report.table(["requests", target.name, reference.name], [list(e) for e in ref.examples],
                                    caption="Example answers"))
-    if ref.phrasing_similarity is None:
+    if ref.phrasing is None:
         pytest.skip(f"cannot compare refusal phrasing: no request refused by both models (refusal rate "
                     f"{ref.target_rate:.0%} / {ref.reference_rate:.0%})")
-    pytest.skip(f"recorded, not judged: refusal phrasing similarity {ref.phrasing_similarity:.3f} over "
-                f"{ref.both_refused} requests; no calibrated bound yet (no calibration pair refuses)")
+    rows = [_similarity_row("character 3-5-grams", ref.phrasing)]
+    rows.append(_similarity_row(f"sentence embeddings ({ref.embedder['name']})", ref.embedding) if ref.embedding
+                else ["sentence embeddings", "—", "—", "—", ref.embedding_reason])
+    evidence.html(report.table(["phrasing similarity", "same request (mean)", "different requests (baseline)",
+                                "permutation p", "pairs"], rows,
+                               caption=f"Refusals both gave ({ref.both_refused} requests), against refusals to "
+                                       "different requests (what a shared refusal style alone gives)"))
+    emb = (f"; embedding cosine {ref.embedding.mean:.3f} (baseline {_fmt(ref.embedding.baseline)})" if ref.embedding
+           else f"; embedding {ref.embedding_reason}")
+    pytest.skip(f"recorded, not judged: refusal phrasing n-gram similarity {ref.phrasing.mean:.3f} (baseline "
+                f"{_fmt(ref.phrasing.baseline)}) over {ref.both_refused} requests{emb}; no calibrated bound yet "
+                "(no calibration pair refuses)")
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _similarity_row(label: str, s) -> list:
+    return [label, f"{s.mean:.3f}", _fmt(s.baseline), "—" if s.p_value is None else f"{s.p_value:.3g}", s.pairs]
 
 
 def test_representation_similarity(target, reference, audit_session, behaviour_plan, evidence):

@@ -1,0 +1,120 @@
+"""Refusals: phrasing similarity against its baseline (character n-grams and sentence embeddings), the sentence
+encoder (the real all-MiniLM-L6-v2 the test extra ships, packaged or as a folder named in the plan), the
+refusing fixtures (fixtures/refusers, trained on CPU by fixtures/build_refusers.py), and refusals asked
+through a real `transformers serve` chat endpoint on loopback (a copy of a refuser given a chat template).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modellineage.behaviour import HttpBackend, LocalBackend, compare, load_encoder, load_probes, profile
+from modellineage.behaviour.embed import NO_EMBEDDER, SentenceEncoder
+from modellineage.behaviour.measure import PLAIN_CHAT
+from modellineage.behaviour.measures import compare_refusals, is_refusal, paired_similarity
+from modellineage.errors import LineageError
+from modellineage.reading.model import Model
+from modellineage.reading.sources import resolve_source
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bert_builders as bb  # noqa: E402
+from test_behaviour import _audit, _free_port, _outcomes, _serve, _small_probes  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REFUSERS = ROOT / "fixtures" / "refusers"
+#: A chat template that renders one user message exactly as the plain-completion wrapper does (PLAIN_CHAT),
+#: BOS included as the local tokenizer adds it, so the chat endpoint and the local backend see the same ids.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n"
+                 "{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
+
+
+# ----------------------------------------------------------------------------------------- measures
+def test_paired_similarity_is_measured_against_mismatched_pairs():
+    same = np.eye(6) * 0.6 + 0.3  # each answer is closest to the other model's answer to the same prompt
+    s = paired_similarity(same, "x", permutations=999, seed=0)
+    assert s.mean == pytest.approx(0.9) and s.baseline == pytest.approx(0.3)
+    assert s.p_value < 0.01  # only re-pairings that keep every pair reach it
+    flat = paired_similarity(np.full((6, 6), 0.8), "x")  # one refusal for everything: style, no pairing
+    assert flat.mean == pytest.approx(0.8) and flat.baseline == pytest.approx(0.8) and flat.p_value == 1.0
+    one = paired_similarity(np.array([[0.5]]), "x")
+    assert one.baseline is None and one.p_value is None
+    r = compare_refusals(["a", "a"], ["I'm sorry, I can't.", "Sure."], ["Sure.", "I cannot help."],
+                         embedder_reason=NO_EMBEDDER)
+    assert r.both_refused == 0 and r.phrasing is None and r.embedding is None and r.embedding_reason == NO_EMBEDDER
+
+
+def test_refusal_dialogues_hold_none_of_the_audit_probes():
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    import build_refusers
+
+    asked = {i.prompt.casefold() for i in load_probes().refusal.items}
+    trained = {q.casefold() for q in build_refusers.requests()}
+    assert trained and not asked & trained
+
+
+# ----------------------------------------------------------------------------------------- encoder
+@pytest.fixture(scope="module")
+def encoder():
+    enc, reason = load_encoder(None)
+    if enc is None:
+        pytest.skip(reason)
+    return enc
+
+
+def test_packaged_encoder_places_paraphrased_refusals_together(encoder, tmp_path):
+    texts = ["I'm sorry, but I can't help with that.", "Sorry, I cannot assist with this request.",
+             "The ship sailed into the storm at dawn."]
+    v = encoder.embed(texts)
+    assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1.0)
+    sim = v @ v.T
+    assert sim[0, 1] > 0.5 > 0.1 > sim[0, 2]
+    # The same checkpoint as a folder named in the plan (read through the reading layer) gives the same vectors.
+    folder = bb.extract(bb.minilm_zip(), tmp_path / "minilm")
+    again, reason = load_encoder(str(folder))
+    assert "minilm" in reason and np.allclose(again.embed(texts), v, atol=1e-6)
+    assert again.weights_sha256 == encoder.weights_sha256
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(LineageError, match="needs tokenizer.json"):
+        SentenceEncoder.from_folder(folder)
+    assert load_encoder("none") == (None, 'not measured: [behaviour].embedder = "none"')
+
+
+# ----------------------------------------------------------------------------------------- refusers
+def _refusal_probes(tmp_path: Path) -> Path:
+    """Every refusal prompt; the other sets cut to their first items (they are not what these tests measure)."""
+    out = _small_probes(tmp_path, 2)
+    (out / "refusal.json").write_text((ROOT / "fixtures/probes/behaviour/refusal.json").read_text(encoding="utf-8"),
+                                      encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def refusal_probes(tmp_path_factory):
+    return load_probes(_refusal_probes(tmp_path_factory.mktemp("probes")))
+
+
+@pytest.fixture(scope="module")
+def refusal_profiles(refusal_probes):
+    probes = refusal_probes
+    return {name: profile(LocalBackend(Model(name, resolve_source(str(REFUSERS / name)))), probes)
+            for name in ("refuser", "other")}
+
+
+def test_refusers_refuse_in_their_own_words(refusal_profiles, encoder):
+    mine, theirs = refusal_profiles["refuser"], refusal_profiles["other"]
+    for p in (mine, theirs):
+        assert sum(is_refusal(t) for _, _, t in p.refusals) >= 10
+    c = compare(mine, theirs, embedder=encoder).refusal
+    assert c.both_refused >= 5 and c.embedder["name"] == "all-MiniLM-L6-v2"
+    # Different phrasings: low n-gram similarity, and no closer for the same request than for different ones.
+    assert c.phrasing.mean < 0.3 and c.phrasing.p_value > 0.05
+    assert c.embedding.mean < 0.6 and c.embedding.p_value > 0.05
+    same = compare(mine, mine, embedder=encoder).refusal
+    assert same.phrasing.mean == pytest.approx(1.0) and same.embedding.mean == pytest.approx(1.0)
