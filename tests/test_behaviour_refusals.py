@@ -118,3 +118,67 @@ def test_refusers_refuse_in_their_own_words(refusal_profiles, encoder):
     assert c.embedding.mean < 0.6 and c.embedding.p_value > 0.05
     same = compare(mine, mine, embedder=encoder).refusal
     assert same.phrasing.mean == pytest.approx(1.0) and same.embedding.mean == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------------------- chat endpoint
+@pytest.fixture(scope="module")
+def served_chat(tmp_path_factory):
+    """`transformers serve` on a copy of the refuser given a chat template, loopback only; stopped by its pid."""
+    folder = tmp_path_factory.mktemp("chat") / "refuser-chat"
+    shutil.copytree(REFUSERS / "refuser", folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHAT_TEMPLATE}, indent=2))
+    port = _free_port()
+    proc = _serve(folder, port, folder.parent / "serve.log")
+    yield f"http://127.0.0.1:{port}", str(folder)
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_chat_endpoint_gives_the_local_refusals(served_chat, refusal_profiles, refusal_probes, encoder, tmp_path):
+    endpoint, model_id = served_chat
+    backend = HttpBackend("refuser", endpoint, model_id, chat=True, cache_dir=tmp_path / "cache", timeout=60)
+    remote = profile(backend, refusal_probes)
+    local = refusal_profiles["refuser"]  # the plain-completion wrapper, which the chat template renders
+    assert "User: {prompt}\nAssistant:" == PLAIN_CHAT
+    assert [r[2] for r in remote.refusals] == [r[2] for r in local.refusals]
+    chats = [json.loads(p.read_text())["request"] for p in (tmp_path / "cache").iterdir()]
+    assert sum(r["url"].endswith("/v1/chat/completions") for r in chats) == len(refusal_probes.refusal.items)
+    c = compare(remote, local, embedder=encoder).refusal
+    assert c.target_rate == c.reference_rate > 0.3 and c.agreement == 1.0
+    assert c.phrasing.mean == pytest.approx(1.0) and c.embedding.mean == pytest.approx(1.0)
+
+
+def test_audit_of_a_served_chat_model_measures_refusal_embeddings(served_chat, tmp_path):
+    endpoint, model_id = served_chat
+    minilm = bb.extract(bb.minilm_zip(), tmp_path / "encoder")
+    plan = tmp_path / "audit.toml"
+    plan.write_text(f"""
+[target]
+name = "refuser"
+source = "{REFUSERS / 'refuser'}"
+endpoint = "{endpoint}"
+served_model = "{model_id}"
+chat = true
+
+[[reference]]
+name = "other"
+source = "{REFUSERS / 'other'}"
+expect = "independent"
+tokenizer = "derived"
+
+[behaviour]
+run = true
+probes = "{_refusal_probes(tmp_path)}"
+embedder = "{minilm}"
+""")
+    proc, doc = _audit(tmp_path, plan, "chat", "-m", "behaviour")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    record = next(r for r in doc["audits"] if "::test_refusal_behaviour[" in r["nodeid"])
+    refusal = record["measurements"]["refusal"]
+    assert refusal["embedder"]["origin"] == str(minilm) and refusal["embedding"]["pairs"] == refusal["both_refused"]
+    assert refusal["embedding"]["baseline"] is not None and "embedding cosine" in record["message"]
+    assert doc["plan"]["serving"]["refuser"]["chat"] is True
