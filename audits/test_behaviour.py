@@ -146,6 +146,12 @@ def test_knowledge_cutoff(target, audit_session, behaviour_plan, claims, evidenc
     assert not judgement.failed, judgement.message
 
 
+def _record_bound(evidence, bound, side: str) -> None:
+    """The bound independent models keep, recorded even when not judged: the report's verdict card says on which
+    side of it the figure lies (modellineage/reporting/headline.py, behaviour_summary)."""
+    evidence.measured("independent_bound", {"value": bound.value, "side": side, "where": bound.where})
+
+
 def _record_question(evidence, reference) -> None:
     evidence.says(QUESTION.format(ref=reference.name) + ".")
 
@@ -164,6 +170,7 @@ def test_next_token_divergence(target, reference, audit_session, behaviour_plan,
         ["tokens compared", nt.shared_tokens],
         ["probability mass kept (target / reference)", f"{nt.target_shared_mass:.4f} / {nt.reference_shared_mass:.4f}"]],
         caption=f"{target.name} vs {reference.name}: next-token distributions"))
+    _record_bound(evidence, thresholds["behaviour", "independent_min_jsd"], "min")
     expectation = reference.expectation("behaviour")
     if expectation != "independent":
         _record_question(evidence, reference)
@@ -183,6 +190,7 @@ def test_continuation_agreement(target, reference, audit_session, behaviour_plan
                                [list(r) for r in cont.per_prompt[:12]],
                                caption=f"greedy continuations ({cont.level} level): agreement {cont.agreement:.3f}, "
                                        f"identical {cont.identical:.0%}, mean prefix {cont.prefix:.1f}"))
+    _record_bound(evidence, thresholds["behaviour", "independent_max_continuation_agreement"], "max")
     expectation = reference.expectation("behaviour")
     if expectation != "independent":
         pytest.skip(f"recorded, not judged under '{expectation}': further training may change behaviour "

@@ -182,3 +182,29 @@ embedder = "{minilm}"
     assert refusal["embedder"]["origin"] == str(minilm) and refusal["embedding"]["pairs"] == refusal["both_refused"]
     assert refusal["embedding"]["baseline"] is not None and "embedding cosine" in record["message"]
     assert doc["plan"]["serving"]["refuser"]["chat"] is True
+
+
+# ----------------------------------------------------------------------------------------- verdict cards
+def test_verdict_card_carries_behaviour_beside_an_unchanged_lineage_verdict():
+    from modellineage.reporting import headline
+
+    coverage = [{"subject": "base", "relation": "independent", "refinement": None, "families": ["reuse"],
+                 "judged_by": ["a::test_no_exact_tensor_reuse[base]"], "not_judged": [], "label": "claimed independent"}]
+    reuse = {"nodeid": "a::test_no_exact_tensor_reuse[base]", "family": "reuse", "subject": "base",
+             "expectation": "independent", "outcome": "passed",
+             "judgement": {"failed": False, "claim": "no copy", "measured": 0, "bound": "0", "where": "x"}}
+    cont = {"nodeid": "b::test_continuation_agreement[base]", "family": "behaviour", "subject": "base",
+            "expectation": "independent", "outcome": "skipped",
+            "measurements": {"continuation": {"level": "token", "agreement": 0.188},
+                             "independent_bound": {"value": 0.16, "side": "max", "where": "thresholds.toml"}}}
+    not_run = {**cont, "nodeid": "b::test_next_token_divergence[base]", "measurements": {}}
+    (without,) = headline.claim_verdicts("student", coverage, [reuse])
+    (with_,) = headline.claim_verdicts("student", coverage, [reuse, cont, not_run])
+    assert without.behaviour is None and with_.outcome == without.outcome == "holds"
+    assert with_.as_dict() | {"behaviour": None} == without.as_dict()  # the lineage verdict is untouched
+    line = with_.behaviour
+    assert line["close"] is True and line["audits"] == [cont["nodeid"]]
+    assert line["text"] == ("behaviour: continuation agreement 0.188 (independent models ≤ 0.16) — close: closer "
+                            "than independent models are, consistent with fine-tuning or distillation")
+    cont["measurements"]["continuation"]["agreement"] = 0.05
+    assert headline.behaviour_summary("base", [cont])["text"].endswith("within what independent models show")
