@@ -227,8 +227,17 @@ def test_refusal_behaviour(target, reference, audit_session, behaviour_plan, evi
     emb = (f"; embedding cosine {ref.embedding.mean:.3f} (baseline {_fmt(ref.embedding.baseline)})" if ref.embedding
            else f"; embedding {ref.embedding_reason}")
     pytest.skip(f"recorded, not judged: refusal phrasing n-gram similarity {ref.phrasing.mean:.3f} (baseline "
-                f"{_fmt(ref.phrasing.baseline)}) over {ref.both_refused} requests{emb}; no calibrated bound yet "
-                "(no calibration pair refuses)")
+                f"{_fmt(ref.phrasing.baseline)}) over {ref.both_refused} requests{emb}. {REFUSAL_CALIBRATION}")
+
+
+#: Why refusal phrasing is recorded, not judged (benchmarks/calibrate_refusals.py, 8 derived and 96 independent
+#: pairs of refusing demo-sized models): it separates a derivative from an independent model taught *other*
+#: refusals, but not from one taught the *same* refusals — which independent models trained on shared safety
+#: data are — so a bound would accuse them.
+REFUSAL_CALIBRATION = ("Same-phrasing similarity does not separate derivation from shared refusal data "
+                       "(benchmarks/results/calibrate_refusals.json: n-gram 0.46-0.98 and embedding 0.66-0.99 for "
+                       "derivatives; 0.28-1.00 and 0.52-1.00 for independent models taught the same refusals; "
+                       "0.09-0.17 and 0.36-0.50 for independent models taught other refusals)")
 
 
 def _fmt(value) -> str:

@@ -12,7 +12,10 @@ Models (demo architecture and tokenizer; fixtures/build_refusers.py's refusal fi
 * four independent bases: demo ``base`` (init seed 0), ``scratch`` (seed 1), and bases of seeds 2 and 3
   (benchmarks/calibrate_behaviour.py's, taken from ``--bases`` or trained here);
 * on each base, two refusers: phrasing ``A`` and phrasing ``B`` (the same requests, refused in other words);
-* each refuser fine-tuned further on text B (the demo's fine-tune recipe): its derivative.
+* each refuser's derivative: trained further (the demo's fine-tune recipe, 150 steps) on text B mixed with its
+  own dialogues reshuffled (``DERIVATIVE``) — new data plus the chat data kept, as a chat model's further
+  fine-tune is. (On text B alone, the demo recipe — even 40 steps at lr 3e-4 — erased the refusals of these
+  tiny models: 0 of 30 prompts refused, so nothing of their phrasing is left to compare.)
 
 Pairs (each measured exactly as the audit does: ``profile`` + ``compare`` with the packaged all-MiniLM-L6-v2):
 
@@ -47,6 +50,10 @@ from transformers import LlamaForCausalLM  # noqa: E402
 from modellineage.behaviour import LocalBackend, compare, load_encoder, load_probes, profile  # noqa: E402
 from modellineage.reading.model import Model  # noqa: E402
 from modellineage.reading.sources import resolve_source  # noqa: E402
+
+#: The derivative's data: text B plus the refuser's dialogues shuffled with another seed.
+DERIVATIVE = {"recipe": "demo finetune (150 steps, lr 1e-3, embeddings frozen)", "text": "B + dialogues",
+              "dialogue_seed": 500}
 
 FIGURES = {
     "target_rate": lambda r: r.target_rate,
@@ -88,14 +95,18 @@ def build(workdir: Path, base_dirs: dict[int, Path], tok: Tokenizer) -> dict[str
         for phrasing in ("A", "B"):
             name = f"r{phrasing}{seed}"
             out = workdir / name
+            t = time.perf_counter()
             if not (out / "model.safetensors").exists():
-                t = time.perf_counter()
                 model = LlamaForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
                 refusers.refusal_tune(model, tok, phrasing)
                 demo.save_model(model, tok, out)
-                demo.train(model, text_b, demo.RECIPES["finetune"])
+                print(f"{name}: refuser trained ({time.perf_counter() - t:.0f}s)", flush=True)
+            if not (workdir / f"{name}ft" / "model.safetensors").exists():
+                model = LlamaForCausalLM.from_pretrained(out, local_files_only=True, dtype=torch.float32)
+                mix = torch.cat([text_b, refusers.dialogue_ids(tok, phrasing, DERIVATIVE["dialogue_seed"])])
+                demo.train(model, mix, demo.RECIPES["finetune"])
                 demo.save_model(model, tok, workdir / f"{name}ft")
-                print(f"{name}: refuser and its fine-tune trained ({time.perf_counter() - t:.0f}s)", flush=True)
+                print(f"{name}ft: derivative trained ({time.perf_counter() - t:.0f}s)", flush=True)
             models[name] = {"folder": out, "base": seed, "phrasing": phrasing, "parent": None}
             models[f"{name}ft"] = {"folder": workdir / f"{name}ft", "base": seed, "phrasing": phrasing,
                                    "parent": name}
@@ -148,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             summary[rel][k] = {"min": min(vals), "max": max(vals), "mean": round(sum(vals) / len(vals), 6),
                                "measured": len(vals)} if vals else None
     doc = {"script": "benchmarks/calibrate_refusals.py", "probes": probes.as_dict(), "embedder": encoder.describe(),
-           "recipe": refusers.RECIPE, "phrasings": refusers.PHRASINGS,
+           "recipe": refusers.RECIPE, "derivative": DERIVATIVE, "phrasings": refusers.PHRASINGS,
            "models": {n: {k: (str(v) if k == "folder" else v) for k, v in m.items() if k != "folder"}
                       for n, m in sorted(models.items())},
            "rates": {n: {"refusal_rate": round(sum(refusers_rate(p)) / len(p.refusals), 6)}

@@ -208,3 +208,17 @@ def test_verdict_card_carries_behaviour_beside_an_unchanged_lineage_verdict():
                             "than independent models are, consistent with fine-tuning or distillation")
     cont["measurements"]["continuation"]["agreement"] = 0.05
     assert headline.behaviour_summary("base", [cont])["text"].endswith("within what independent models show")
+
+
+def test_refusal_phrasing_is_not_judged_for_the_calibrated_reason():
+    """The audit's reason quotes benchmarks/results/calibrate_refusals.json: derivatives and independent models
+    taught the same refusals overlap (so no bound), while other refusals stay apart."""
+    from audits.test_behaviour import REFUSAL_CALIBRATION
+
+    s = json.loads((ROOT / "benchmarks/results/calibrate_refusals.json").read_text())["summary"]
+    derived, same, other = s["derived"], s["independent, same phrasing"], s["independent, other phrasing"]
+    for figure in ("ngram_mean", "embedding_mean"):
+        assert same[figure]["max"] >= derived[figure]["min"]  # overlap: a bound would accuse independent models
+        assert other[figure]["max"] < derived[figure]["min"]
+        for rel in (derived, same, other):
+            assert f"{rel[figure]['min']:.2f}-{rel[figure]['max']:.2f}" in REFUSAL_CALIBRATION
