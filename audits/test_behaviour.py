@@ -188,8 +188,10 @@ def test_continuation_agreement(target, reference, audit_session, behaviour_plan
     cont = evidence.measured("continuation", comp.continuation)
     evidence.html(report.table(["prompt", "identical prefix", "agreement", target.name, reference.name],
                                [list(r) for r in cont.per_prompt[:12]],
-                               caption=f"greedy continuations ({cont.level} level): agreement {cont.agreement:.3f}, "
-                                       f"identical {cont.identical:.0%}, mean prefix {cont.prefix:.1f}"))
+                               caption=f"greedy continuations ({cont.level} level): agreement {cont.agreement:.3f} "
+                                       f"({_fmt(cont.baseline)} for continuations of different prompts, permutation "
+                                       f"p = {_fmt(cont.p_value)}), identical {cont.identical:.0%}, mean prefix "
+                                       f"{cont.prefix:.1f}"))
     _record_bound(evidence, thresholds["behaviour", "independent_max_continuation_agreement"], "max")
     expectation = reference.expectation("behaviour")
     if expectation != "independent":

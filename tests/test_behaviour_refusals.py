@@ -50,6 +50,18 @@ def test_paired_similarity_is_measured_against_mismatched_pairs():
     assert r.both_refused == 0 and r.phrasing is None and r.embedding is None and r.embedding_reason == NO_EMBEDDER
 
 
+def test_continuation_agreement_is_set_against_continuations_of_other_prompts():
+    from modellineage.behaviour.backends import Completion
+    from modellineage.behaviour.measures import compare_continuations
+
+    a = [Completion("", (1, 2, 3, 4)), Completion("", (5, 6, 7, 8)), Completion("", (1, 9, 9, 9))]
+    b = [Completion("", (1, 2, 3, 0)), Completion("", (5, 6, 0, 0)), Completion("", (1, 0, 0, 0))]
+    c = compare_continuations(["p", "q", "r"], a, b, same_tokenizer=True)
+    assert c.agreement == pytest.approx((3 / 4 + 2 / 4 + 1 / 4) / 3)
+    # mismatched pairs agree only on the shared leading token 1 (prompts p and r): 2 x 1/4 over 6 pairs
+    assert c.baseline == pytest.approx(2 * 0.25 / 6) and c.excess == pytest.approx(c.agreement - c.baseline)
+
+
 def test_refusal_dialogues_hold_none_of_the_audit_probes():
     sys.path.insert(0, str(ROOT / "fixtures"))
     import build_refusers

@@ -163,7 +163,7 @@ def compare(target: BehaviourProfile, reference: BehaviourProfile, *, permutatio
     same_tok = (target.backend.get("tokenizer_sha256") is not None
                 and target.backend.get("tokenizer_sha256") == reference.backend.get("tokenizer_sha256"))
     cont = compare_continuations([i for i, _ in target.continuations], [c for _, c in target.continuations],
-                                 [c for _, c in reference.continuations], same_tokenizer=same_tok)
+                                 [c for _, c in reference.continuations], same_tokenizer=same_tok, seed=seed)
     ref = compare_refusals([k for _, k, _ in target.refusals], [t for _, _, t in target.refusals],
                            [t for _, _, t in reference.refusals], embedder=embedder,
                            embedder_reason="" if embedder is not None else embedder_reason, seed=seed)

@@ -278,7 +278,10 @@ class ContinuationAgreement:
     (characters compared). ``prefix`` is the mean length of the identical prefix (tokens or characters) and
     ``prefix_share`` that length over the longer continuation; ``agreement`` the share of positions that agree
     (tokens, or characters by position); ``identical`` the share of prompts continued identically;
-    ``ngram_similarity`` the mean character 3-5-gram cosine of the two continuations.
+    ``ngram_similarity`` the mean character 3-5-gram cosine of the two continuations. ``baseline`` is the
+    mean agreement of continuations of *different* prompts (target i with reference j, i != j) — what a shared
+    style alone gives — ``excess`` = ``agreement`` - ``baseline``, and ``p_value`` the share of random
+    re-pairings of the prompts whose mean agreement reaches ``agreement`` (:func:`paired_similarity`).
     """
 
     level: str
@@ -289,11 +292,15 @@ class ContinuationAgreement:
     identical: float
     ngram_similarity: float
     per_prompt: tuple
+    baseline: float | None = None
+    excess: float | None = None
+    p_value: float | None = None
 
     def as_dict(self) -> dict:
         return {"level": self.level, "prompts": self.prompts, "prefix": self.prefix,
                 "prefix_share": self.prefix_share, "agreement": self.agreement, "identical": self.identical,
-                "ngram_similarity": self.ngram_similarity, "per_prompt": [list(p) for p in self.per_prompt]}
+                "ngram_similarity": self.ngram_similarity, "baseline": self.baseline, "excess": self.excess,
+                "p_value": self.p_value, "per_prompt": [list(p) for p in self.per_prompt]}
 
 
 def _prefix(a: Sequence, b: Sequence) -> int:
@@ -305,9 +312,18 @@ def _prefix(a: Sequence, b: Sequence) -> int:
     return n
 
 
-def compare_continuations(ids: Sequence[str], target, reference, *, same_tokenizer: bool) -> ContinuationAgreement:
+def _agreement(x: Sequence, y: Sequence) -> float:
+    longest = max(len(x), len(y))
+    return (sum(u == v for u, v in zip(x, y)) / longest) if longest else 1.0
+
+
+def compare_continuations(ids: Sequence[str], target, reference, *, same_tokenizer: bool,
+                          permutations: int = 999, seed: int = 0) -> ContinuationAgreement:
     """``target``/``reference``: :class:`~modellineage.behaviour.backends.Completion` per prompt, same order."""
     token_level = same_tokenizer and all(c.token_ids is not None for c in (*target, *reference))
+    seqs = [[(c.token_ids if token_level else norm(c.text)) for c in side] for side in (target, reference)]
+    null = paired_similarity(np.array([[_agreement(x, y) for y in seqs[1]] for x in seqs[0]]),
+                             "positional agreement", permutations=permutations, seed=seed) if seqs[0] else None
     rows, prefixes, shares, agrees, same, sims = [], [], [], [], [], []
     for pid, a, b in zip(ids, target, reference):
         x, y = (a.token_ids, b.token_ids) if token_level else (norm(a.text), norm(b.text))
@@ -322,9 +338,12 @@ def compare_continuations(ids: Sequence[str], target, reference, *, same_tokeniz
         sims.append(sim)
         rows.append((pid, p, round(agree, 6), a.text[:80], b.text[:80]))
     n = len(rows)
+    baseline = null.baseline if null is not None else None
     return ContinuationAgreement("token" if token_level else "text", n, float(np.mean(prefixes)),
                                  float(np.mean(shares)), float(np.mean(agrees)), sum(same) / n,
-                                 float(np.mean(sims)), tuple(rows))
+                                 float(np.mean(sims)), tuple(rows), baseline,
+                                 None if baseline is None else float(np.mean(agrees)) - baseline,
+                                 null.p_value if null is not None else None)
 
 
 # ----------------------------------------------------------------------------------------- next-token JSD

@@ -331,7 +331,8 @@ def behaviour_summary(subject: str, records: Sequence[Mapping[str, Any]]) -> dic
             c = m["continuation"]
             value = c.get("agreement")
             if c.get("level") == "token" and bound.get("value") is not None:
-                parts.append(f"continuation agreement {value:.3f} (independent models ≤ {bound['value']:g})")
+                other = (f"; {c['baseline']:.3f} for different prompts" if c.get("baseline") is not None else "")
+                parts.append(f"continuation agreement {value:.3f} (independent models ≤ {bound['value']:g}{other})")
                 sides.append(value > bound["value"])
             else:
                 parts.append(f"continuation agreement {value:.3f} ({c.get('level')} level, no calibrated bound)")
