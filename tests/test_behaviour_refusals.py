@@ -23,9 +23,8 @@ from modellineage.errors import LineageError
 from modellineage.reading.model import Model
 from modellineage.reading.sources import resolve_source
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bert_builders as bb  # noqa: E402
-from test_behaviour import _audit, _free_port, _outcomes, _serve, _small_probes  # noqa: E402
+from . import bert_builders as bb
+from .test_behaviour import _audit, _free_port, _serve, _small_probes
 
 ROOT = Path(__file__).resolve().parents[1]
 REFUSERS = ROOT / "fixtures" / "refusers"
