@@ -16,7 +16,7 @@ from modellineage.errors import LineageError, UnsupportedFormat
 from modellineage.reporting import report
 from modellineage.reporting import training_plots as plots
 from modellineage.training.chain import Checkpoint, measure_chain
-from modellineage.training.logs import LogClaim, measure_log
+from modellineage.training.logs import measure_log
 
 from . import training_criteria as tc
 from .plugin import SAMPLE_SEED, _session, once
@@ -46,6 +46,10 @@ def _chain(config, audit_session, target):
     def measure():
         if not plan.checkpoints:
             raise UnsupportedFormat("no [[checkpoint]] entries in the audit plan: no training chain to audit")
+        if audit_session.budget is not None:  # every checkpoint and the target compared whole, link by link
+            raise UnsupportedFormat(f"not measured under --budget {audit_session.budget.text}: the training chain "
+                                    f"compares every checkpoint, the target and the references in full (no budgeted "
+                                    f"form yet; --sample reads a share of rows)")
         chain = []
         for spec in plan.checkpoints:
             source, error = audit_session.checkpoint_sources[spec.name]
@@ -71,11 +75,8 @@ def _vocab_size(audit_session, target) -> int | None:
 
 def _log(config, audit_session, target, spec):
     def measure():
-        claim = LogClaim(start=spec.start, batch_size=spec.batch_size, sequence_length=spec.sequence_length,
-                         lr=spec.lr, warmup_steps=spec.warmup_steps, schedule=spec.schedule, min_lr=spec.min_lr,
-                         steps=spec.steps)
         return measure_log(audit_session.log_paths[spec.name], name=spec.name,
-                           vocab_size=_vocab_size(audit_session, target), claim=claim)
+                           vocab_size=_vocab_size(audit_session, target), claim=spec.claim)
 
     return once(pair_cache(config), ("training", "log", spec.name), measure)
 
@@ -210,13 +211,13 @@ def test_log_first_loss(log_spec, target, thresholds, evidence, audit_session, p
     """From scratch: the first loss is ≈ ln(V); initialised from a trained model: clearly below it."""
     spec = _need_log(log_spec)
     log = evidence.measured("log", _log(pytestconfig, audit_session, target, spec))
-    evidence.png(plots.loss_curve(log, title=f"{spec.name}: training loss ({spec.start})"), "loss vs tokens")
+    evidence.png(plots.loss_curve(log, title=f"{spec.name}: training loss ({spec.claim.start})"), "loss vs tokens")
     if log.ln_vocab is None:
         pytest.skip(f"recorded, not judged: the vocabulary size is unknown (no config.json vocab_size in {target.name} "
                     f"or a checkpoint); first logged loss {log.first_loss:.3f}")
     judgement = evidence.judged(tc.first_loss(log, thresholds["training", "scratch_max_first_loss_below_lnv"],
                                               thresholds["training", "scratch_max_first_loss_above_lnv"]))
-    base = next((b for b in audit_session.plan.logs if b.name == spec.start), None)
+    base = next((b for b in audit_session.plan.logs if b.name == spec.claim.start), None)
     extra = ""
     if base is not None:
         try:

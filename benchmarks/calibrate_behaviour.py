@@ -48,6 +48,7 @@ FIGURES = {
     "next_token_top1_agreement": lambda c: c.next_token.top1_agreement,
     "continuation_token_agreement": lambda c: c.continuation.agreement,
     "continuation_prefix_share": lambda c: c.continuation.prefix_share,
+    "continuation_excess": lambda c: c.continuation.excess,
     "representation_mean_cka": lambda c: c.representation.mean_cka,
 }
 

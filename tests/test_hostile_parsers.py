@@ -548,3 +548,49 @@ def test_an_unreadable_config_leaves_the_weights_readable(tmp_path):
     with pytest.raises(CorruptCheckpoint, match="config.json: config.json is JSON but not an object"):
         model.arch
     assert len(model.name_map.refs) == 39 and model.weight_facts.hidden_size == 64
+
+
+# ----------------------------------------------------------------------------------------- runaway regexes
+def _backtracking_tokenizer(folder: Path) -> Path:
+    """A valid tokenizer.json whose pre-tokenizer pattern backtracks: Oniguruma's per-match retry limit
+    still lets it spend ~1 ms per character of 'aaa…ab' text (measured), hours on a probe corpus."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tokenizer.json"
+    path.write_text(json.dumps({
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a|aa)+$"}, "behavior": "Isolated",
+                          "invert": False},
+        "post_processor": None, "decoder": None,
+        "model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1, "[UNK]": 2}, "unk_token": "[UNK]"}}))
+    return path
+
+
+def test_a_backtracking_pattern_stops_at_the_encode_allowance_naming_the_file(tmp_path, monkeypatch):
+    from modellineage.reading import boundary
+
+    path = _backtracking_tokenizer(tmp_path / "tok")
+    vocab = load_vocabulary(tmp_path / "tok")
+    pieces = vocab.encode("aab a")  # short texts encode as usual
+    assert pieces and all(isinstance(p, bytes) for p in pieces)
+    monkeypatch.setattr(boundary, "MAX_ENCODE_SECONDS", 0.5)
+    vocab = load_vocabulary(tmp_path / "tok")  # a fresh clock under the patched allowance
+    start = time.perf_counter()
+    with pytest.raises(CorruptCheckpoint, match=rf"^{path}: encoding text took more than the 0.5 s allowed"):
+        vocab.encode(("a" * 27 + "b ") * 120)  # ~4 s of backtracking
+    assert time.perf_counter() - start < 3
+    start = time.perf_counter()  # the allowance is spent: later calls refuse at once, the same way
+    with pytest.raises(CorruptCheckpoint, match="allowed for one tokenizer"):
+        vocab.encode("ab")
+    assert time.perf_counter() - start < 0.2
+
+
+def test_bounded_encoding_gives_the_library_s_own_encoding():
+    from tokenizers import Tokenizer
+
+    from modellineage.reading.boundary import EncodeClock
+
+    tok = Tokenizer.from_file(str(DEMO / "base" / "tokenizer.json"))
+    clock = EncodeClock(DEMO / "base" / "tokenizer.json")
+    text = "Full fathom five thy father lies; of his bones are coral made. 이것은 테스트입니다."
+    got, want = clock.encode(tok, text, add_special_tokens=False), tok.encode(text, add_special_tokens=False)
+    assert (got.ids, got.offsets, got.tokens) == (want.ids, want.offsets, want.tokens)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from modellineage.errors import PlanError
-from modellineage.plan import FAMILIES, CheckpointSpec, LogSpec, load_plan
+from modellineage.plan import FAMILIES, CheckpointSpec, LogClaim, LogSpec, load_plan
 
 PLAN = '[target]\nsource = "m"\n\n[[reference]]\nname = "base"\nsource = "b"\nexpect = "derived"\n'
 
@@ -41,8 +41,8 @@ source = "ft.csv"
 start = "pre"
 """))
     assert plan.checkpoints == (CheckpointSpec("s0", "c/0", 0), CheckpointSpec("s1", "c/1", None))
-    assert plan.logs[0] == LogSpec("pre", "pre.jsonl", "scratch", 8, 128, 3e-4, 0, "linear", 0.0, None)
-    assert plan.logs[1].start == "pre" and "training" in FAMILIES
+    assert plan.logs[0] == LogSpec("pre", "pre.jsonl", LogClaim("scratch", 8, 128, 3e-4, 0, "linear", 0.0, None))
+    assert plan.logs[1].claim.start == "pre" and "training" in FAMILIES
     assert plan.as_dict()["logs"][1]["source"] == "ft.csv"
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,6 +47,13 @@ MAX_JSON_DEPTH = 64
 #: is XLM-V's 901,629 tokens; the largest merge lists a few hundred thousand rules. The tokenizers library
 #: holds ~0.4 GiB per million tokens (measured), so 2,000,000 keeps a maximal file under 2 GiB.
 MAX_TOKENIZER_ENTRIES = 2_000_000
+#: Wall-clock seconds one tokenizer may spend encoding text, over all its encode calls in a run. A
+#: tokenizer.json may carry its own pre-tokenizer and normalizer regexes, run by Oniguruma, which backtracks:
+#: a pattern like ``(a|aa)+$`` costs ~1 ms per character even under Oniguruma's per-match retry limit
+#: (measured: 1.4 s for 1,160 characters), and worse ones run for hours on a probe corpus. Real tokenizers
+#: encode the bundled probe corpus (41 texts) in well under a second here, so 60 s is ample headroom and
+#: bounds what a hostile pattern can cost. Not a threshold of judgement: it decides which measures run.
+MAX_ENCODE_SECONDS = 60.0
 #: Longest rendering of a non-string value (a shape, a number) quoted whole in a message.
 FRAGMENT_CHARS = 40
 
@@ -98,6 +107,54 @@ def rust_call(path: Path | str, what: str, error: type[LineageError] = CorruptCh
     finally:
         if before not in (None, "0"):
             os.environ["RUST_BACKTRACE"] = before
+
+
+class EncodeClock:
+    """The wall-clock allowance of one tokenizer's encode calls (:data:`MAX_ENCODE_SECONDS` in all).
+
+    ``tokenizers``' ``encode`` holds the GIL for as long as its regexes run, so nothing could stop it;
+    :meth:`encode` runs ``encode_batch`` (which releases the GIL) on a daemon thread and waits at most
+    the time left. When the allowance runs out the call raises :class:`CorruptCheckpoint` naming the file,
+    and so does every later call: the measures that encode text fail with that line, the rest of the audit
+    runs. The abandoned thread cannot be killed; it ends when its search does or when the process exits.
+    """
+
+    def __init__(self, path: Path | str, seconds: float | None = None) -> None:
+        self.path = path
+        self.seconds = float(MAX_ENCODE_SECONDS if seconds is None else seconds)
+        self.spent = 0.0
+        self.exhausted = False
+
+    def _refuse(self) -> CorruptCheckpoint:
+        return CorruptCheckpoint(
+            f"{self.path}: encoding text took more than the {self.seconds:g} s allowed for one tokenizer "
+            f"(MAX_ENCODE_SECONDS; a pre-tokenizer or normalizer pattern that backtracks?): the measures that "
+            f"encode text with it are not computed")
+
+    def encode(self, tok: Any, text: str, what: str = "the tokenizer failed to encode a text", **kwargs: Any):
+        """``tok.encode(text, **kwargs)`` within the allowance (the same :class:`tokenizers.Encoding`)."""
+        if self.exhausted:
+            raise self._refuse()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["out"] = tok.encode_batch([text], **kwargs)[0]
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, on the caller's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=run, name="bounded-encode", daemon=True)
+        start = time.monotonic()
+        with rust_call(self.path, what):
+            worker.start()
+            worker.join(max(0.0, self.seconds - self.spent))
+            self.spent += time.monotonic() - start
+            if worker.is_alive():
+                self.exhausted = True
+                raise self._refuse()
+            if "error" in box:
+                raise box["error"]
+        return box["out"]
 
 
 def read_bytes(path: Path, what: str, limit: int = MAX_TOKENIZER_FILE_BYTES) -> bytes:

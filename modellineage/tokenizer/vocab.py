@@ -56,6 +56,7 @@ from modellineage.errors import CorruptCheckpoint, Refused, UnsupportedFormat, d
 from modellineage.reading import confine
 from modellineage.reading.boundary import (
     MAX_JSON_BYTES,
+    EncodeClock,
     MAX_SENTENCEPIECE_BYTES,
     check_count,
     guard,
@@ -745,14 +746,15 @@ def _load_json_tokenizer(path: Path) -> tuple[Vocabulary, dict[str, str]]:
         loader, origin = (lambda: _json_merges(path, rules, style)), "file"
     notes = [f"tokens read as {style}"]
 
+    clock = EncodeClock(path)  # its own regexes: bounded in wall time
     if style == "wordpiece":
         notes.append("pieces are the text each token covers")
 
         def encoder(s: str) -> list[bytes]:
-            return text_pieces(s, tok.encode(s, add_special_tokens=False).offsets)
+            return text_pieces(s, clock.encode(tok, s, add_special_tokens=False).offsets)
     else:
         def encoder(s: str) -> list[bytes]:
-            return [_normalise(t, style, prefix) for t in tok.encode(s, add_special_tokens=False).tokens]
+            return [_normalise(t, style, prefix) for t in clock.encode(tok, s, add_special_tokens=False).tokens]
 
     vocab = Vocabulary(path=path, format="tokenizer.json", model_type=mtype, ids=ids_t, raw=raw_t,
                        normalised=norm_t, special_ids=special_ids, special_tokens=_json_roles(data, model, mtype),

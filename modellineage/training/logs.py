@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from modellineage.errors import CorruptCheckpoint, Refused, SourceNotFound, UnsupportedFormat
+from modellineage.plan import LogClaim  # the plan declares it; re-exported here for the family's callers
 from modellineage.reading import boundary, confine
 
 __all__ = ["MAX_LOG_BYTES", "MAX_LOG_ROWS", "FIELDS", "LogSeries", "LogClaim", "LogEvidence", "read_log",
@@ -80,30 +81,6 @@ class LogSeries:
     @property
     def missing(self) -> tuple[str, ...]:
         return tuple(f for f, c in self.columns.items() if c is None)
-
-
-@dataclass(frozen=True)
-class LogClaim:
-    """What the plan claims about the run a log records (every field optional)."""
-
-    start: str = "scratch"
-    """``scratch`` or the name of the log (or model) the run was initialised from."""
-    batch_size: int | None = None
-    sequence_length: int | None = None
-    lr: float | None = None
-    warmup_steps: int | None = None
-    schedule: str | None = None
-    min_lr: float = 0.0
-    steps: int | None = None
-
-    @property
-    def tokens_per_step(self) -> int | None:
-        return self.batch_size * self.sequence_length if self.batch_size and self.sequence_length else None
-
-    def as_dict(self) -> dict:
-        return {"start": self.start, "batch_size": self.batch_size, "sequence_length": self.sequence_length,
-                "lr": self.lr, "warmup_steps": self.warmup_steps, "schedule": self.schedule, "min_lr": self.min_lr,
-                "steps": self.steps}
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,11 @@ __all__ = [
     "iter_canonical_blocks",
     "compare_pair",
     "compare_weights",
+    "compare_weights_many",
+    "CompareRequest",
+    "ManyComparison",
+    "TargetPass",
+    "SHARE_BYTES",
     "default_workers",
     "summarise",
     "remap_key",
@@ -984,10 +989,24 @@ def compare_weights(
         IncompatibleShapes: no target tensor has a counterpart of the same shape (different widths);
             the message names both models' files and the first mismatches.
     """
+    slots = _plan_slots(target, reference, fraction=fraction, rng=np.random.default_rng(seed), layer_map=layer_map,
+                        expert_map=expert_map, row_alignments=row_alignments, keys=keys, chunk_bytes=chunk_bytes,
+                        min_rows=min_rows)
+    bound = [slot if isinstance(slot, SkippedPair) else (slot[0], slot[1], functools.partial(slot[2], target.store))
+             for slot in slots]
+    outcomes = _run_in_order(bound, 1 if fraction is not None else workers)
+    return _assemble(target, reference, slots, outcomes, fraction=fraction, seed=seed, layer_map=layer_map,
+                     expert_map=expert_map, allow_empty=allow_empty)
+
+
+def _plan_slots(target, reference, *, fraction, rng, layer_map, expert_map, row_alignments, keys, chunk_bytes,
+                min_rows) -> list:
+    """The comparison's slots in canonical order: a :class:`SkippedPair`, or ``(key, reference key, job)`` where
+    ``job(target_store)`` compares the pair reading the target through ``target_store`` (the target's own store,
+    or a :class:`~modellineage.weights.sharing.SharedReads` view of it)."""
     t_refs, r_refs = target.name_map.refs, reference.name_map.refs
-    rng = np.random.default_rng(seed)
     wanted = set(keys) if keys is not None else None
-    slots: list[SkippedPair | tuple[str, str, Callable[[], PairSimilarity]]] = []  # canonical order
+    slots: list[SkippedPair | tuple[str, str, Callable[[TensorStore], PairSimilarity]]] = []  # canonical order
     pairing = _Pairing(r_refs, layer_map, expert_map)
     for key, tref in t_refs.items():
         if wanted is not None and key not in wanted:
@@ -1015,15 +1034,23 @@ def compare_weights(
         if row_pairs is None and col_pairs is None and tuple(tref.shape) != tuple(rref.shape):
             slots.append(SkippedPair(key, f"shape {tuple(tref.shape)} vs reference {rkey} {tuple(rref.shape)}"))
             continue
+        # the target store is the job's one argument (compare_pair's first)
         slots.append((key, rkey, functools.partial(
-            compare_pair, target.store, tref, reference.store, rref, fraction=fraction, rng=rng, row_pairs=row_pairs,
-            min_rows=min_rows,
+            compare_pair, tref=tref, reference=reference.store, rref=rref, fraction=fraction, rng=rng,
+            row_pairs=row_pairs, min_rows=min_rows,
             col_pairs=col_pairs, row_alignment=how, chunk_bytes=chunk_bytes,
             rotation_null=role_category(tref.role) in _TOKEN_CATEGORIES)))
+    return slots
+
+
+def _assemble(target, reference, slots, outcomes, *, fraction, seed, layer_map, expert_map,
+              allow_empty) -> WeightComparison:
+    """The :class:`WeightComparison` of ``slots`` (:func:`_plan_slots`) and their outcomes, in slot order."""
+    r_refs = reference.name_map.refs
     pairs: list[PairSimilarity] = []
     skipped: list[SkippedPair] = []
     used: set[str] = set()
-    for slot, outcome in zip(slots, _run_in_order(slots, 1 if fraction is not None else workers)):
+    for slot, outcome in zip(slots, outcomes):
         if isinstance(slot, SkippedPair):
             skipped.append(slot)
         elif isinstance(outcome, IncompatibleShapes):
@@ -1047,3 +1074,162 @@ def compare_weights(
         expert_map=None if expert_map is None else dict(expert_map),
         target_files=tuple(Path(f).name for f in t_files), reference_files=tuple(Path(f).name for f in r_files),
     )
+
+
+# ----------------------------------------------------------------------------------------- many references
+#: Bytes of target tensors :func:`compare_weights_many` keeps in memory at once (over all its threads) so the
+#: next references compared with a tensor read it from memory; a tensor above its thread's share is read
+#: from its file once per reference (:attr:`TargetPass.read_through`).
+SHARE_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    """One reference of :func:`compare_weights_many` and the options :func:`compare_weights` would take for it."""
+
+    reference: object
+    fraction: float | None = None
+    seed: int = 0
+    layer_map: Mapping[int, int] | None = None
+    expert_map: Mapping[tuple[int, int], int] | None = None
+    row_alignments: Mapping[str, tuple[np.ndarray, np.ndarray, str]] | None = None
+    keys: Iterable[str] | None = None
+    min_rows: int = MIN_SAMPLED_ROWS
+    allow_empty: bool = False
+
+
+@dataclass(frozen=True)
+class TargetPass:
+    """How one pass over the target's tensors served every reference of :func:`compare_weights_many`."""
+
+    references: int
+    target_bytes_read: int
+    """Bytes the comparisons read from the target's files (every byte once, but :attr:`read_through`)."""
+    target_bytes_per_reference: tuple[int, ...]
+    """Per reference, the target bytes its comparison consumed: what a one-reference-at-a-time run reads."""
+    bytes_read_through: int
+    """Of :attr:`target_bytes_read`, bytes of tensors too large to keep, read once per reference."""
+    read_through: tuple[str, ...]
+    shared: bool
+    """False when the target's store cannot be shared (a GGUF target: read once per reference)."""
+    workers: int
+
+    def as_dict(self) -> dict:
+        return {"references": self.references, "target_bytes_read": self.target_bytes_read,
+                "target_bytes_per_reference": list(self.target_bytes_per_reference),
+                "bytes_read_through": self.bytes_read_through, "read_through": list(self.read_through),
+                "shared": self.shared}
+
+
+@dataclass(frozen=True)
+class ManyComparison:
+    """:func:`compare_weights_many`'s result: one entry per request, in order — its :class:`WeightComparison`,
+    or the :class:`~modellineage.errors.LineageError` its comparison raised (the others are unaffected)."""
+
+    comparisons: tuple
+    target_pass: TargetPass
+
+
+def compare_weights_many(target, requests, *, chunk_bytes: int = _DEFAULT_CHUNK, workers: int | None = None,
+                         share_bytes: int = SHARE_BYTES) -> ManyComparison:
+    """:func:`compare_weights` of one target against several references in one pass over the target.
+
+    Each canonical target tensor is compared with its partner in every reference one after another on
+    one thread, reading the target through a :class:`~modellineage.weights.sharing.SharedReads` view: the
+    first comparison fetches its bytes, the next ones read them from memory (each reference's partner is
+    read once, as always). Tensors are spread over ``workers`` threads like the pairs of
+    :func:`compare_weights`; when any request samples rows, everything runs on one thread, tensors in
+    canonical order, so each reference's seeded generator draws its rows and bootstrap weights in the
+    order a one-reference run draws them. Every :class:`PairSimilarity` — figures, intervals, rows and
+    bytes read (the bytes the pair consumed) — is therefore the one :func:`compare_weights` gives.
+
+    Args:
+        target: the model compared (:class:`modellineage.reading.model.Model`).
+        requests: :class:`CompareRequest` s, one per reference.
+        chunk_bytes, workers: as :func:`compare_weights`.
+        share_bytes: bytes of target tensors kept in memory at once over all threads (:data:`SHARE_BYTES`).
+
+    Returns:
+        A :class:`ManyComparison`: per request its comparison or the LineageError it raised (NaN in the
+        reference, a reference whose store cannot be opened, no same-shaped tensor without
+        ``allow_empty``), and the :class:`TargetPass` with the target bytes read.
+    """
+    from modellineage.errors import LineageError
+    from modellineage.weights.sharing import SharedReads, can_share
+
+    requests = list(requests)
+    n = len(requests)
+    sampled = any(r.fraction is not None for r in requests)
+    workers = 1 if sampled else (default_workers() if workers is None else max(1, int(workers)))
+    planned: list = []
+    for req in requests:
+        try:
+            planned.append(_plan_slots(target, req.reference, fraction=req.fraction,
+                                       rng=np.random.default_rng(req.seed), layer_map=req.layer_map,
+                                       expert_map=req.expert_map, row_alignments=req.row_alignments, keys=req.keys,
+                                       chunk_bytes=chunk_bytes, min_rows=req.min_rows))
+        except LineageError as exc:  # the reference cannot be opened or listed: the others still run
+            planned.append(exc)
+    # one group per target key, references in request order; keys in the target's canonical order
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for j, slots in enumerate(planned):
+        if isinstance(slots, LineageError):
+            continue
+        for s, slot in enumerate(slots):
+            if not isinstance(slot, SkippedPair):
+                groups.setdefault(slot[0], []).append((j, s))
+    order = {key: i for i, key in enumerate(target.name_map.refs)}
+    keyed = sorted(groups.items(), key=lambda kv: order.get(kv[0], len(order)))
+    share = can_share(target.store)
+    per_thread = max(0, int(share_bytes)) // workers
+    outcomes: list = [None if isinstance(p, LineageError) else [None] * len(p) for p in planned]
+    consumed = [0] * n
+    totals = {"through": 0, "names": []}
+    before = target.store.bytes_read
+
+    def run_group(members):
+        view = SharedReads(target.store, per_thread) if share and len(members) > 1 else None
+        store = view if view is not None else target.store
+        done = []
+        try:
+            for j, s in members:
+                start = store.thread_bytes_read
+                try:
+                    out = planned[j][s][2](store)
+                except (IncompatibleShapes, LineageError) as exc:  # a skip, or the reference's error
+                    out = exc
+                done.append((j, s, out, store.thread_bytes_read - start))
+        finally:
+            if view is not None:
+                view.release()
+        return done, (0 if view is None else view.bytes_unshared), ([] if view is None else view.unshared)
+
+    for result in _run_in_order([(key, None, functools.partial(run_group, members)) for key, members in keyed],
+                                workers):
+        done, through, names = result
+        for j, s, out, got in done:
+            outcomes[j][s] = out
+            consumed[j] += got
+        totals["through"] += through
+        totals["names"].extend(names)
+    comparisons = []
+    for j, (req, slots) in enumerate(zip(requests, planned)):
+        if isinstance(slots, LineageError):
+            comparisons.append(slots)
+            continue
+        failed = next((o for o in outcomes[j] if isinstance(o, LineageError) and not isinstance(o, IncompatibleShapes)),
+                      None)
+        if failed is not None:  # the first error in canonical order, as compare_weights raises it
+            comparisons.append(failed)
+            continue
+        try:
+            comparisons.append(_assemble(target, req.reference, slots, outcomes[j], fraction=req.fraction,
+                                         seed=req.seed, layer_map=req.layer_map, expert_map=req.expert_map,
+                                         allow_empty=req.allow_empty))
+        except LineageError as exc:
+            comparisons.append(exc)
+    passed = TargetPass(references=n, target_bytes_read=int(target.store.bytes_read - before),
+                        target_bytes_per_reference=tuple(int(c) for c in consumed),
+                        bytes_read_through=int(totals["through"]), read_through=tuple(dict.fromkeys(totals["names"])),
+                        shared=share, workers=workers)
+    return ManyComparison(tuple(comparisons), passed)
