@@ -17,7 +17,6 @@ continuation i with reference continuation j != i (what a shared style alone giv
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.calibrate_behaviour import calibration_pairs  # noqa: E402
 from modellineage.behaviour import LocalBackend, compare, load_probes, profile  # noqa: E402
 from modellineage.reading.model import Model  # noqa: E402
 from modellineage.reading.sources import resolve_source  # noqa: E402
@@ -59,18 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     probes = load_probes()
     profiles = {n: profile(LocalBackend(Model(n, resolve_source(str(f)))), probes) for n, (f, _, _) in found.items()}
     pairs = []
-    for a, b in itertools.combinations(sorted(found), 2):
-        (_, ka, pa), (_, kb, pb) = found[a], found[b]
-        if ka != "base" and kb != "base":
-            continue
-        if ka == "base" and kb == "base":
-            relation = "independent"
-        else:
-            child, parent = (a, b) if ka != "base" else (b, a)
-            kind = found[child][1]
-            relation = ("derived" if kind == "finetune" else "distilled") if found[child][2] == parent \
-                else "independent"
-            a, b = child, parent
+    for a, b, relation in calibration_pairs(found):
         c = compare(profiles[a], profiles[b]).continuation
         pairs.append({"target": a, "reference": b, "relation": relation, "level": c.level,
                       **{k: round(getattr(c, k), 6) for k in FIGURES}})
