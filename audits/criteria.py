@@ -171,11 +171,13 @@ def parameter_claim(model: str, claimed: float, counted: int, bound: Bound) -> J
     return Judgement("claimed parameter count", rel, f"≤ {bound.value}", bound.where, failed, message)
 
 
-def weights_finite(model: str, files: str, nonfinite: dict, total: int) -> Judgement:
-    """No tensor may hold NaN or Inf: they make every similarity statistic undefined."""
+def weights_finite(model: str, files: str, nonfinite: dict, total: int, scope: str = "") -> Judgement:
+    """No tensor may hold NaN or Inf: they make every similarity statistic undefined.
+
+    ``scope``: what was read of each tensor when not all of it (e.g. one seeded row under a read budget)."""
     listing = ", ".join(f"{name} ({count})" for name, count in list(nonfinite.items())[:10])
-    message = (f"{model} ({files}): {len(nonfinite)} of {total} tensors hold NaN/Inf values: {listing}" if nonfinite
-               else f"{model}: all {total} tensors are finite")
+    message = (f"{model} ({files}): {len(nonfinite)} of {total} tensors hold NaN/Inf values{scope}: {listing}"
+               if nonfinite else f"{model}: all {total} tensors are finite{scope}")
     return Judgement("weights are finite", len(nonfinite), "0 tensors with NaN/Inf",
                      "exact (a checkpoint defect)", bool(nonfinite), message)
 

@@ -258,6 +258,8 @@ def pytest_configure(config: pytest.Config) -> None:
         session.digests.verify = bool(config.getoption("verify_hashes", False))
         # a partial read (a row sample or a read budget) never fetches remote files whole
         session.digests.full_read = session.sample is None and session.budget is None
+        # a read budget: tensor digests on one seeded row each, no whole-file SHA-256 of local weights
+        session.digests.budget = budget
         if session.sample is not None:
             session.seeds["weights.sample"] = SAMPLE_SEED
     except LineageError as exc:

@@ -41,13 +41,20 @@ def test_weights_are_finite(subject, evidence):
     """NaN or Inf weights make every similarity undefined; they are a defect of the checkpoint."""
     digests = subject.tensor_digests()
     bad = evidence.measured("nonfinite_tensors", {d.name: d.nonfinite for d in digests if d.nonfinite})
-    if subject.unchecked_tensors:  # a remote model read in part: only the tensors fetched are checked
+    if subject.digest_coverage is not None:  # a read budget: one seeded row per tensor was checked
+        evidence.measured("digest_coverage", subject.digest_coverage)
+    if subject.unchecked_tensors:  # a remote model read in part, or beyond the budget's digest share
         evidence.measured("unchecked_tensors", list(subject.unchecked_tensors))
         if not digests:
-            pytest.skip(f"{subject.name}: no tensor was read ({len(subject.unchecked_tensors)} not fetched under a "
-                        "partial read of a remote source)")
+            pytest.skip(f"{subject.name}: no tensor was read ({len(subject.unchecked_tensors)} tensor(s): "
+                        f"{subject.unchecked_reason})")
     files = ", ".join(str(p) for p in subject.source.weight_files)
-    judgement = evidence.judged(weights_finite(subject.name, files, bad, len(digests)))
+    coverage = subject.digest_coverage
+    scope = "" if coverage is None else (
+        f" (checked on one seeded row each under the read budget, 1-D tensors whole"
+        + (f"; {len(subject.unchecked_tensors)} tensor(s) not checked: {subject.unchecked_reason}"
+           if subject.unchecked_tensors else "") + ")")
+    judgement = evidence.judged(weights_finite(subject.name, files, bad, len(digests), scope))
     assert not judgement.failed, judgement.message
 
 

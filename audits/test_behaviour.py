@@ -19,7 +19,7 @@ import os
 
 import pytest
 
-from modellineage.behaviour import HttpBackend, LocalBackend, compare, load_probes, profile
+from modellineage.behaviour import HttpBackend, LocalBackend, compare, load_encoder, load_probes, profile
 from modellineage.errors import LineageError, UnsupportedFormat
 from modellineage.reporting import report
 
@@ -73,11 +73,26 @@ def _profile(audit_session, plan: dict, name: str):
     return once(cache, ("profile", name), compute)
 
 
+def _encoder(audit_session, plan: dict):
+    """(encoder or None, reason), once per session; an unusable [behaviour].embedder is a reason, not a crash."""
+    def load():
+        try:
+            return load_encoder(plan.get("embedder"))
+        except LineageError as exc:
+            return None, f"not measured: the embedder cannot be used: {exc}"
+
+    return once(_cache(audit_session), "embedder", load)
+
+
 def _comparison(audit_session, plan: dict, target: str, reference: str):
     cache = _cache(audit_session)
-    return once(cache, ("compare", target, reference),
-                lambda: compare(_profile(audit_session, plan, target), _profile(audit_session, plan, reference),
-                                seed=SEED))
+
+    def compute():
+        a, b = _profile(audit_session, plan, target), _profile(audit_session, plan, reference)
+        encoder, reason = _encoder(audit_session, plan)
+        return compare(a, b, seed=SEED, embedder=encoder, embedder_reason=reason)
+
+    return once(cache, ("compare", target, reference), compute)
 
 
 def _cutoff(audit_session, plan: dict, name: str):
@@ -131,6 +146,12 @@ def test_knowledge_cutoff(target, audit_session, behaviour_plan, claims, evidenc
     assert not judgement.failed, judgement.message
 
 
+def _record_bound(evidence, bound, side: str) -> None:
+    """The bound independent models keep, recorded even when not judged: the report's verdict card says on which
+    side of it the figure lies (modellineage/reporting/headline.py, behaviour_summary)."""
+    evidence.measured("independent_bound", {"value": bound.value, "side": side, "where": bound.where})
+
+
 def _record_question(evidence, reference) -> None:
     evidence.says(QUESTION.format(ref=reference.name) + ".")
 
@@ -149,6 +170,7 @@ def test_next_token_divergence(target, reference, audit_session, behaviour_plan,
         ["tokens compared", nt.shared_tokens],
         ["probability mass kept (target / reference)", f"{nt.target_shared_mass:.4f} / {nt.reference_shared_mass:.4f}"]],
         caption=f"{target.name} vs {reference.name}: next-token distributions"))
+    _record_bound(evidence, thresholds["behaviour", "independent_min_jsd"], "min")
     expectation = reference.expectation("behaviour")
     if expectation != "independent":
         _record_question(evidence, reference)
@@ -166,8 +188,11 @@ def test_continuation_agreement(target, reference, audit_session, behaviour_plan
     cont = evidence.measured("continuation", comp.continuation)
     evidence.html(report.table(["prompt", "identical prefix", "agreement", target.name, reference.name],
                                [list(r) for r in cont.per_prompt[:12]],
-                               caption=f"greedy continuations ({cont.level} level): agreement {cont.agreement:.3f}, "
-                                       f"identical {cont.identical:.0%}, mean prefix {cont.prefix:.1f}"))
+                               caption=f"greedy continuations ({cont.level} level): agreement {cont.agreement:.3f} "
+                                       f"({_fmt(cont.baseline)} for continuations of different prompts, permutation "
+                                       f"p = {_fmt(cont.p_value)}), identical {cont.identical:.0%}, mean prefix "
+                                       f"{cont.prefix:.1f}"))
+    _record_bound(evidence, thresholds["behaviour", "independent_max_continuation_agreement"], "max")
     expectation = reference.expectation("behaviour")
     if expectation != "independent":
         pytest.skip(f"recorded, not judged under '{expectation}': further training may change behaviour "
@@ -191,11 +216,38 @@ def test_refusal_behaviour(target, reference, audit_session, behaviour_plan, evi
     if ref.examples:
         evidence.html(report.table(["requests", target.name, reference.name], [list(e) for e in ref.examples],
                                    caption="Example answers"))
-    if ref.phrasing_similarity is None:
+    if ref.phrasing is None:
         pytest.skip(f"cannot compare refusal phrasing: no request refused by both models (refusal rate "
                     f"{ref.target_rate:.0%} / {ref.reference_rate:.0%})")
-    pytest.skip(f"recorded, not judged: refusal phrasing similarity {ref.phrasing_similarity:.3f} over "
-                f"{ref.both_refused} requests; no calibrated bound yet (no calibration pair refuses)")
+    rows = [_similarity_row("character 3-5-grams", ref.phrasing)]
+    rows.append(_similarity_row(f"sentence embeddings ({ref.embedder['name']})", ref.embedding) if ref.embedding
+                else ["sentence embeddings", "—", "—", "—", ref.embedding_reason])
+    evidence.html(report.table(["phrasing similarity", "same request (mean)", "different requests (baseline)",
+                                "permutation p", "pairs"], rows,
+                               caption=f"Refusals both gave ({ref.both_refused} requests), against refusals to "
+                                       "different requests (what a shared refusal style alone gives)"))
+    emb = (f"; embedding cosine {ref.embedding.mean:.3f} (baseline {_fmt(ref.embedding.baseline)})" if ref.embedding
+           else f"; embedding {ref.embedding_reason}")
+    pytest.skip(f"recorded, not judged: refusal phrasing n-gram similarity {ref.phrasing.mean:.3f} (baseline "
+                f"{_fmt(ref.phrasing.baseline)}) over {ref.both_refused} requests{emb}. {REFUSAL_CALIBRATION}")
+
+
+#: Why refusal phrasing is recorded, not judged (benchmarks/calibrate_refusals.py, 8 derived and 96 independent
+#: pairs of refusing demo-sized models): it separates a derivative from an independent model taught *other*
+#: refusals, but not from one taught the *same* refusals — which independent models trained on shared safety
+#: data are — so a bound would accuse them.
+REFUSAL_CALIBRATION = ("Same-phrasing similarity does not separate derivation from shared refusal data "
+                       "(benchmarks/results/calibrate_refusals.json: n-gram 0.46-0.98 and embedding 0.66-0.99 for "
+                       "derivatives; 0.28-1.00 and 0.52-1.00 for independent models taught the same refusals; "
+                       "0.09-0.17 and 0.36-0.50 for independent models taught other refusals)")
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _similarity_row(label: str, s) -> list:
+    return [label, f"{s.mean:.3f}", _fmt(s.baseline), "—" if s.p_value is None else f"{s.p_value:.3g}", s.pairs]
 
 
 def test_representation_similarity(target, reference, audit_session, behaviour_plan, evidence):

@@ -58,6 +58,10 @@ def _f(x: float) -> str:
 
 
 def test_merge_decomposition(target, reference, thresholds, evidence, audit_session, merges_cache):
+    if audit_session.budget is not None:  # 256 seeded rows of every tensor of every model: ~20% of a 100B MoE
+        pytest.skip(f"not measured under --budget {audit_session.budget.text}: the merge decomposition reads 256 "
+                    f"seeded rows of every tensor of the target and every reference (no budgeted form yet); the "
+                    f"weight similarity and independence audits judge derivation within the budget")
     decomposition, left_out = _decomposition(target, audit_session, merges_cache)
     if decomposition is None or reference.name not in decomposition.parents:
         pytest.skip(f"{reference.name}'s weights could not be read: {left_out.get(reference.name, 'no reference')}")

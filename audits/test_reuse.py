@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modellineage.reporting import report
-from modellineage.weights.reuse import constant_replacements, measure_exact_reuse
+from modellineage.weights.reuse import SAMPLED_ROWS_MEANING, constant_replacements, measure_exact_reuse
 
 from .criteria import no_exact_reuse
 
@@ -13,11 +13,16 @@ pytestmark = pytest.mark.reuse
 
 
 def test_no_exact_tensor_reuse(target, reference, thresholds, evidence):
+    models = (target, reference.model)
+    digests = [m.tensor_digests() for m in models]
+    sampled = {m.name: m.digest_coverage for m in models if m.digest_coverage is not None}
+    coverage = None if not sampled else {**SAMPLED_ROWS_MEANING,
+                                         "models": {name: c.as_dict() for name, c in sampled.items()}}
     reuse = evidence.measured("exact_reuse", measure_exact_reuse(
-        target.tensor_digests(), reference.model.tensor_digests(), buffers=target.name_map.buffers,
-        layer_of=target.name_map.layer_of,
+        digests[0], digests[1], buffers=target.name_map.buffers, layer_of=target.name_map.layer_of,
         unchecked=[f"{target.name}: {n}" for n in target.unchecked_tensors]
-        + [f"{reference.name}: {n}" for n in reference.model.unchecked_tensors]))
+        + [f"{reference.name}: {n}" for n in reference.model.unchecked_tensors], coverage=coverage))
+    why = "; ".join(f"{m.name}: {m.unchecked_reason}" for m in models if m.unchecked_tensors)
     constants = evidence.measured("constant_where_reference_trained", constant_replacements(target, reference.model))
     evidence.says(f"The target reuses {reuse.reused_count} of its {reuse.counted_tensors} non-constant tensors "
                   f"byte for byte from {reference.name} ({reuse.reused_bytes_share:.1%} of those bytes)."
@@ -25,9 +30,11 @@ def test_no_exact_tensor_reuse(target, reference, thresholds, evidence):
                      f"(zeroed, reset or folded; evidence of neither derivation nor independence): "
                      + "; ".join(c.line for c in constants[:4]) + (" ..." if len(constants) > 4 else "") + "."
                      if constants else "")
-                  + (f" {len(reuse.unchecked)} tensor(s) could not be checked (not read from the remote source "
-                     f"under a partial read): {', '.join(reuse.unchecked[:4])}" + (" ..." if len(reuse.unchecked) > 4
-                                                                                else "") + "."
+                  + (f" Under the read budget each tensor was digested on one seeded row (1-D tensors whole): a "
+                     f"match shows those rows are byte-identical, not the rest of the tensor; a mismatch shows the "
+                     f"tensors differ." if coverage else "")
+                  + (f" {len(reuse.unchecked)} tensor(s) could not be checked ({why}): "
+                     f"{', '.join(reuse.unchecked[:4])}" + (" ..." if len(reuse.unchecked) > 4 else "") + "."
                      if reuse.unchecked else ""))
     evidence.html(_reuse_table(reuse, reference.name) + _constant_table(constants, reference.name))
     if reuse.by_layer:
@@ -41,7 +48,7 @@ def test_no_exact_tensor_reuse(target, reference, thresholds, evidence):
                     f"{reuse.reused_count} of {reuse.counted_tensors} non-constant tensors of {reference.name!r}")
     if reuse.unchecked and not reuse.counted_tensors:
         pytest.skip(f"no target tensor could be checked for reuse: {len(reuse.unchecked)} tensor(s) were not read "
-                    "(a remote source under a partial read; a full read or --verify-hashes checks them)")
+                    f"({why}; a full read or --verify-hashes checks them)")
     judgement = evidence.judged(no_exact_reuse(reuse, thresholds["reuse", "independent_max_reused_tensors"],
                                                reference.name))
     assert not judgement.failed, judgement.message

@@ -46,6 +46,10 @@ def _chain(config, audit_session, target):
     def measure():
         if not plan.checkpoints:
             raise UnsupportedFormat("no [[checkpoint]] entries in the audit plan: no training chain to audit")
+        if audit_session.budget is not None:  # every checkpoint and the target compared whole, link by link
+            raise UnsupportedFormat(f"not measured under --budget {audit_session.budget.text}: the training chain "
+                                    f"compares every checkpoint, the target and the references in full (no budgeted "
+                                    f"form yet; --sample reads a share of rows)")
         chain = []
         for spec in plan.checkpoints:
             source, error = audit_session.checkpoint_sources[spec.name]

@@ -19,7 +19,7 @@ from modellineage.reporting import plots as weight_plots
 from modellineage.reporting import report
 from modellineage.weights.aligned import AlignedComparison
 from modellineage.weights.pipeline import WeightEvidence, measure_target
-from modellineage.weights.pipeline import measure as measure_weights
+from modellineage.weights.pipeline import measure_many
 from modellineage.weights.pipeline import measure_aligned as _measure_aligned
 from modellineage.weights.similarity import WeightComparison, summarise
 
@@ -33,7 +33,7 @@ from .criteria import (
     weights_derived,
     weights_independent,
 )
-from .plugin import SAMPLE_SEED, once
+from .plugin import SAMPLE_SEED, ReferenceHandle, once
 from .shared import budget_plan, independence_test
 
 pytestmark = pytest.mark.weights
@@ -42,23 +42,54 @@ pytestmark = pytest.mark.weights
 EXPERT_CATEGORY = "routed_expert"
 
 
+#: Key of the weights cache holding the references whose weight audits this run selected.
+_SELECTED = ("selected references",)
+
+
 @pytest.fixture(scope="session")
-def weights_cache() -> dict:
-    return {}
+def weights_cache(request: pytest.FixtureRequest) -> dict:
+    """The session's weight measurements by reference name, and (under :data:`_SELECTED`) the references
+    whose weight audits the run selected (after ``-k`` / ``-m``): the ones :func:`measure` measures together."""
+    selected = []
+    for item in request.session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        module = getattr(getattr(item, "module", None), "__name__", None)
+        if module == __name__ and "reference" in params:
+            selected.append(params["reference"].name)
+    return {_SELECTED: tuple(dict.fromkeys(selected))}
 
 
 def measure(target, reference, thresholds, audit_session, cache, config) -> WeightEvidence:
-    """Everything the weight audits of one reference need (the library's pipeline, once per session)."""
-    def compute():
-        budget = budget_plan(config, target, reference, audit_session)
-        side = None if budget is not None else \
-            once(cache, ("target", target.name), lambda: measure_target(target, sample=audit_session.sample))
-        m = measure_weights(target, reference.model, min_layer_match=thresholds["weights", "derived_min_centred"].value,
-                            sample=audit_session.sample, seed=SAMPLE_SEED, target_side=side, budget=budget)
-        audit_session.seeds.update(m.seeds)
-        return m
+    """Everything the weight audits of one reference need (the library's pipeline, once per session).
 
-    return once(cache, reference.name, compute)
+    The first call measures every reference whose weight audits the run selected, in one pass over the
+    target (:func:`modellineage.weights.pipeline.measure_many`: each target byte read once, every record
+    equal to a one-reference measurement); a run selecting one reference (``-k``) measures only it."""
+    if reference.name not in cache:
+        wanted = {reference.name, *cache.get(_SELECTED, ())} - set(cache)
+        handles = [reference if spec.name == reference.name else ReferenceHandle(spec, audit_session.model(spec.name))
+                   for spec in audit_session.plan.references if spec.name in wanted]  # plan order
+        if reference not in handles:
+            handles.append(reference)
+        budgets, batch = {}, []
+        for handle in handles:
+            try:
+                budgets[handle.name] = budget_plan(config, target, handle, audit_session)
+                batch.append(handle)
+            except LineageError as exc:
+                cache[handle.name] = exc
+        if batch:
+            side = None if audit_session.budget is not None else \
+                once(cache, ("target", target.name), lambda: measure_target(target, sample=audit_session.sample))
+            results = measure_many(target, [h.model for h in batch],
+                                   min_layer_match=thresholds["weights", "derived_min_centred"].value,
+                                   sample=audit_session.sample, seed=SAMPLE_SEED, target_side=side,
+                                   budgets=[budgets[h.name] for h in batch])
+            for handle, m in zip(batch, results):
+                if not isinstance(m, LineageError):
+                    audit_session.seeds.update(m.seeds)
+                cache[handle.name] = m
+    return once(cache, reference.name, lambda: None)
 
 
 def measure_aligned(target, reference, audit_session, config, cache) -> tuple[AlignedComparison | None, str]:

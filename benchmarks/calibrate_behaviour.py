@@ -48,6 +48,7 @@ FIGURES = {
     "next_token_top1_agreement": lambda c: c.next_token.top1_agreement,
     "continuation_token_agreement": lambda c: c.continuation.agreement,
     "continuation_prefix_share": lambda c: c.continuation.prefix_share,
+    "continuation_excess": lambda c: c.continuation.excess,
     "representation_mean_cka": lambda c: c.representation.mean_cka,
 }
 
@@ -84,6 +85,26 @@ def build(workdir: Path, seeds: list[int]) -> dict[str, tuple[Path, str, str | N
     return models
 
 
+def calibration_pairs(models: dict) -> list[tuple[str, str, str]]:
+    """``(target, reference, relation)`` for every calibration pair among ``models`` (name -> (folder, kind,
+    parent)): base vs base is independent; a fine-tune or student vs its own base is derived / distilled, vs
+    another base independent (the child is the target). Child vs child is skipped: related only through a base,
+    not a calibration class."""
+    out = []
+    for a, b in itertools.combinations(sorted(models), 2):
+        ka, kb = models[a][1], models[b][1]
+        if ka != "base" and kb != "base":
+            continue
+        if ka == "base" and kb == "base":
+            out.append((a, b, "independent"))
+            continue
+        child, parent = (a, b) if ka != "base" else (b, a)
+        kind, own = models[child][1], models[child][2]
+        out.append((child, parent, ("derived" if kind == "finetune" else "distilled") if own == parent
+                    else "independent"))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="*", default=[2, 3], help="init seeds of the extra bases (not 0/1)")
@@ -100,19 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         profiles[name] = profile(LocalBackend(Model(name, resolve_source(str(folder)))), probes)
         print(f"profiled {name}", flush=True)
     pairs = []
-    names = sorted(models)
-    for a, b in itertools.combinations(names, 2):
-        (_, ka, pa), (_, kb, pb) = models[a], models[b]
-        if ka != "base" and kb != "base":
-            continue  # fine-tune/student vs fine-tune/student: relation through a base, not a calibration class
-        if ka == "base" and kb == "base":
-            relation = "independent"
-        else:
-            child, parent = (a, b) if ka != "base" else (b, a)
-            kind = models[child][1]
-            relation = ("derived" if kind == "finetune" else "distilled") if models[child][2] == parent \
-                else "independent"
-            a, b = child, parent
+    for a, b, relation in calibration_pairs(models):
         c = compare(profiles[a], profiles[b])
         pairs.append({"target": a, "reference": b, "relation": relation,
                       **{k: round(f(c), 6) for k, f in FIGURES.items()}})

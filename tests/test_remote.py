@@ -301,3 +301,26 @@ def test_remote_and_local_audits_give_the_same_evidence(server, tmp_path, hf_hom
     assert weights["sha256_matches"] == remote.SHA_HUB  # ... so the hub's SHA-256 was checked for free
     fetched = {f["url"]: f for f in far["network"]["files"]}
     assert all(f["bytes_fetched"] == f["size"] for f in fetched.values())
+
+
+def test_budgeted_digests_of_a_remote_model_fetch_one_row_per_tensor(server):
+    """Under --budget a remote model's tensor digests fetch one seeded row per tensor (the same digests as the
+    local copy's); without --allow-download, rows not in the range cache are named with that reason."""
+    from modellineage.weights.budget import parse_budget
+
+    budget = parse_budget("100%")  # 10% of it for the digests: one row of every demo tensor fits
+    source = resolve_source(f"{server.url}/finetune/", allow_download=True)
+    model = Model("finetune", source, DigestCache(full_read=False, budget=budget))
+    local = Model("local", resolve_source(str(DEMO / "finetune")), DigestCache(full_read=False, budget=budget))
+    digests = model.tensor_digests()
+    assert digests == local.tensor_digests() and not model.unchecked_tensors
+    assert any(d.rows for d in digests)
+    far = remote.lookup(source.weight_files[0])
+    assert far.cached_bytes() < far.size // 2  # headers (first 256 KiB) and the rows, not the file
+    model.close()
+    Model("s", resolve_source(f"{server.url}/scratch/", allow_download=True)).store.close()  # listing, header cached
+    offline = Model("scratch", resolve_source(f"{server.url}/scratch/"), DigestCache(full_read=False, budget=budget))
+    found = {d.name for d in offline.tensor_digests()}
+    assert offline.unchecked_tensors and not found & set(offline.unchecked_tensors)
+    assert "not in the remote source's range cache (pass --allow-download)" in offline.unchecked_reason
+    offline.close()

@@ -6,11 +6,13 @@ it), not *do its weights descend from the reference's*. Entry point: :func:`meas
 """
 
 from .backends import Completion, EndpointError, HttpBackend, LocalBackend, NextToken
+from .embed import SentenceEncoder, load_encoder
 from .measure import BehaviourComparison, BehaviourEvidence, BehaviourProfile, compare, measure, profile
 from .measures import (
     ContinuationAgreement,
     CutoffEstimate,
     NextTokenDivergence,
+    PairedSimilarity,
     RefusalComparison,
     RepresentationSimilarity,
     estimate_cutoff,
@@ -21,4 +23,5 @@ from .probes import Probes, load_probes
 __all__ = ["measure", "profile", "compare", "BehaviourEvidence", "BehaviourProfile", "BehaviourComparison",
            "LocalBackend", "HttpBackend", "EndpointError", "Completion", "NextToken", "Probes", "load_probes",
            "CutoffEstimate", "ContinuationAgreement", "RefusalComparison", "NextTokenDivergence",
-           "RepresentationSimilarity", "estimate_cutoff", "linear_cka"]
+           "RepresentationSimilarity", "PairedSimilarity", "SentenceEncoder", "load_encoder", "estimate_cutoff",
+           "linear_cka"]

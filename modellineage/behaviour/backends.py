@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from modellineage.errors import UnsupportedFormat, describe
-from modellineage.reading.boundary import guard
+from modellineage.reading.boundary import EncodeClock, guard
 
 #: Largest model (bytes of safetensors) the local backend loads whole.
 LOCAL_MAX_BYTES = 2 << 30
@@ -114,6 +114,8 @@ class LocalBackend:
             raise UnsupportedFormat(f"{model.source.config_file}: num_hidden_layers = {layers:,} but the weights hold "
                                     f"{len(model.shapes):,} tensors; the model is not built")
         self.tokenizer = self._tokenizer(model.source)
+        # the model folder's own regexes run at every encode: bounded in wall time (boundary.EncodeClock)
+        self._clock = EncodeClock(next(p for p in model.source.tokenizer_files if p.name == "tokenizer.json"))
         self.model = self._build(model.source, config, files, total)
         self.eos_id = config.get("eos_token_id") if isinstance(config.get("eos_token_id"), int) else None
         self.pad_id = config.get("pad_token_id") if isinstance(config.get("pad_token_id"), int) else self.eos_id
@@ -181,7 +183,7 @@ class LocalBackend:
 
     # -- questions ------------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        return self._clock.encode(self.tokenizer, text).ids
 
     def complete(self, prompt: str, max_tokens: int) -> Completion:
         """Greedy continuation, stopped at the end-of-sequence token; decoded without special tokens."""

@@ -26,6 +26,7 @@ from .measures import (
 )
 from modellineage.reading.progress import count_bar
 
+from .embed import NO_EMBEDDER
 from .probes import Probes, load_probes
 
 #: New tokens per greedy continuation (continuation and multilingual prompts), per dated-event answer, per refusal.
@@ -151,16 +152,21 @@ class BehaviourComparison:
 
 
 def compare(target: BehaviourProfile, reference: BehaviourProfile, *, permutations: int = 200,
-            seed: int = 0) -> BehaviourComparison:
-    """Compare two profiles of the same probes (see :mod:`modellineage.behaviour.measures`)."""
+            seed: int = 0, embedder=None, embedder_reason: str = NO_EMBEDDER) -> BehaviourComparison:
+    """Compare two profiles of the same probes (see :mod:`modellineage.behaviour.measures`).
+
+    ``embedder`` (a :class:`~modellineage.behaviour.embed.SentenceEncoder`) adds the embedding similarity of
+    the refusals both gave; without one, ``embedder_reason`` is recorded as why it was not measured.
+    """
     if target.probes != reference.probes:
         raise ValueError("profiles of different probe sets cannot be compared")
     same_tok = (target.backend.get("tokenizer_sha256") is not None
                 and target.backend.get("tokenizer_sha256") == reference.backend.get("tokenizer_sha256"))
     cont = compare_continuations([i for i, _ in target.continuations], [c for _, c in target.continuations],
-                                 [c for _, c in reference.continuations], same_tokenizer=same_tok)
+                                 [c for _, c in reference.continuations], same_tokenizer=same_tok, seed=seed)
     ref = compare_refusals([k for _, k, _ in target.refusals], [t for _, _, t in target.refusals],
-                           [t for _, _, t in reference.refusals])
+                           [t for _, _, t in reference.refusals], embedder=embedder,
+                           embedder_reason="" if embedder is not None else embedder_reason, seed=seed)
     if target.next_tokens is None or reference.next_tokens is None:
         nt, nt_reason = None, "; ".join(f"{p.model}: {p.next_tokens_reason}" for p in (target, reference)
                                         if p.next_tokens is None)
@@ -189,7 +195,7 @@ class BehaviourEvidence:
 
 
 def measure(target_backend, reference_backend, probes: Probes | None = None, *, permutations: int = 200,
-            seed: int = 0) -> BehaviourEvidence:
+            seed: int = 0, embedder=None, embedder_reason: str = NO_EMBEDDER) -> BehaviourEvidence:
     """Profile both backends on the same probes and compare them.
 
     Example::
@@ -204,7 +210,8 @@ def measure(target_backend, reference_backend, probes: Probes | None = None, *, 
     probes = probes or load_probes()
     t = profile(target_backend, probes)
     r = profile(reference_backend, probes)
-    return BehaviourEvidence(t, r, compare(t, r, permutations=permutations, seed=seed))
+    return BehaviourEvidence(t, r, compare(t, r, permutations=permutations, seed=seed, embedder=embedder,
+                                           embedder_reason=embedder_reason))
 
 
 __all__ = ["BehaviourProfile", "BehaviourComparison", "BehaviourEvidence", "Completion", "profile", "compare",

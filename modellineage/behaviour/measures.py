@@ -159,8 +159,58 @@ def is_refusal(text: str) -> bool:
 
 
 @dataclass(frozen=True)
+class PairedSimilarity:
+    """Similarity of the two models' answers to the *same* prompt, against answers to *different* prompts.
+
+    ``mean`` is the mean similarity of the ``pairs`` paired texts (target i with reference i); ``baseline`` the
+    mean over every mismatched pairing (target i with reference j, i != j) — what shared style alone gives;
+    ``p_value`` the share of ``permutations`` random re-pairings (reference order shuffled) whose mean reaches
+    ``mean`` (None, like ``baseline``, with fewer than 2 pairs).
+    """
+
+    measure: str
+    pairs: int
+    mean: float
+    baseline: float | None
+    p_value: float | None
+    permutations: int
+    seed: int
+
+    def as_dict(self) -> dict:
+        return {"measure": self.measure, "pairs": self.pairs, "mean": self.mean, "baseline": self.baseline,
+                "p_value": self.p_value, "permutations": self.permutations, "seed": self.seed}
+
+
+def paired_similarity(sim: np.ndarray, measure: str, *, permutations: int = 999, seed: int = 0) -> PairedSimilarity:
+    """``sim[i, j]`` = similarity of target text i and reference text j (square, i = j the same prompt)."""
+    sim = np.asarray(sim, dtype=np.float64)
+    n = sim.shape[0]
+    observed = float(np.mean(np.diag(sim)))
+    if n < 2:
+        return PairedSimilarity(measure, n, observed, None, None, permutations, seed)
+    baseline = float((sim.sum() - np.trace(sim)) / (n * (n - 1)))
+    rng = np.random.default_rng(seed)
+    rows = np.arange(n)
+    exceed = sum(float(np.mean(sim[rows, rng.permutation(n)])) >= observed - 1e-12 for _ in range(permutations))
+    return PairedSimilarity(measure, n, observed, baseline, (1 + exceed) / (1 + permutations), permutations, seed)
+
+
+def ngram_matrix(target: Sequence[str], reference: Sequence[str]) -> np.ndarray:
+    """Character 3-5-gram cosine of every target text with every reference text."""
+    def unit(text):
+        g = char_ngrams(text)
+        norm_ = math.sqrt(sum(v * v for v in g.values()))
+        return {k: v / norm_ for k, v in g.items()} if norm_ else {}
+
+    a, b = [unit(t) for t in target], [unit(t) for t in reference]
+    return np.array([[sum(v * y.get(k, 0.0) for k, v in x.items()) for y in b] for x in a], dtype=np.float64)
+
+
+@dataclass(frozen=True)
 class RefusalComparison:
-    """Refusal rates (overall and by kind) of both models and, over prompts both refused, phrasing similarity."""
+    """Refusal rates (overall and by kind) of both models and, over prompts both refused, phrasing similarity:
+    character n-grams (``phrasing``) and, when an embedder is given, sentence embeddings (``embedding``), each
+    against the baseline of refusals to different prompts (:class:`PairedSimilarity`)."""
 
     prompts: int
     target_rate: float
@@ -170,15 +220,25 @@ class RefusalComparison:
     phrasing_similarity: float | None
     agreement: float
     examples: tuple
+    phrasing: PairedSimilarity | None = None
+    embedding: PairedSimilarity | None = None
+    embedding_reason: str = ""
+    embedder: dict | None = None
 
     def as_dict(self) -> dict:
         return {"prompts": self.prompts, "target_rate": self.target_rate, "reference_rate": self.reference_rate,
                 "by_kind": self.by_kind, "both_refused": self.both_refused,
                 "phrasing_similarity": self.phrasing_similarity, "agreement": self.agreement,
-                "examples": [list(e) for e in self.examples]}
+                "examples": [list(e) for e in self.examples],
+                "phrasing": None if self.phrasing is None else self.phrasing.as_dict(),
+                "embedding": None if self.embedding is None else self.embedding.as_dict(),
+                "embedding_reason": self.embedding_reason, "embedder": self.embedder}
 
 
-def compare_refusals(kinds: Sequence[str], target: Sequence[str], reference: Sequence[str]) -> RefusalComparison:
+def compare_refusals(kinds: Sequence[str], target: Sequence[str], reference: Sequence[str], *, embedder=None,
+                     embedder_reason: str = "", permutations: int = 999, seed: int = 0) -> RefusalComparison:
+    """``embedder``: an object with ``embed(texts) -> [n, d]`` unit rows and ``describe()``
+    (:class:`~modellineage.behaviour.embed.SentenceEncoder`), or None (``embedder_reason`` says why)."""
     t = [is_refusal(x) for x in target]
     r = [is_refusal(x) for x in reference]
     n = len(kinds)
@@ -188,11 +248,23 @@ def compare_refusals(kinds: Sequence[str], target: Sequence[str], reference: Seq
         by_kind[kind] = {"prompts": len(ix), "target_rate": sum(t[i] for i in ix) / len(ix),
                          "reference_rate": sum(r[i] for i in ix) / len(ix)}
     both = [i for i in range(n) if t[i] and r[i]]
-    sim = float(np.mean([ngram_cosine(target[i], reference[i]) for i in both])) if both else None
+    tb, rb = [target[i] for i in both], [reference[i] for i in both]
+    phrasing = paired_similarity(ngram_matrix(tb, rb), "character 3-5-gram cosine", permutations=permutations,
+                                 seed=seed) if both else None
+    sim = phrasing.mean if phrasing else None
+    embedding, reason, info = None, embedder_reason, None
+    if embedder is not None:
+        info = embedder.describe()
+        if both:
+            embedding = paired_similarity(embedder.embed(tb) @ embedder.embed(rb).T,
+                                          f"cosine of {info['name']} sentence embeddings", permutations=permutations,
+                                          seed=seed)
+        else:
+            reason = "not measured: no request refused by both models"
     examples = tuple((kinds[i], target[i][:160], reference[i][:160]) for i in (both or
                      [i for i in range(n) if t[i] or r[i]])[:3])
     return RefusalComparison(n, sum(t) / n, sum(r) / n, by_kind, len(both), sim,
-                             sum(a == b for a, b in zip(t, r)) / n, examples)
+                             sum(a == b for a, b in zip(t, r)) / n, examples, phrasing, embedding, reason, info)
 
 
 # ----------------------------------------------------------------------------------------- continuations
@@ -206,7 +278,10 @@ class ContinuationAgreement:
     (characters compared). ``prefix`` is the mean length of the identical prefix (tokens or characters) and
     ``prefix_share`` that length over the longer continuation; ``agreement`` the share of positions that agree
     (tokens, or characters by position); ``identical`` the share of prompts continued identically;
-    ``ngram_similarity`` the mean character 3-5-gram cosine of the two continuations.
+    ``ngram_similarity`` the mean character 3-5-gram cosine of the two continuations. ``baseline`` is the
+    mean agreement of continuations of *different* prompts (target i with reference j, i != j) — what a shared
+    style alone gives — ``excess`` = ``agreement`` - ``baseline``, and ``p_value`` the share of random
+    re-pairings of the prompts whose mean agreement reaches ``agreement`` (:func:`paired_similarity`).
     """
 
     level: str
@@ -217,11 +292,15 @@ class ContinuationAgreement:
     identical: float
     ngram_similarity: float
     per_prompt: tuple
+    baseline: float | None = None
+    excess: float | None = None
+    p_value: float | None = None
 
     def as_dict(self) -> dict:
         return {"level": self.level, "prompts": self.prompts, "prefix": self.prefix,
                 "prefix_share": self.prefix_share, "agreement": self.agreement, "identical": self.identical,
-                "ngram_similarity": self.ngram_similarity, "per_prompt": [list(p) for p in self.per_prompt]}
+                "ngram_similarity": self.ngram_similarity, "baseline": self.baseline, "excess": self.excess,
+                "p_value": self.p_value, "per_prompt": [list(p) for p in self.per_prompt]}
 
 
 def _prefix(a: Sequence, b: Sequence) -> int:
@@ -233,9 +312,18 @@ def _prefix(a: Sequence, b: Sequence) -> int:
     return n
 
 
-def compare_continuations(ids: Sequence[str], target, reference, *, same_tokenizer: bool) -> ContinuationAgreement:
+def _agreement(x: Sequence, y: Sequence) -> float:
+    longest = max(len(x), len(y))
+    return (sum(u == v for u, v in zip(x, y)) / longest) if longest else 1.0
+
+
+def compare_continuations(ids: Sequence[str], target, reference, *, same_tokenizer: bool,
+                          permutations: int = 999, seed: int = 0) -> ContinuationAgreement:
     """``target``/``reference``: :class:`~modellineage.behaviour.backends.Completion` per prompt, same order."""
     token_level = same_tokenizer and all(c.token_ids is not None for c in (*target, *reference))
+    seqs = [[(c.token_ids if token_level else norm(c.text)) for c in side] for side in (target, reference)]
+    null = paired_similarity(np.array([[_agreement(x, y) for y in seqs[1]] for x in seqs[0]]),
+                             "positional agreement", permutations=permutations, seed=seed) if seqs[0] else None
     rows, prefixes, shares, agrees, same, sims = [], [], [], [], [], []
     for pid, a, b in zip(ids, target, reference):
         x, y = (a.token_ids, b.token_ids) if token_level else (norm(a.text), norm(b.text))
@@ -250,9 +338,12 @@ def compare_continuations(ids: Sequence[str], target, reference, *, same_tokeniz
         sims.append(sim)
         rows.append((pid, p, round(agree, 6), a.text[:80], b.text[:80]))
     n = len(rows)
+    baseline = null.baseline if null is not None else None
     return ContinuationAgreement("token" if token_level else "text", n, float(np.mean(prefixes)),
                                  float(np.mean(shares)), float(np.mean(agrees)), sum(same) / n,
-                                 float(np.mean(sims)), tuple(rows))
+                                 float(np.mean(sims)), tuple(rows), baseline,
+                                 None if baseline is None else float(np.mean(agrees)) - baseline,
+                                 null.p_value if null is not None else None)
 
 
 # ----------------------------------------------------------------------------------------- next-token JSD

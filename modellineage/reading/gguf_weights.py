@@ -33,6 +33,7 @@ safetensors store's, so memory stays flat in the model's size.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -62,6 +63,7 @@ __all__ = [
     "scan_gguf",
     "unpermute_rows",
     "dequantisable_types",
+    "check_split",
     "PERMUTED_ARCHITECTURES",
 ]
 
@@ -368,6 +370,10 @@ class GGUFTensorInfo(TensorInfo):
         """Stored as plain floats (F32/F16/BF16/F64): decoded exactly, no dequantisation."""
         return self.dtype in _EXACT
 
+    def feeder(self) -> GGUFFeeder:
+        """The running digest of this tensor's bytes (modellineage.reading.hashing.feeder_for)."""
+        return GGUFFeeder(self)
+
 
 def _virtual_tensors(header: GGUFHeader, notes: list[str]) -> dict[str, GGUFTensorInfo]:
     arch = header.architecture or ""
@@ -426,34 +432,90 @@ def _virtual_tensors(header: GGUFHeader, notes: list[str]) -> dict[str, GGUFTens
     return dict(sorted(out.items()))
 
 
+_SPLIT_NAME = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+_SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
+
+
+def check_split(headers: Sequence[GGUFHeader]) -> None:
+    """Check that ``headers`` (in shard order) are the whole of one split GGUF (llama.cpp's gguf-split), or
+    one unsplit file: every shard states ``split.no`` (its index from 0), ``split.count`` (the number of
+    shards) and ``split.tensors.count`` (the tensors of all shards), and they agree with the shard's name
+    (``-0000k-of-0000n.gguf``), the files given and the tensors found.
+
+    Raises:
+        CorruptCheckpoint: naming the first file that disagrees, and how.
+    """
+    n = len(headers)
+    total = sum(len(h.tensors) for h in headers)
+    values = [[h.metadata.get(k) for k in _SPLIT_KEYS] for h in headers]
+    if n == 1 and all(v is None for v in values[0]):
+        return  # an ordinary single GGUF file
+    for i, (h, (no, count, _)) in enumerate(zip(headers, values)):  # each shard is the one its place says
+        bad = [k for k, v in zip(_SPLIT_KEYS, values[i]) if not isinstance(v, int) or isinstance(v, bool)]
+        if bad:
+            raise _fail(h.path, f"shard {i + 1} of {n} of a split GGUF without a usable {', '.join(bad)}")
+        if count != n:
+            raise _fail(h.path, f"split.count = {count}, but the split GGUF was given as {n} shard file(s)"
+                                + ("; name its first shard (…-00001-of-…gguf) as the source" if n == 1 else ""))
+        if no != i:
+            raise _fail(h.path, f"split.no = {no}, but it is shard {i + 1} of {n} (split.no counts from 0)")
+        m = _SPLIT_NAME.search(h.path.name)
+        if m is None or (int(m.group(1)), int(m.group(2))) != (i + 1, n):
+            raise _fail(h.path, f"shard {i + 1} of {n} of a split GGUF must be named …-{i + 1:05d}-of-{n:05d}.gguf")
+    for h, (_, _, tensors) in zip(headers, values):  # and together they hold what each says they hold
+        if tensors != total:
+            raise _fail(h.path, f"split.tensors.count = {tensors}, but the {n} shard(s) hold {total} tensors")
+
+
 class GGUFStore(TensorStore):
-    """A GGUF file's tensors behind the :class:`TensorStore` interface (Hugging Face names, shapes and
+    """A GGUF model's tensors behind the :class:`TensorStore` interface (Hugging Face names, shapes and
     row order; values dequantised to float64, or exact float32 on the streaming fast path).
 
     Args:
-        files: one ``.gguf`` file (split GGUFs are not read yet).
+        files: one ``.gguf`` file, or every shard of a split GGUF in order (``-00001-of-0000n`` first; each
+            header validated, and their ``split.*`` metadata checked by :func:`check_split`). The first
+            shard's metadata (architecture, head counts) applies to the tensors of every shard.
     """
 
     def __init__(self, files: Sequence[str | os.PathLike[str]], *, scale_block=None) -> None:  # noqa: ARG002
         paths = tuple(Path(f) for f in files)
-        if len(paths) != 1:
-            raise UnsupportedFormat(f"{', '.join(map(str, paths)) or 'no file'}: one GGUF file per model is read "
-                                    f"(split GGUF files are not supported yet)")
-        header = read_gguf_header(paths[0])
+        if not paths:
+            raise UnsupportedFormat("no GGUF file given")
+        headers = tuple(read_gguf_header(p) for p in paths)
+        check_split(headers)
         notes: list[str] = []
+        first = headers[0]
+        index: dict[str, GGUFTensorInfo] = {}
+        for h in headers:
+            shard = h if h is first else dataclasses.replace(h, metadata={**first.metadata, **h.metadata})
+            for name, info in _virtual_tensors(shard, notes if h is first else []).items():
+                if name in index:
+                    raise _fail(h.path, f"tensor {quote(info.stored_name)} ({quote(name)}) is also in "
+                                        f"{index[name].file.name}")
+                index[name] = info
+            if len(index) > MAX_TENSORS:
+                raise _fail(h.path, f"the shards up to this one hold {len(index):,} tensors, above the safety "
+                                    f"limit of {MAX_TENSORS:,} (MAX_TENSORS, modellineage.reading.tensors)")
         self._scale_block = None
         self._files = paths
-        self._headers = (header,)
-        self._index = _virtual_tensors(header, notes)
+        self._headers = headers
+        self._index = dict(sorted(index.items()))
         self.notes = tuple(notes)
         self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
         self.bytes_read = 0
 
-    @property
+    @functools.cached_property
     def header(self) -> GGUFHeader:
-        return self._headers[0]
+        """The model's header: the first shard's, with the tensors of every shard (for config facts)."""
+        first = self._headers[0]
+        if len(self._headers) == 1:
+            return first
+        tensors = {}
+        for h in self._headers:
+            tensors.update(h.tensors)
+        return dataclasses.replace(first, size=sum(h.size for h in self._headers), tensors=dict(sorted(tensors.items())))
 
     # -- stored rows -------------------------------------------------------------------------
     def _stored(self, info: GGUFTensorInfo, rows: np.ndarray) -> np.ndarray:
@@ -590,90 +652,82 @@ def config_from_gguf(header: GGUFHeader) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- hashing
-def scan_gguf(path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20,
-              progress: Callable[[int], object] | None = None):
-    """SHA-256 of a GGUF file and of each tensor's byte range (per expert for stacked experts), named
-    as :class:`GGUFStore` names them, in one sequential pass.
+_NONFINITE_BITS = {"F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80),
+                   "F64": ("<u8", 0x7FF0000000000000)}
 
-    ``constant``: every GGML block of the tensor holds the same bytes. ``nonfinite``: NaN/Inf count of
-    plain float tensors from their bit patterns; for quantised tensors, of the dequantised values of
-    each row (a NaN or Inf scale).
-    """
-    from modellineage.reading.hashing import FileDigest, TensorDigest
 
-    path = Path(path)
-    header = read_gguf_header(path)
-    infos = _virtual_tensors(header, [])
-    hasher = hashlib.sha256()
-    block_bytes = {}
-    states = {}
-    for name, info in infos.items():
-        t = header.tensors[info.stored_name]
-        block_bytes[name] = t.type_size
-        states[name] = [hashlib.sha256(), None, True, 0]  # sha, first block, constant, nonfinite
-    queue = sorted((i for i in infos.values() if i.end > i.begin), key=lambda i: i.begin)
-    pos = 0
-    carry: dict[str, bytes] = {}
-    bits = {"F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80),
-            "F64": ("<u8", 0x7FF0000000000000)}
+class GGUFFeeder:
+    """Running digest of one GGUF tensor (or expert slice) for :func:`modellineage.reading.hashing.scan_file`:
+    SHA-256 of its bytes; ``constant`` when every GGML block holds the same bytes; ``nonfinite`` from the
+    bit patterns of plain floats, from the dequantised values of quantised rows (a NaN or Inf scale).
+    Bytes are checked in whole stored rows (GGML blocks never cross one); a partial row is carried."""
 
-    def feed(info: GGUFTensorInfo, piece: bytes) -> None:
-        state = states[info.name]
-        state[0].update(piece)
-        unit = info.row_bytes  # whole rows: GGML blocks never cross one
-        data = carry.pop(info.name, b"") + bytes(piece)
+    def __init__(self, info: GGUFTensorInfo) -> None:
+        self.info = info
+        self.hasher = hashlib.sha256()
+        self.block_bytes = info.row_bytes // (info.cols // GGML_BLOCK[info.ggml_type]) if info.cols else 1
+        self.first: np.ndarray | None = None
+        self.constant = True
+        self.nonfinite = 0
+        self.carry = b""
+
+    def feed(self, piece) -> None:
+        info = self.info
+        self.hasher.update(piece)
+        unit = info.row_bytes
+        data = self.carry + bytes(piece)
         whole = len(data) // unit * unit
-        if whole < len(data):
-            carry[info.name] = data[whole:]
+        self.carry = data[whole:]
         if not whole:
             return
         rows = np.frombuffer(data[:whole], dtype=np.uint8).reshape(-1, unit)
-        blocks = rows.reshape(-1, block_bytes[info.name])
-        if state[1] is None:
-            state[1] = blocks[0].copy()
-        if state[2] and not np.all(blocks == state[1]):
-            state[2] = False
-        if info.dtype in bits:
-            kind, mask = bits[info.dtype]
+        blocks = rows.reshape(-1, self.block_bytes)
+        if self.first is None:
+            self.first = blocks[0].copy()
+        if self.constant and not np.all(blocks == self.first):
+            self.constant = False
+        if info.dtype in _NONFINITE_BITS:
+            kind, mask = _NONFINITE_BITS[info.dtype]
             arr = np.frombuffer(data[:whole], dtype=kind)
-            state[3] += int(np.count_nonzero((arr & np.array(mask, dtype=kind)) == np.array(mask, dtype=kind)))
+            self.nonfinite += int(np.count_nonzero((arr & np.array(mask, dtype=kind)) == np.array(mask, dtype=kind)))
         elif info.is_float:
             from gguf import GGMLQuantizationType
             from gguf.quants import dequantize
 
             with np.errstate(invalid="ignore", over="ignore"):
                 values = dequantize(rows, GGMLQuantizationType(info.ggml_type))
-            state[3] += int(values.size - np.count_nonzero(np.isfinite(values)))
+            self.nonfinite += int(values.size - np.count_nonzero(np.isfinite(values)))
 
-    offset = 0
-    with confine.open_file(path) as fh:
-        buf = bytearray(chunk_bytes)
-        view = memoryview(buf)
-        while True:
-            n = fh.readinto(view)
-            if not n:
-                break
-            chunk = view[:n]
-            hasher.update(chunk)
-            end = offset + n
-            i = pos
-            while i < len(queue) and queue[i].begin < end:
-                info = queue[i]
-                lo, hi = max(info.begin, offset), min(info.end, end)
-                if lo < hi:
-                    feed(info, chunk[lo - offset:hi - offset])
-                if info.end <= end:
-                    i += 1
-                    pos = i
-                else:
-                    break
-            if progress is not None:
-                progress(n)
-            offset = end
-    if offset != header.size:
-        raise CorruptCheckpoint(f"{path}: file changed size while being read ({header.size} -> {offset} bytes)")
-    digests = tuple(
-        TensorDigest(name, info.dtype, tuple(info.shape), info.end - info.begin, states[name][0].hexdigest(),
-                     bool(states[name][2]), int(states[name][3]))
-        for name, info in infos.items())
-    return FileDigest(str(path), header.size, hasher.hexdigest(), digests)
+    def digest(self, rows: tuple[int, ...] | None = None):
+        from modellineage.reading.hashing import TensorDigest
+
+        info = self.info
+        return TensorDigest(info.name, info.dtype, tuple(info.shape), info.end - info.begin, self.hasher.hexdigest(),
+                            bool(self.constant), int(self.nonfinite), rows)
+
+
+class _BlockSizes(dict):
+    """GGML type -> elements per block (``gguf.GGML_QUANT_SIZES``), looked up on first use."""
+
+    def __missing__(self, ggml_type: int) -> int:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        self[ggml_type] = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)][0]
+        return self[ggml_type]
+
+
+GGML_BLOCK = _BlockSizes()
+
+
+def scan_gguf(path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20,
+              progress: Callable[[int], object] | None = None):
+    """SHA-256 of a GGUF file and of each tensor's byte range (per expert for stacked experts), named
+    as :class:`GGUFStore` names them, in one sequential pass (:func:`modellineage.reading.hashing.scan_file`
+    with one :class:`GGUFFeeder` per tensor)."""
+    from modellineage.reading.hashing import FileDigest, scan_file
+
+    path = Path(path)
+    header = read_gguf_header(path)
+    feeders = [GGUFFeeder(info) for info in _virtual_tensors(header, []).values()]
+    _, sha = scan_file(path, feeders, expected_size=header.size, chunk_bytes=chunk_bytes, progress=progress)
+    return FileDigest(str(path), header.size, sha, tuple(f.digest() for f in feeders))

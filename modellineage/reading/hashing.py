@@ -1,17 +1,20 @@
-"""Byte-exact fingerprints of files and of every tensor in a safetensors file.
+"""Byte-exact fingerprints of files and of the tensors in them.
 
-:func:`scan_safetensors` makes one sequential pass over a file through one reusable
-buffer of ``chunk_bytes``: every byte feeds the file's SHA-256; each byte inside a tensor's
-range also feeds that tensor's SHA-256, its constant check and its non-finite count
-(partial elements are carried across chunk boundaries). Memory stays flat whatever the
-file size. Nothing is unpickled.
+:func:`scan_file` is the one streaming core: one sequential pass over a file through one reusable
+buffer of ``chunk_bytes``; every byte feeds the file's SHA-256, each byte inside a tensor's range
+also feeds that tensor's :class:`TensorFeeder` (SHA-256, constant check, non-finite count; partial
+elements are carried across chunk boundaries). Each format only says which feeders a file has:
+:func:`scan_safetensors` element-wise feeders, GGUF (``gguf_weights.scan_gguf``) feeders that know
+GGML blocks. The same feeders digest a few sampled rows of a tensor under a read budget
+(:func:`modellineage.reading.model.DigestCache`: ``TensorDigest.rows``). Memory stays flat whatever
+the file size. Nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +24,8 @@ from modellineage.errors import CorruptCheckpoint, SourceNotFound
 from modellineage.reading import confine, remote
 from modellineage.reading.tensors import TensorInfo, read_header
 
-__all__ = ["FileDigest", "TensorDigest", "scan_safetensors", "sha256_file", "digest_cached_tensors"]
+__all__ = ["FileDigest", "TensorDigest", "TensorFeeder", "feeder_for", "scan_file", "scan_safetensors", "sha256_file",
+           "header_sha256", "digest_cached_tensors"]
 
 Progress = Callable[[int], object]
 
@@ -46,6 +50,9 @@ class TensorDigest:
 
     ``constant``: every element has the identical byte pattern (empty tensors count as constant).
     ``nonfinite``: NaN/Inf element count read from bit patterns (0 for non-float dtypes).
+    ``rows``: None for a digest of the whole tensor; under a read budget, the rows (of the tensor's 2-D
+    view, ascending) whose bytes alone were digested — ``sha256``, ``constant`` and ``nonfinite`` then
+    describe those rows only, and ``nbytes`` is still the whole tensor's size.
     """
 
     name: str
@@ -55,10 +62,15 @@ class TensorDigest:
     sha256: str
     constant: bool
     nonfinite: int
+    rows: tuple[int, ...] | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        if self.rows is None:  # whole-tensor digests keep the record they always had
+            del d["rows"]
+        else:
+            d["rows"] = list(self.rows)
         return d
 
 
@@ -80,8 +92,24 @@ class FileDigest:
         }
 
 
-class _TensorState:
-    """Running digest of one tensor fed with consecutive byte pieces."""
+class TensorFeeder:
+    """Running digest of one tensor fed with consecutive byte pieces (its range, or its sampled rows).
+
+    Subclasses say how a format's bytes are checked (:meth:`feed`); :meth:`digest` gives the record.
+    ``info`` carries the byte range :func:`scan_file` routes to it (``info.begin``, ``info.end``).
+    """
+
+    info: TensorInfo
+
+    def feed(self, piece: memoryview) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def digest(self, rows: tuple[int, ...] | None = None) -> TensorDigest:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _TensorState(TensorFeeder):
+    """Element-wise running digest (safetensors dtypes): SHA-256, constant check, non-finite bit patterns."""
 
     __slots__ = ("info", "hasher", "itemsize", "uint", "first", "constant", "nonfinite", "carry", "bits")
 
@@ -126,11 +154,12 @@ class _TensorState:
         if whole < len(piece):
             self.carry = bytes(piece[whole:])
 
-    def digest(self) -> TensorDigest:
+    def digest(self, rows: tuple[int, ...] | None = None) -> TensorDigest:
         if self.carry:  # pragma: no cover - impossible: read_header checks nbytes == numel * itemsize
             raise CorruptCheckpoint(f"{self.info.file}: tensor {self.info.name!r} ends inside an element")
         i = self.info
-        return TensorDigest(i.name, i.dtype, i.shape, i.nbytes, self.hasher.hexdigest(), self.constant, self.nonfinite)
+        return TensorDigest(i.name, i.dtype, i.shape, i.nbytes, self.hasher.hexdigest(), self.constant, self.nonfinite,
+                            rows)
 
 
 def _check_file(path: Path) -> None:
@@ -162,6 +191,52 @@ def _stream(path: Path, expected_size: int | None, chunk_bytes: int, sink: Calla
     return offset
 
 
+def feeder_for(info: TensorInfo) -> TensorFeeder:
+    """The running digest of one tensor in its format: a GGUF tensor's own (GGML blocks, dequantised
+    non-finite counts) when its info provides one, else element-wise (:class:`_TensorState`)."""
+    make = getattr(info, "feeder", None)
+    return make() if make is not None else _TensorState(info)
+
+
+def scan_file(path: str | os.PathLike[str], feeders: Sequence[TensorFeeder], *, expected_size: int | None = None,
+              chunk_bytes: int = 16 << 20, progress: Progress | None = None) -> tuple[int, str]:
+    """The one streaming core: one sequential pass over ``path`` that feeds every byte to the file's
+    SHA-256 and each byte inside a feeder's ``[info.begin, info.end)`` to that feeder.
+
+    Every format hashes through it (:func:`scan_safetensors`; GGUF's ``scan_gguf`` with its own
+    feeders); ranges must not overlap (the header readers check it).
+
+    Returns:
+        The bytes read and the file's SHA-256 (hex).
+    """
+    path = Path(path)
+    _check_file(path)
+    queue = sorted((f for f in feeders if f.info.end > f.info.begin), key=lambda f: f.info.begin)
+    hasher = hashlib.sha256()
+    pos = 0  # index of the first feeder not yet fully fed
+
+    def sink(offset: int, chunk: memoryview) -> None:
+        nonlocal pos
+        hasher.update(chunk)
+        end = offset + len(chunk)
+        i = pos
+        while i < len(queue) and queue[i].info.begin < end:
+            info = queue[i].info
+            lo, hi = max(info.begin, offset), min(info.end, end)
+            if lo < hi:
+                queue[i].feed(chunk[lo - offset : hi - offset])
+            if info.end <= end:
+                i += 1
+                pos = i
+            else:
+                break
+        if progress is not None:
+            progress(len(chunk))
+
+    size = _stream(path, expected_size, chunk_bytes, sink)
+    return size, hasher.hexdigest()
+
+
 def sha256_file(path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20, progress: Progress | None = None) -> FileDigest:
     """SHA-256 of any file, streamed.
 
@@ -173,17 +248,8 @@ def sha256_file(path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20, pr
     Returns:
         A :class:`FileDigest` with no tensors.
     """
-    path = Path(path)
-    _check_file(path)
-    hasher = hashlib.sha256()
-
-    def sink(_offset: int, chunk: memoryview) -> None:
-        hasher.update(chunk)
-        if progress is not None:
-            progress(len(chunk))
-
-    size = _stream(path, None, chunk_bytes, sink)
-    return FileDigest(str(path), size, hasher.hexdigest(), ())
+    size, sha = scan_file(path, (), chunk_bytes=chunk_bytes, progress=progress)
+    return FileDigest(str(Path(path)), size, sha, ())
 
 
 def scan_safetensors(
@@ -205,32 +271,27 @@ def scan_safetensors(
     path = Path(path)
     _check_file(path)
     header = read_header(path)
-    states = {name: _TensorState(info) for name, info in header.tensors.items()}
-    # Non-empty tensors in file order (read_header guarantees they do not overlap).
-    queue = sorted((s for s in states.values() if s.info.nbytes), key=lambda s: s.info.begin)
+    states = [_TensorState(info) for info in header.tensors.values()]
+    _, sha = scan_file(path, states, expected_size=header.size, chunk_bytes=chunk_bytes, progress=progress)
+    return FileDigest(str(path), header.size, sha, tuple(s.digest() for s in states))
+
+
+def header_sha256(path: str | os.PathLike[str], header_bytes: int) -> str:
+    """SHA-256 of a file's first ``header_bytes`` bytes (its header: the identity a budgeted run records
+    beside the size when it does not read the whole file)."""
+    path = Path(path)
+    _check_file(path)
+    far = remote.lookup(path)
     hasher = hashlib.sha256()
-    pos = 0  # index of the first tensor not yet fully fed
-
-    def sink(offset: int, chunk: memoryview) -> None:
-        nonlocal pos
-        hasher.update(chunk)
-        end = offset + len(chunk)
-        i = pos
-        while i < len(queue) and queue[i].info.begin < end:
-            info = queue[i].info
-            lo, hi = max(info.begin, offset), min(info.end, end)
-            if lo < hi:
-                queue[i].feed(chunk[lo - offset : hi - offset])
-            if info.end <= end:
-                i += 1
-                pos = i
-            else:
-                break
-        if progress is not None:
-            progress(len(chunk))
-
-    _stream(path, header.size, chunk_bytes, sink)
-    return FileDigest(str(path), header.size, hasher.hexdigest(), tuple(s.digest() for s in states.values()))
+    left = header_bytes
+    with (far.stream() if far is not None else confine.open_file(path)) as fh:
+        while left > 0:
+            piece = fh.read(min(left, 1 << 20))
+            if not piece:
+                raise CorruptCheckpoint(f"{path}: ends inside its header ({header_bytes} bytes declared)")
+            hasher.update(piece)
+            left -= len(piece)
+    return hasher.hexdigest()
 
 
 def digest_cached_tensors(path: str | os.PathLike[str], *, chunk_bytes: int = 16 << 20, fetch_below: int = 0

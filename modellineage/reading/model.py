@@ -8,7 +8,9 @@ and the evidence can name every input with its SHA-256.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from modellineage.errors import LineageError
 from modellineage.reading.boundary import guard, read_json
 from modellineage.reading.config import ArchConfig, normalise_config
 from modellineage.reading import confine, remote
-from modellineage.reading.hashing import FileDigest, TensorDigest, digest_cached_tensors, scan_safetensors, sha256_file
+from modellineage.reading.hashing import (FileDigest, TensorDigest, digest_cached_tensors, feeder_for, header_sha256,
+                                          scan_safetensors, sha256_file)
 from modellineage.reading.naming import NameMap, canonicalize
 from modellineage.reading.progress import progress_bar
 from modellineage.reading.sources import ModelSource
@@ -37,6 +40,79 @@ def _scan_gguf(path, *, progress=None) -> FileDigest:
 #: (norm gains, biases, routers: ~0.02% of a 100B MoE, and byte-identical trained norms are reuse evidence).
 SMALL_TENSOR_BYTES = 1 << 20
 
+#: Under a read budget (``--budget``), the share of each model's part of the budget its tensor digests (exact
+#: reuse, finiteness) may read; :func:`modellineage.weights.budget.plan_budget` leaves it out of what the weight
+#: and independence measurements share. One row of every tensor of a 100B MoE is ~0.07% of it (18,963
+#: tensors of 2.5-8 KiB rows in 205 GB), so at a 1% budget 10% covers every tensor.
+DIGEST_SHARE = 0.1
+#: Seed of the row digested per tensor under a read budget (chosen by the tensor's shape alone, so every
+#: tensor of one shape, in either model, is digested on the same row and a copy under any name matches).
+DIGEST_SEED = 20261203
+#: Where a weight file's SHA-256 came from when a budgeted run did not read the whole file.
+SHA_NOT_UNDER_BUDGET = "not computed under --budget (pass --verify-hashes)"
+_WEIGHT_SUFFIXES = (".safetensors", ".gguf")
+
+
+def digest_row(shape: tuple[int, ...], rows: int) -> int:
+    """The row (of a tensor's 2-D view) digested under a read budget: a seeded function of the shape."""
+    h = hashlib.sha256(f"{DIGEST_SEED}:{tuple(int(x) for x in shape)}".encode()).digest()
+    return int.from_bytes(h[:8], "little") % max(1, rows)
+
+
+@dataclass(frozen=True)
+class SampledDigests:
+    """Tensor digests of one model under a read budget: one seeded row per tensor (whole 1-D tensors),
+    as many tensors as the digest share of the budget allows, in a seeded order of their names.
+
+    ``unchecked``: tensors not digested; ``reason`` says why. ``bytes_read`` counts the row bytes read.
+    """
+
+    digests: tuple[TensorDigest, ...]
+    unchecked: tuple[str, ...]
+    reason: str
+    bytes_allowed: int
+    bytes_planned: int
+    bytes_read: int
+
+    def as_dict(self) -> dict:
+        return {"rows_per_tensor": 1, "row_seed": DIGEST_SEED, "digested": len(self.digests),
+                "whole": sum(d.rows is None for d in self.digests), "unchecked": len(self.unchecked),
+                "unchecked_reason": self.reason if self.unchecked else "", "bytes_allowed": self.bytes_allowed,
+                "bytes_planned": self.bytes_planned, "bytes_read": self.bytes_read}
+
+
+def digest_allowance(store: TensorStore, budget) -> int:
+    """Bytes the tensor digests of the model behind ``store`` may read under ``budget``
+    (:class:`modellineage.weights.budget.ReadBudget`): :data:`DIGEST_SHARE` of the model's part of it
+    (a share of its float-tensor bytes, or half of a byte budget, which is per pair)."""
+    if budget.nbytes is not None:
+        return int(budget.nbytes * DIGEST_SHARE / 2)
+    present = sum(store.info(n).nbytes for n in store.names() if store.info(n).is_float)
+    return int(budget.fraction * present * DIGEST_SHARE)
+
+
+def plan_digests(store: TensorStore, allowed: int) -> tuple[list[tuple[str, int | None]], list[str], int]:
+    """Which tensors (and which row; None: the whole tensor) the digests read within ``allowed`` bytes.
+
+    Tensors are taken in a seeded order of their names (the same in every model with those names); one
+    that does not fit is left unchecked and the next tried. Returns the plan, the unchecked names and the
+    planned bytes.
+    """
+    order = sorted(store.names(), key=lambda n: hashlib.sha256(f"{DIGEST_SEED}:{n}".encode()).digest())
+    plan: list[tuple[str, int | None]] = []
+    unchecked: list[str] = []
+    spent = 0
+    for name in order:
+        info = store.info(name)
+        whole = info.rows <= 1 or info.nbytes == 0
+        cost = info.nbytes if whole else info.nbytes // info.rows
+        if spent + cost > allowed:
+            unchecked.append(name)
+            continue
+        spent += cost
+        plan.append((name, None if whole else digest_row(info.shape, info.rows)))
+    return plan, sorted(unchecked), spent
+
 
 class DigestCache:
     """SHA-256 digests of input files, computed at most once per session.
@@ -45,11 +121,17 @@ class DigestCache:
     metadata, an HF cache blob name) and check the two agree (``--verify-hashes``).
     ``full_read``: the audit reads whole models (no ``--sample``); when False, a remote file is never fetched
     whole for a digest: its per-tensor digests cover the tensors already fetched and name the others.
+    ``budget``: a read budget (``--budget``, :class:`modellineage.weights.budget.ReadBudget`): unless ``verify``,
+    tensor digests are taken on one seeded row per tensor within :data:`DIGEST_SHARE` of it
+    (:meth:`sampled`), and a weight file's SHA-256 is not computed (its size and header SHA-256 identify it;
+    :data:`SHA_NOT_UNDER_BUDGET`) unless it is known from where it already exists.
     """
 
-    def __init__(self, *, verify: bool = False, full_read: bool = True) -> None:
+    def __init__(self, *, verify: bool = False, full_read: bool = True, budget=None) -> None:
         self.verify = verify
         self.full_read = full_read
+        self.budget = budget
+        self._sampled: dict[tuple, SampledDigests] = {}
         self._digests: dict[Path, FileDigest] = {}
         self._plain: dict[Path, FileDigest] = {}  # whole-file hashes of files that failed to parse
         self._partial: dict[Path, tuple[tuple[TensorDigest, ...], tuple[str, ...]]] = {}
@@ -104,12 +186,70 @@ class DigestCache:
             self._partial[key] = digest_cached_tensors(path, fetch_below=SMALL_TENSOR_BYTES)
         return self._partial[key]
 
+    @property
+    def budgeted(self) -> bool:
+        """Whether whole weight files are left unread: a read budget without ``--verify-hashes``."""
+        return self.budget is not None and not self.verify
+
+    def sampled(self, store: TensorStore) -> SampledDigests:
+        """One model's tensor digests under the read budget (see :class:`SampledDigests`), read once."""
+        key = tuple(self._key(p) for p in store.files)
+        if key not in self._sampled:
+            allowed = digest_allowance(store, self.budget)
+            plan, unchecked, planned = plan_digests(store, allowed)
+            before = store.bytes_read
+            digests, offline = [], []
+            for name, row in plan:
+                info = store.info(name)
+                feeder = feeder_for(info)
+                try:
+                    if row is None:
+                        if info.nbytes:
+                            feeder.feed(store.read_raw_row_range(name, 0, info.rows))
+                        digests.append(feeder.digest())
+                    else:
+                        feeder.feed(store.read_raw_row_range(name, row, row + 1))
+                        digests.append(feeder.digest(rows=(row,)))
+                except remote.RemoteError:  # a remote file's row not in the range cache, downloads not allowed
+                    offline.append(name)
+            reasons = []
+            if unchecked:
+                reasons.append(f"{len(unchecked):,} beyond the tensor digests' share of the read budget ({allowed:,} "
+                               f"bytes = {DIGEST_SHARE:.0%} of this model's part of --budget {self.budget.text}; one "
+                               f"row each)")
+            if offline:
+                reasons.append(f"{len(offline):,} not in the remote source's range cache (pass --allow-download)")
+            self._sampled[key] = SampledDigests(tuple(sorted(digests, key=lambda d: d.name)),
+                                                tuple(sorted(unchecked + offline)), "; ".join(reasons), allowed,
+                                                planned, store.bytes_read - before)
+        return self._sampled[key]
+
+    def _budget_record(self, path: Path, key: Path) -> dict:
+        """A local weight file a budgeted run does not read whole: size + header SHA-256 as its identity."""
+        size = key.stat().st_size
+        record = {"size": size, "sha256": None, "sha256_source": SHA_NOT_UNDER_BUDGET}
+        try:
+            if Path(path).suffix == ".gguf":
+                from modellineage.reading.gguf_weights import read_gguf_header
+                header_bytes = read_gguf_header(path).data_start
+            else:
+                from modellineage.reading.tensors import read_header
+                header_bytes = read_header(path).data_start
+            record.update(header_bytes=header_bytes, header_sha256=header_sha256(path, header_bytes),
+                          identity="size + header SHA-256 (shared by checkpoints of one layout: the tensor digests of "
+                                   "the reuse and finiteness audits tell their contents apart)")
+        except LineageError as exc:
+            record["error"] = str(exc)
+        return record
+
     def input_record(self, path: Path, *, label: str = "") -> dict:
         """Size and SHA-256 of one input file for the evidence, and where the SHA-256 came from.
 
         ``sha256_source``: "computed over the full file", "hub LFS metadata" (a remote hub file, unless
         ``verify``), "HF cache blob name" (a local Hugging Face cache file whose blob is named by its
-        SHA-256, unless ``verify`` or the file was scanned anyway); None when no SHA-256 is known (a remote
+        SHA-256, unless ``verify`` or the file was scanned anyway), :data:`SHA_NOT_UNDER_BUDGET` (a local
+        weight file with neither under a read budget: ``sha256`` None, ``header_sha256`` of its first
+        ``header_bytes`` bytes and ``size`` identify it); None when no SHA-256 is known (a remote
         file read in part, with neither). Remote files also record their URL and the distinct bytes read.
         A disagreement between a computed SHA-256 and the known one is the record's ``error``.
         """
@@ -127,6 +267,9 @@ class DigestCache:
                     and all(c in "0123456789abcdef" for c in name))
             known, known_source = (name, remote.SHA_BLOB) if blob else (None, None)
             must_compute = self.verify or key in self._digests or known is None
+            if (must_compute and known is None and self.budgeted and key not in self._digests
+                    and Path(path).suffix in _WEIGHT_SUFFIXES):
+                return self._budget_record(path, key)
         if must_compute:
             digest, error = self.file_digest(path, label=label)
             record.update(size=digest.size, sha256=digest.sha256 or None, sha256_source=remote.SHA_COMPUTED)
@@ -245,6 +388,11 @@ class Model:
         A remote model read in part (``--sample``) gives the digests of the tensors fetched;
         :attr:`unchecked_tensors` names the others.
         """
+        if self.digests.budgeted:
+            sampled = self.digests.sampled(self.store)
+            self.__dict__["_unchecked"] = sampled.unchecked
+            self.__dict__["_digest_coverage"] = sampled
+            return sampled.digests
         found: list[TensorDigest] = []
         unchecked: list[str] = []
         for path in self.source.require_weights():
@@ -256,10 +404,27 @@ class Model:
 
     @property
     def unchecked_tensors(self) -> tuple[str, ...]:
-        """Tensors :meth:`tensor_digests` could not digest (a remote model read in part), sorted."""
+        """Tensors :meth:`tensor_digests` could not digest (a remote model read in part, or beyond the
+        digests' share of a read budget), sorted."""
         if "_unchecked" not in self.__dict__:
             self.tensor_digests()
         return self.__dict__["_unchecked"]
+
+    @property
+    def digest_coverage(self) -> SampledDigests | None:
+        """Under a read budget, what :meth:`tensor_digests` read and could not check; None otherwise."""
+        if "_unchecked" not in self.__dict__:
+            self.tensor_digests()
+        return self.__dict__.get("_digest_coverage")
+
+    @property
+    def unchecked_reason(self) -> str:
+        """Why :attr:`unchecked_tensors` were not checked (empty when all were)."""
+        if not self.unchecked_tensors:
+            return ""
+        coverage = self.digest_coverage
+        return coverage.reason if coverage is not None else \
+            "not fetched from the remote source under a partial read; a full read or --verify-hashes checks them"
 
     def file_digests(self) -> tuple[tuple[FileDigest, str | None], ...]:
         """Size and SHA-256 of every input file of this source, each with the parse error if it has one."""

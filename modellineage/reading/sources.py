@@ -50,6 +50,9 @@ INDEX_FILE = "model.safetensors.index.json"
 # What --allow-download fetches: never pickles (and no GGUF files, which hold whole models).
 DOWNLOAD_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.model.v*", "*.tiktoken", "*.txt")
 
+#: llama.cpp's gguf-split shard names (gguf-py's ``SHARD_NAME_FORMAT``: ``{stem}-{no:05d}-of-{count:05d}.gguf``).
+SPLIT_GGUF = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -200,6 +203,9 @@ def _from_path(spec: str, path: Path) -> ModelSource:
         return ModelSource(spec=spec, root=path, kind="file", pickle_files=(path,))
     from modellineage.reading.gguf_weights import declares_tensors
 
+    split = SPLIT_GGUF.match(path.name)
+    if split is not None:
+        return _split_gguf(spec, path, split)
     if not declares_tensors(path):
         return ModelSource(spec=spec, root=path, kind="file", tokenizer_files=(path,),
                            notes=("a GGUF file without tensors: its tokenizer vocabulary is read",))
@@ -207,6 +213,59 @@ def _from_path(spec: str, path: Path) -> ModelSource:
                        notes=("a GGUF file: its tensors are read through modellineage.reading.gguf_weights "
                               "(llama.cpp names and q/k order mapped back, quantised types dequantised), "
                               "its config facts from its metadata, its tokenizer from its vocabulary",))
+
+
+def _split_gguf(spec: str, path: Path, split: re.Match) -> ModelSource:
+    """A split GGUF (llama.cpp's gguf-split) named by any of its shards: one model source over every shard.
+
+    The shards are the files ``{stem}-00001-of-{count}.gguf`` ... beside the one named; the source's root
+    is their folder, and each must be a regular file inside it (vetted like a folder's entries). A missing
+    shard, or a name whose numbering cannot be one of ``count``, fails the weight audits naming the file;
+    every shard's header is checked against its name when the weights are opened
+    (:class:`modellineage.reading.gguf_weights.GGUFStore`: ``split.no``, ``split.count``,
+    ``split.tensors.count``). The first shard also carries the metadata and the tokenizer.
+    """
+    from modellineage.reading.gguf_weights import declares_tensors
+
+    folder = path.parent
+    stem, no, count = split.group("stem"), int(split.group("no")), int(split.group("count"))
+    if not 1 <= no <= count:
+        return ModelSource(spec=spec, root=folder, kind="file", index_error=CorruptCheckpoint(
+            f"{path}: a split GGUF shard numbered {no} of {count} (shards count from 1 to their number)"))
+    bounds = confine.bounds_for(folder)
+    names = [f"{stem}-{k:05d}-of-{count:05d}.gguf" for k in range(1, count + 1)]
+    shards, missing, refused = [], [], []
+    for name in names:
+        shard = folder / name
+        if not (shard.exists() or shard.is_symlink()):
+            missing.append(name)
+            continue
+        refusal = confine.vet(shard, bounds, entry=name, role="weights")
+        if refusal is not None:
+            refused.append(refusal)
+            if name == names[0]:
+                refused.append(dataclasses.replace(refusal, role="tokenizer"))
+        else:
+            shards.append(shard)
+    notes = [f"a split GGUF of {count} shard(s) ({names[0]} ...): read as one model, its tensors through "
+             "modellineage.reading.gguf_weights, metadata and tokenizer from the first shard"]
+    others = sorted(p.name for p in folder.glob(f"{glob_escape(stem)}-*-of-*.gguf") if p.name not in names)
+    if others:
+        notes.append("other split GGUF files beside it (another shard count) not read: " + ", ".join(others[:8]))
+    if missing:
+        return ModelSource(spec=spec, root=folder, kind="file", refused=tuple(refused), notes=tuple(notes),
+                           index_error=SourceNotFound(f"{folder / names[0]}: split GGUF shard(s) missing: "
+                                                      + ", ".join(missing)))
+    if refused:
+        return ModelSource(spec=spec, root=folder, kind="file", refused=tuple(refused), notes=tuple(notes))
+    weights = tuple(shards) if any(declares_tensors(p) for p in shards) else ()
+    return ModelSource(spec=spec, root=folder, kind="file", weight_files=weights, tokenizer_files=(shards[0],),
+                       notes=tuple(notes))
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters escaped (a model name may hold ``[``)."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _role(name: str) -> str | None:

@@ -13,6 +13,10 @@ A claim's outcome:
   its judged audits failed, and a failed unranked audit under a holding verdict marks it *contested*;
 - *contested* also when a weaker family contradicts the deciding one (both are named).
 
+Behaviour is no lineage finding (it answers "does the target behave like X", which distillation also
+produces) and never enters the verdict; when its audits measured a reference, :func:`behaviour_summary`
+puts one line on that reference's main card — each figure against the bound independent models keep.
+
 The ``strongest`` evidence is the deciding finding and up to two more that agree with the verdict, in
 the rank's order, each as one plain sentence with its number, bound and the audit that measured it.
 """
@@ -21,13 +25,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from modellineage.reporting.families import audit_name, audit_title, family
 from modellineage.reporting.verdicts import CombinedVerdict, combine, finding_of
 
-__all__ = ["Evidence", "ClaimVerdict", "claim_verdicts", "verdicts_document", "pvalue_text", "plain_number"]
+__all__ = ["Evidence", "ClaimVerdict", "claim_verdicts", "verdicts_document", "behaviour_summary", "pvalue_text",
+           "plain_number"]
 
 STRONGEST = 3  # pieces of evidence per card
 
@@ -67,6 +72,7 @@ class ClaimVerdict:
     untested: tuple[tuple[str, str], ...]  # (family, why no audit of it judged the claim)
     sentence: str  # verdicts.py's sentence (names disagreeing families and why the deciding one wins)
     judged_by: tuple[str, ...] = field(default=())
+    behaviour: Mapping[str, Any] | None = None  # behaviour_summary() of the subject, on its main claim only
 
     def as_dict(self) -> dict[str, Any]:
         return {"subject": self.subject, "relation": self.relation, "refinement": self.refinement,
@@ -74,7 +80,7 @@ class ClaimVerdict:
                 "contested": self.contested, "deciding_family": self.deciding,
                 "strongest": [e.as_dict() for e in self.strongest], "against": [e.as_dict() for e in self.against],
                 "untested": [{"family": f, "why": w} for f, w in self.untested], "sentence": self.sentence,
-                "judged_by": list(self.judged_by)}
+                "judged_by": list(self.judged_by), "behaviour": None if self.behaviour is None else dict(self.behaviour)}
 
 
 # ------------------------------------------------------------------------------------ plain numbers
@@ -306,9 +312,64 @@ def _verdict(target: str, coverage: Mapping[str, Any], records: Sequence[Mapping
                         tuple(coverage.get("judged_by", ())))
 
 
+def behaviour_summary(subject: str, records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """What the behaviour family measured about ``subject``, in one line, or None when it measured nothing.
+
+    Each figure is set against the bound independent models keep (``independent_bound`` as the audit recorded
+    it, judged or not): continuation agreement above its bound or next-token divergence below its bound is
+    *close* — closer than any independent model should be, as a fine-tune or a distilled student is. The line
+    is never a lineage verdict (see :mod:`modellineage.reporting.families`, behaviour's scope).
+    """
+    parts, sides, audits = [], [], []
+    for r in sorted((r for r in records if r.get("family") == "behaviour" and r.get("subject") == subject),
+                    key=lambda r: r.get("nodeid", "")):
+        m = r.get("measurements") or {}
+        name = audit_name(r.get("nodeid", ""))
+        bound = m.get("independent_bound") if isinstance(m.get("independent_bound"), Mapping) else {}
+        value = None
+        if name == "test_continuation_agreement" and isinstance(m.get("continuation"), Mapping):
+            c = m["continuation"]
+            value = c.get("agreement")
+            if c.get("level") == "token" and bound.get("value") is not None:
+                other = (f"; {c['baseline']:.3f} for different prompts" if c.get("baseline") is not None else "")
+                parts.append(f"continuation agreement {value:.3f} (independent models ≤ {bound['value']:g}{other})")
+                sides.append(value > bound["value"])
+            else:
+                parts.append(f"continuation agreement {value:.3f} ({c.get('level')} level, no calibrated bound)")
+        elif name == "test_next_token_divergence" and isinstance(m.get("next_token"), Mapping):
+            value = m["next_token"].get("mean_jsd")
+            if bound.get("value") is not None:
+                parts.append(f"next-token JSD {value:.3f} bits (independent models ≥ {bound['value']:g})")
+                sides.append(value < bound["value"])
+        elif name == "test_refusal_behaviour" and isinstance(m.get("refusal"), Mapping) \
+                and isinstance(m["refusal"].get("phrasing"), Mapping):
+            ph = m["refusal"]["phrasing"]
+            value = ph.get("mean")
+            base = ph.get("baseline")
+            parts.append(f"refusal phrasing {value:.2f}" + (f" (refusals to other requests {base:.2f})"
+                                                            if base is not None else ""))
+            if bound.get("value") is not None:
+                sides.append(value > bound["value"])
+        if value is not None:
+            audits.append(r.get("nodeid", ""))
+    if not parts:
+        return None
+    if any(sides):
+        reading = "close: closer than independent models are, consistent with fine-tuning or distillation"
+    elif sides:
+        reading = "within what independent models show"
+    else:
+        reading = "recorded (no calibrated bound applies)"
+    return {"text": "behaviour: " + ", ".join(parts) + " — " + reading, "close": any(sides) if sides else None,
+            "audits": audits}
+
+
 def claim_verdicts(target: str, coverage: Sequence[Mapping[str, Any]],
                    records: Sequence[Mapping[str, Any]]) -> tuple[ClaimVerdict, ...]:
     """One :class:`ClaimVerdict` per claim-coverage item (references in plan order, then [catalog]).
+
+    The first claim of each reference without a refinement (its main claim) also carries
+    :func:`behaviour_summary` when the behaviour audits measured that reference.
 
     Args:
         target: the audited model's name.
@@ -316,7 +377,16 @@ def claim_verdicts(target: str, coverage: Sequence[Mapping[str, Any]],
             ``families``, ``judged_by``, ``not_judged``, ``label``).
         records: evidence.json ``audits`` records.
     """
-    return tuple(_verdict(target, c, records) for c in coverage)
+    out, seen = [], set()
+    for c in coverage:
+        v = _verdict(target, c, records)
+        if v.subject != "catalog" and v.subject not in seen and v.refinement is None:
+            seen.add(v.subject)
+            summary = behaviour_summary(v.subject, records)
+            if summary is not None:
+                v = replace(v, behaviour=summary)
+        out.append(v)
+    return tuple(out)
 
 
 def target_checks(target: str, records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -79,6 +79,7 @@ CSS = """<style>
 .mlr .card .untested,.mlr .card .more{color:#57606a;font-size:12px;margin:4px 0}
 .mlr .contested{color:#9a6700;font-weight:bold}
 .mlr .card .against{font-size:12px;margin:4px 0;color:#1f2328}
+.mlr .card .behaviour{font-size:12px;margin:4px 0;color:#1f2328;border-top:1px dashed #d0d7de;padding-top:3px}
 .mlr .checks{margin:8px 0;font-size:13px}
 .mlr figure{margin:8px 0 14px}
 .mlr figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
@@ -246,6 +247,14 @@ def _short(reason: str, limit: int = 70) -> str:
     return first if len(first) <= limit else first[:limit].rsplit(" ", 1)[0] + "…"
 
 
+def _behaviour_line(v: Any) -> str:
+    """The behaviour family's figures for this reference: beside the verdict, never part of it."""
+    if not getattr(v, "behaviour", None):
+        return ""
+    return (f'<p class="behaviour" title="{esc(family("behaviour").scope)}">'
+            f'<b>Behaviour</b> (not a lineage verdict): {esc(v.behaviour["text"].removeprefix("behaviour: "))}</p>')
+
+
 def _card(v: Any) -> str:
     words, colour, bg = OUTCOME_STYLE[v.outcome]
     target = f"#ref-{_slug(v.subject)}" if v.subject != "catalog" else "#family-catalog"
@@ -277,7 +286,7 @@ def _card(v: Any) -> str:
     return (f'<div class="card" style="border-left-color:{colour};background:{bg}">'
             f'<h3>{_headline_html(v)}: <span class="outcome" style="color:{colour}">{esc(words)}</span>'
             f'{" <span class=contested>(contested)</span>" if v.contested else ""}</h3>'
-            f"<ul>{items}</ul>{against}{untested}"
+            f"<ul>{items}</ul>{against}{untested}{_behaviour_line(v)}"
             f'<p class="more"><a href="{target}">Details ↓</a> · judged by {len(v.judged_by)} '
             f"audit{'s' if len(v.judged_by) != 1 else ''}</p></div>")
 
@@ -493,11 +502,18 @@ def inputs_html(inputs: Sequence[Mapping[str, Any]], versions: Mapping[str, Any]
 
     pytest-html's own environment table is hidden: the versions that matter are listed here instead.
     """
-    rows = [[i["model"], i["path"], "" if i.get("size") is None else f"{i['size']:,}", i.get("sha256") or "",
-             i.get("error", "")] for i in inputs]
+    rows = [[i["model"], i["path"], "" if i.get("size") is None else f"{i['size']:,}",
+             i.get("sha256") or (f"header {i['header_sha256']}" if i.get("header_sha256") else ""),
+             i.get("sha256_source") or "", i.get("error", "")] for i in inputs]
     hide = "<style>#environment-header,#environment{display:none}</style>"
-    return (hide + f"<h2>Inputs</h2><p>Every number above comes from these files; the full record is {esc(evidence)}.</p>"
-            + table(["model", "file", "bytes", "SHA-256", "problem"], rows, css_class="inputs")
+    budgeted = any(i.get("header_sha256") and not i.get("sha256") for i in inputs)
+    note = (" Under a read budget a weight file is not read whole: its size and the SHA-256 of its header (its first "
+            "<code>header_bytes</code> bytes) identify it; files of one architecture and layout share a header, so "
+            "the tensor digests of the reuse and finiteness audits tell their contents apart; "
+            "<code>--verify-hashes</code> computes every SHA-256." if budgeted else "")
+    return (hide + f"<h2>Inputs</h2><p>Every number above comes from these files; the full record is {esc(evidence)}."
+            f"{note}</p>"
+            + table(["model", "file", "bytes", "SHA-256", "SHA-256 from", "problem"], rows, css_class="inputs")
             + table(["library", "version"], sorted(versions.items()), caption="Versions"))
 
 

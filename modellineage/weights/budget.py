@@ -15,6 +15,12 @@ and each measurement then reads less in the way its statistics tolerate:
   every layer; attention heads are not aligned. Fewer units give a larger p-value under derivation, never
   a smaller one under independence: the Fisher combination of fewer exact p-values is still exact.
 
+The tensor digests of exact-reuse detection and the finiteness check take their share first
+(``planned["tensor_digests"]``: one seeded row per tensor within
+:data:`modellineage.reading.model.DIGEST_SHARE` of the budget), and a budgeted run computes no whole-file
+SHA-256 of local weights (:class:`modellineage.reading.model.DigestCache`), so the whole run, not only
+these families, stays within the budget plus headers and the small non-weight files.
+
 The planned bytes per measurement (:attr:`BudgetPlan.planned`) are estimates from the headers; what was
 really read is counted by the stores and recorded beside them. The aligned weight figures are not computed
 under a budget (they read every tensor of the tested layers in full).
@@ -32,6 +38,7 @@ import numpy as np
 from modellineage.independence.matching import EXPERTS_PER_LAYER
 
 from modellineage.errors import UnsupportedFormat
+from modellineage.reading.model import digest_allowance, plan_digests
 from modellineage.weights.sampling import MIN_SAMPLED_ROWS
 from modellineage.weights.signatures import GRID_MIN_ROWS, SAMPLE_ELEMENTS
 from modellineage.weights.similarity import row_plan
@@ -270,6 +277,11 @@ def plan_budget(target, reference, budget: ReadBudget) -> BudgetPlan:
     present = _present(target) + _present(reference)
     allowed = max(1, budget.allowed(present))
     planned: dict[str, int] = {}
+    # 0. the tensor digests (exact reuse, finiteness) take their share first, read once per model
+    #    (modellineage.reading.model.DIGEST_SHARE; one seeded row per tensor)
+    planned["tensor_digests"] = sum(plan_digests(m.store, digest_allowance(m.store, budget))[2]
+                                    for m in (target, reference))
+    whole, allowed = allowed, max(1, allowed - planned["tensor_digests"])
     # 1. signatures: the most grid rows (16, 8, ... 1) within their share
     grid = next((g for g in _GRIDS if _signature_cost(both, g) <= SHARES["signatures"] * allowed), _GRIDS[-1])
     planned["signatures"] = _signature_cost(both, grid)
@@ -277,7 +289,7 @@ def plan_budget(target, reference, budget: ReadBudget) -> BudgetPlan:
     comparison_floor = _comparison_cost(both, 1e-9, 2) + _embedding_cost(both, 1e-9)
     share = max(int(SHARES["independence"] * allowed), allowed - planned["signatures"] - comparison_floor)
     share = min(share, allowed - planned["signatures"] - comparison_floor) if share > 0 else 0
-    layers, experts, indep_cost, reason, shared_units, tokens = _independence(tt, rt, max(0, share), allowed,
+    layers, experts, indep_cost, reason, shared_units, tokens = _independence(tt, rt, max(0, share), whole,
                                                                               present)
     planned["independence"] = indep_cost
     # 3. the comparison (and embedding statistics): the largest row share that fits the rest
@@ -299,7 +311,7 @@ def plan_budget(target, reference, budget: ReadBudget) -> BudgetPlan:
         sample = float(f"{sample * 0.99:.3g}")
     planned["comparison"] = _comparison_cost(both, sample, min_rows)
     planned["embedding_stats"] = _embedding_cost(both, sample)
-    return BudgetPlan(budget.text, present, allowed, grid[0], sample, min_rows, layers, experts, reason, planned,
+    return BudgetPlan(budget.text, present, whole, grid[0], sample, min_rows, layers, experts, reason, planned,
                       grid[1], tokens, shared_units)
 
 

@@ -23,6 +23,9 @@ reductions of them; float32 and float16 input (exact BF16/F16/F32 values) is wid
 sweep, never as a separate float64 copy. Dot products run in rows of :data:`DOT_ROW` elements: a
 BLAS dot that long stays on the calling thread, where a longer one wakes BLAS worker threads whose
 spinning, on a machine whose cores are busy, slows every other step more than it speeds the dot.
+BF16/F16 pairs (large models) take the compiled sweep instead (:func:`_kernels`, ``fused``), BF16 ones as
+their raw bit patterns (:meth:`PairAccumulator.update_bf16`: decoded in registers, ~8 GB/s of pair bytes
+per core where the data is in cache, ~5.5-8 from the page cache).
 
 Edge cases (none is ever silently 0):
 
@@ -215,30 +218,54 @@ def _from_sums(n: int, pa: float, pb: float, s1a: float, s1b: float, s2a: float,
 
 #: Elements per register-resident block of the fused sweep (its six sums are added into the totals in order).
 FUSED_BLOCK = 4096
+#: Elements per block of the BF16 sweep (as :data:`FUSED_BLOCK`).
+BF16_BLOCK = 4096
 
 
 @functools.cache
-def _fused_kernel():
-    """The compiled one-pass sweep (numba), or None when numba is not installed.
+def _kernels():
+    """The compiled sweeps (numba), or None when numba is not installed.
 
-    Per element of two float32 arrays (exact BF16/F16/F32 values): widen to float64, ``d = a - b``,
-    ``a' = a - p_a``, ``b' = b - p_b``, and accumulate ``S(a')``, ``S(b')``, ``S(a'a')``, ``S(b'b')``,
-    ``S(a'b')``, ``S(dd)`` in float64 — the same six sums as :func:`_chunk_moments`, read once from
-    memory instead of a dozen passes over float64 scratch rows. Within a block of :data:`FUSED_BLOCK`
-    elements the compiler may reassociate the sums (``fastmath`` ``reassoc``/``nsz`` only: NaN and Inf
-    propagate, no fused multiply-add), i.e. it keeps several partial sums in vector lanes, as BLAS's dot
-    does; the block sums are added in order. Errors stay at float64 rounding (a few 1e-16 relative per
-    block, as numpy's pairwise sums), but the last bits differ from the numpy sweep's.
+    ``sweep(a, b, pa, pb, step)``: per element of two float32 arrays (exact BF16/F16/F32 values): widen
+    to float64, ``d = a - b``, ``a' = a - p_a``, ``b' = b - p_b``, and accumulate ``S(a')``, ``S(b')``,
+    ``S(a'a')``, ``S(b'b')``, ``S(a'b')``, ``S(dd)`` in float64 — the same six sums as
+    :func:`_chunk_moments`, read once from memory instead of a dozen passes over float64 scratch rows.
+    ``sweep_bf16(a, b, pa, pb, step)``: the same over BF16 *bit patterns* (uint16), each decoded in
+    registers (``bits << 16`` reinterpreted as float32: exact) — no float32 copy of the tensor is ever
+    written, and half the bytes of the float32 sweep are read. (Widening each block into an L1 buffer
+    first runs at half the rate on data beyond L2: two loops per block defeat the prefetcher.)
+    ``sketch_rows`` / ``sketch_rows_bf16(x, bucket, sign, pivot, out)``: a CountSketch of each row of
+    ``x - pivot`` into ``out`` (see :func:`count_sketch`).
+
+    Within a block the compiler may reassociate the sums (``fastmath`` ``reassoc``/``nsz`` only: NaN
+    and Inf propagate, no fused multiply-add), i.e. it keeps several partial sums in vector lanes, as
+    BLAS's dot does; the block sums are added in order. Errors stay at float64 rounding (a few 1e-16
+    relative per block, as numpy's pairwise sums), but the last bits differ from the numpy sweep's.
+    Each block is handed to the inner loop as a slice indexed from 0: indexed from a runtime offset,
+    numba's negative-index wraparound keeps LLVM from proving unit stride and it falls back to
+    gathers (a quarter of the rate).
     """
     try:
         from numba import njit
     except ImportError:  # pragma: no cover - numba is a dependency; the numpy sweep stays correct without it
         return None
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def bf16(typingctx, bits):
+        """BF16 bit pattern (uint16) -> its float32 value: ``bits << 16`` reinterpreted (an LLVM bitcast, so
+        the loop around it vectorises: widen, shift, convert)."""
+        def codegen(context, builder, signature, args):
+            wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+            return builder.bitcast(wide, ir.FloatType())
+        return types.float32(types.uint16), codegen
 
     @njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz"}, cache=True)
-    def block(a, b, lo, hi, pa, pb):
+    def block(a, b, pa, pb):
         s0 = s1 = s2 = s3 = s4 = s5 = 0.0
-        for i in range(lo, hi):
+        for i in range(a.size):
             x = np.float64(a[i])
             y = np.float64(b[i])
             d = x - y
@@ -257,12 +284,191 @@ def _fused_kernel():
         out = np.zeros(6)
         n = a.size
         for lo in range(0, n, step):
-            s = block(a, b, lo, min(n, lo + step), pa, pb)
+            hi = min(n, lo + step)
+            s = block(a[lo:hi], b[lo:hi], pa, pb)
             for r in range(6):
                 out[r] += s[r]
         return out
 
-    return sweep
+    @njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz"}, cache=True)
+    def block_bf16(a, b, pa, pb):
+        s0 = s1 = s2 = s3 = s4 = s5 = 0.0
+        for i in range(a.size):
+            x = np.float64(bf16(a[i]))
+            y = np.float64(bf16(b[i]))
+            d = x - y
+            xs = x - pa
+            ys = y - pb
+            s0 += xs
+            s1 += ys
+            s2 += xs * xs
+            s3 += ys * ys
+            s4 += xs * ys
+            s5 += d * d
+        return s0, s1, s2, s3, s4, s5
+
+    @njit(nogil=True, boundscheck=False, cache=True)
+    def sweep_bf16(a, b, pa, pb, step):
+        out = np.zeros(6)
+        n = a.size
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            s = block_bf16(a[lo:hi], b[lo:hi], pa, pb)
+            for r in range(6):
+                out[r] += s[r]
+        return out
+
+    @njit(nogil=True, boundscheck=False, cache=True)
+    def sketch_rows(x, bucket, sign, pivot, out):
+        for r in range(x.shape[0]):
+            row = x[r]
+            o = out[r]
+            for j in range(row.size):
+                o[bucket[j]] += sign[j] * (np.float64(row[j]) - pivot)
+
+    @njit(nogil=True, boundscheck=False, cache=True)
+    def sketch_rows_bf16(x, bucket, sign, pivot, out):
+        for r in range(x.shape[0]):
+            row = x[r]
+            o = out[r]
+            for j in range(row.size):
+                o[bucket[j]] += sign[j] * (np.float64(bf16(row[j])) - pivot)
+
+    @njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz"}, cache=True)
+    def shifted_row(row, shifts, sign, pivot, o):
+        k = o.size
+        for c in range(shifts.size):  # chunk c of k columns lands on the buckets rotated by shifts[c]
+            lo = c * k
+            n = min(k, row.size - lo)
+            s = shifts[c]
+            first = min(n, k - s)
+            oa, ra, sa = o[s:s + first], row[lo:lo + first], sign[lo:lo + first]
+            for t in range(first):
+                oa[t] += sa[t] * (np.float64(ra[t]) - pivot)
+            ob, rb, sb = o[:n - first], row[lo + first:lo + n], sign[lo + first:lo + n]
+            for t in range(n - first):
+                ob[t] += sb[t] * (np.float64(rb[t]) - pivot)
+
+    @njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz"}, cache=True)
+    def shifted_row_bf16(row, shifts, sign, pivot, o):
+        k = o.size
+        for c in range(shifts.size):
+            lo = c * k
+            n = min(k, row.size - lo)
+            s = shifts[c]
+            first = min(n, k - s)
+            oa, ra, sa = o[s:s + first], row[lo:lo + first], sign[lo:lo + first]
+            for t in range(first):
+                oa[t] += sa[t] * (np.float64(bf16(ra[t])) - pivot)
+            ob, rb, sb = o[:n - first], row[lo + first:lo + n], sign[lo + first:lo + n]
+            for t in range(n - first):
+                ob[t] += sb[t] * (np.float64(bf16(rb[t])) - pivot)
+
+    @njit(nogil=True, boundscheck=False, cache=True)
+    def sketch_shifted(x, shifts, sign, pivot, out):
+        for r in range(x.shape[0]):
+            shifted_row(x[r], shifts, sign, pivot, out[r])
+
+    @njit(nogil=True, boundscheck=False, cache=True)
+    def sketch_shifted_bf16(x, shifts, sign, pivot, out):
+        for r in range(x.shape[0]):
+            shifted_row_bf16(x[r], shifts, sign, pivot, out[r])
+
+    @njit(nogil=True, boundscheck=False, fastmath={"reassoc", "nsz", "contract"}, cache=True)
+    def cross(sa, sb, p):
+        rows, k = sa.shape
+        whole = rows - rows % 8
+        for r0 in range(0, whole, 8):  # eight rows per pass over p: a row of p takes 8 updates while in L1
+            b0, b1, b2, b3 = sb[r0], sb[r0 + 1], sb[r0 + 2], sb[r0 + 3]
+            b4, b5, b6, b7 = sb[r0 + 4], sb[r0 + 5], sb[r0 + 6], sb[r0 + 7]
+            for i in range(k):
+                x0, x1, x2, x3 = sa[r0, i], sa[r0 + 1, i], sa[r0 + 2, i], sa[r0 + 3, i]
+                x4, x5, x6, x7 = sa[r0 + 4, i], sa[r0 + 5, i], sa[r0 + 6, i], sa[r0 + 7, i]
+                row = p[i]
+                for j in range(row.size):
+                    row[j] += ((x0 * b0[j] + x1 * b1[j] + x2 * b2[j] + x3 * b3[j])
+                               + (x4 * b4[j] + x5 * b5[j] + x6 * b6[j] + x7 * b7[j]))
+        for r in range(whole, rows):
+            b = sb[r]
+            for i in range(k):
+                x = sa[r, i]
+                row = p[i]
+                for j in range(row.size):
+                    row[j] += x * b[j]
+
+    from types import SimpleNamespace
+
+    return SimpleNamespace(sweep=sweep, sweep_bf16=sweep_bf16, sketch_rows=sketch_rows,
+                           sketch_rows_bf16=sketch_rows_bf16, sketch_shifted=sketch_shifted,
+                           sketch_shifted_bf16=sketch_shifted_bf16, cross=cross)
+
+
+def _fused_kernel():
+    """The compiled float32 sweep of :func:`_kernels`, or None when numba is not installed."""
+    k = _kernels()
+    return None if k is None else k.sweep
+
+
+def bf16_values(bits: np.ndarray) -> np.ndarray:
+    """BF16 bit patterns (uint16) as their exact float32 values (a new array of the same shape)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def shifted_buckets(width: int, k: int, shifts: np.ndarray) -> np.ndarray:
+    """The bucket of every column when chunk ``c`` of ``k`` columns is rotated by ``shifts[c]`` (one shift per
+    chunk, ``ceil(width / k)`` of them): ``(j mod k + shifts[j // k]) mod k`` (see :func:`count_sketch`)."""
+    j = np.arange(width)
+    return (j % k + np.asarray(shifts, dtype=np.int64)[j // k]) % k
+
+
+def count_sketch(x: np.ndarray, bucket: np.ndarray, sign: np.ndarray, k: int, pivot: float, *,
+                 bits: bool = False, slot: str | None = None, shifts: np.ndarray | None = None) -> np.ndarray:
+    """Rows of ``x - pivot`` through a CountSketch: ``out[r, bucket[j]] += sign[j] * (x[r, j] - pivot)``.
+
+    ``x``: ``(rows, H)`` float array, or with ``bits`` BF16 bit patterns (uint16) decoded on the fly;
+    ``bucket``: int64 in ``[0, k)`` per column; ``sign``: ±1.0 per column. Returns ``(rows, k)`` float64,
+    in the reusable buffer ``slot`` (:func:`scratch`: valid until its next use) when given.
+    ``shifts``: the buckets are ``shifted_buckets(H, k, shifts)`` (each chunk of ``k``
+    columns rotated by a random shift: two columns of different chunks share a bucket with probability
+    ``1/k``, as under random hashing), so a chunk is added as two contiguous runs (vectorised, ~2x the
+    scattered form).
+    Compiled where numba is installed (one pass, ``rows x H`` additions, no ``H x k`` product); else the
+    same sums as a product with the dense ``H x k`` sketch matrix (equal to rounding).
+    """
+    kern = _kernels()
+    x = np.ascontiguousarray(x)
+    if slot is None:
+        out = np.zeros((x.shape[0], k))
+    else:
+        out = scratch(slot, x.shape[0] * k * 8)[:x.shape[0] * k * 8].view(np.float64).reshape(x.shape[0], k)
+        out[...] = 0.0
+    if kern is not None and x.size:
+        if shifts is not None:
+            shifts = np.asarray(shifts, dtype=np.int64)
+            (kern.sketch_shifted_bf16 if bits else kern.sketch_shifted)(x, shifts, sign, float(pivot), out)
+        elif bits:
+            kern.sketch_rows_bf16(x, bucket, sign, float(pivot), out)
+        else:
+            kern.sketch_rows(x, bucket, sign, float(pivot), out)
+        return out
+    dense = np.zeros((x.shape[1], k))
+    dense[np.arange(x.shape[1]), bucket] = sign
+    values = bf16_values(x) if bits else x
+    return np.subtract(values, pivot, dtype=np.float64) @ dense
+
+
+def accumulate_cross(sa: np.ndarray, sb: np.ndarray, p: np.ndarray) -> None:
+    """``p += sa^T sb`` for ``(rows, k)`` float64 blocks (the rotation null's sketched cross product).
+
+    Compiled where numba is installed: on the calling thread, ~25 GFLOP/s. A BLAS product would be
+    faster alone but for ``k x k`` outputs OpenBLAS always wakes its worker threads, whose spinning on
+    a machine whose cores are busy cost 2-40 ms of CPU per 2048 x 128 block instead of 2-3 (measured).
+    """
+    kern = _kernels()
+    if kern is None or not sa.size:
+        p += sa.T @ sb
+    else:
+        kern.cross(np.ascontiguousarray(sa), np.ascontiguousarray(sb), p)
 
 
 def _fused_moments(a: np.ndarray, b: np.ndarray, kernel) -> _Moments:
@@ -270,6 +476,15 @@ def _fused_moments(a: np.ndarray, b: np.ndarray, kernel) -> _Moments:
     n = a.size
     pa, pb = _pivot(a), _pivot(b)
     s1a, s1b, s2a, s2b, sab, sdd = (float(x) for x in kernel(a, b, pa, pb, FUSED_BLOCK))
+    return _from_sums(n, pa, pb, s1a, s1b, s2a, s2b, sab, sdd)
+
+
+def _bf16_moments(a: np.ndarray, b: np.ndarray, kernel) -> _Moments:
+    """:func:`_chunk_moments` of two flat BF16 bit-pattern arrays (uint16) through the compiled BF16 sweep;
+    the pivots are those :func:`_fused_moments` takes from the decoded values (the same head elements)."""
+    n = a.size
+    pa, pb = _pivot(bf16_values(a[:_PIVOT_HEAD])), _pivot(bf16_values(b[:_PIVOT_HEAD]))
+    s1a, s1b, s2a, s2b, sab, sdd = (float(x) for x in kernel(a, b, pa, pb, BF16_BLOCK))
     return _from_sums(n, pa, pb, s1a, s1b, s2a, s2b, sab, sdd)
 
 
@@ -319,9 +534,9 @@ class PairAccumulator:
     Args:
         label_a: names side ``a`` in error messages (e.g. ``"target:model.norm.weight"``).
         label_b: names side ``b`` (the reference) in error messages.
-        fused: take float32 chunks through the compiled one-pass sweep (:func:`_fused_kernel`, ~4x the
-            numpy sweep's rate); the figures agree with the numpy sweep's to float64 rounding, not bit
-            for bit. The weight comparison asks for it where both tensors are stored BF16 or F16 (large
+        fused: take float32 chunks (and :meth:`update_bf16` bit patterns) through the compiled one-pass
+            sweep (:func:`_kernels`, ~5x the numpy sweep's rate); the figures agree with the numpy sweep's
+            to float64 rounding, not bit for bit. The weight comparison asks for it where both tensors are stored BF16 or F16 (large
             models); F32/F64 tensors (the demo and the calibrations the thresholds cite) keep the numpy
             sweep, so their evidence is unchanged.
     """
@@ -336,6 +551,11 @@ class PairAccumulator:
     def n(self) -> int:
         """Number of element pairs accumulated so far."""
         return self._m.n
+
+    @property
+    def means(self) -> tuple[float, float]:
+        """Means of side ``a`` and side ``b`` over the elements accumulated so far (0 before any)."""
+        return (self._m.mean_a, self._m.mean_b)
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         """Add one chunk of both tensors.
@@ -362,7 +582,41 @@ class PairAccumulator:
         b = (b if b.dtype in _WIDENED else b.astype(np.float64)).ravel()
         m = _fused_moments(a, b, self._kernel) if self._kernel is not None and a.dtype == b.dtype == np.float32 \
             else _chunk_moments(a, b)
+        self._add(m, lambda: a, lambda: b)
+
+    def update_bf16(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Add one chunk of two BF16 tensors given as their bit patterns (the stored bytes viewed as uint16).
+
+        The same figures as :meth:`update` of their decoded float32 values: with ``fused`` the compiled
+        BF16 sweep decodes them block by block in L1 (no float32 copy of the chunk is written); without,
+        they are decoded and go through :meth:`update`.
+
+        Raises:
+            IncompatibleShapes, NonFiniteWeights: as :meth:`update`.
+        """
+        a = np.asarray(a)
+        b = np.asarray(b)
+        if a.dtype != np.uint16 or b.dtype != np.uint16:
+            raise TypeError(f"update_bf16 takes uint16 bit patterns, got {a.dtype} and {b.dtype}")
+        kern = _kernels() if self._kernel is not None else None
+        if kern is None:
+            self.update(bf16_values(a), bf16_values(b))
+            return
+        if a.shape != b.shape:
+            raise IncompatibleShapes(
+                f"chunk shapes differ: {self.label_a} {a.shape} vs {self.label_b} {b.shape}"
+            )
+        if a.size == 0:
+            return
+        a = np.ascontiguousarray(a).reshape(-1)
+        b = np.ascontiguousarray(b).reshape(-1)
+        self._add(_bf16_moments(a, b, kern.sweep_bf16), lambda: bf16_values(a), lambda: bf16_values(b))
+
+    def _add(self, m: _Moments, values_a, values_b) -> None:
+        """Combine one chunk's moments, or raise NonFiniteWeights naming the side(s) whose values (the
+        callables give them, only on this failure path) hold NaN/Inf."""
         if not math.isfinite(m.m2_a + m.m2_b + m.s_dd + m.mean_a + m.mean_b):  # NaN/Inf in, or overflow
+            a, b = values_a(), values_b()
             bad = [
                 f"{label} has {count} NaN/Inf of {a.size}"
                 for label, count in ((self.label_a, int(a.size - np.count_nonzero(np.isfinite(a)))),

@@ -30,9 +30,10 @@ from modellineage.weights.embeddings import EmbeddingStats, embedding_stats, sha
 from modellineage.weights.sampling import MIN_SAMPLED_ROWS
 from modellineage.weights.signatures import GRID_MIN_ROWS, SAMPLE_ELEMENTS, compare_signatures, model_signatures
 from modellineage.weights.slices import match_expert_slices
-from modellineage.weights.similarity import WeightComparison, compare_weights
+from modellineage.weights.similarity import CompareRequest, WeightComparison, compare_weights, compare_weights_many
 
 __all__ = ["SIGNATURE_SEED", "EMBEDDING_SEED", "TargetSide", "WeightEvidence", "measure_target", "measure",
+           "measure_many",
            "row_alignments", "measure_aligned"]
 
 #: Seeds the rows each tensor signature reads.
@@ -157,16 +158,115 @@ def measure(target: Model, reference: Model, *, min_layer_match: float, sample: 
         budget: a read budget's plan (:func:`modellineage.weights.budget.plan_budget`): its row share,
             rows per tensor and signature rows replace ``sample``; the bytes read are recorded in
             :attr:`WeightEvidence.reading`.
+
+    Several references: :func:`measure_many` reads the target once for all of them.
     """
-    sig_rows, sig_elements, min_rows = GRID_MIN_ROWS, SAMPLE_ELEMENTS, MIN_SAMPLED_ROWS
-    if budget is not None:
-        sample, min_rows = budget.sample, budget.sample_min_rows
-        sig_rows, sig_elements = budget.signature_min_rows, budget.signature_elements
+    prepared = _prepare(target, reference, min_layer_match=min_layer_match, sample=sample, seed=seed,
+                        target_side=target_side, budget=budget)
+    comparison = compare_weights(target, reference, fraction=prepared.sample, seed=seed,
+                                 layer_map=prepared.layer_map, expert_map=prepared.expert_map,
+                                 row_alignments=prepared.rows, min_rows=prepared.min_rows, allow_empty=True)
+    return _finish(target, reference, prepared, comparison, seed=seed, budget=budget)
+
+
+def measure_many(target: Model, references, *, min_layer_match: float, sample: float | None = None, seed: int = 0,
+                 target_side: TargetSide | None = None, budgets=None, workers: int | None = None) -> list:
+    """:func:`measure` of ``target`` against every reference in ``references``, reading the target once.
+
+    Each reference's signatures, correspondence and embedding statistics are measured as :func:`measure`
+    does; the streamed comparisons run in one pass over the target
+    (:func:`modellineage.weights.similarity.compare_weights_many`): each target tensor's bytes are read
+    from its file once and compared with its partner in every reference. Every record equals the one
+    :func:`measure` gives for that reference alone (figures, intervals, seeds, bytes read), except that
+    ``reading["one_pass"]`` also says what the shared pass read from the target.
+
+    Args:
+        references: the reference models, in order.
+        budgets: ``None`` or one :class:`BudgetPlan` (or ``None``) per reference.
+        target_side: as :func:`measure` (recomputed for references whose budget changes its parameters).
+        workers: threads of the comparison pass (default
+            :func:`modellineage.weights.similarity.default_workers`; one when sampling).
+        min_layer_match, sample, seed: as :func:`measure`.
+
+    Returns:
+        One entry per reference, in order: its :class:`WeightEvidence`, or the
+        :class:`~modellineage.errors.LineageError` measuring it raised (the other references are measured).
+    """
+    from modellineage.errors import LineageError
+
+    references = list(references)
+    budgets = [None] * len(references) if budgets is None else list(budgets)
+    sides: dict = {}
+    if target_side is not None:
+        sides[(target_side.sample, target_side.signature_min_rows, target_side.signature_elements)] = target_side
+    prepared: list = []
+    for reference, budget in zip(references, budgets):
+        try:
+            params = _params(sample, budget)
+            side = sides.get(params[:3])
+            if side is None:
+                side = sides[params[:3]] = measure_target(target, sample=params[0], signature_min_rows=params[1],
+                                                          signature_elements=params[2])
+            prepared.append(_prepare(target, reference, min_layer_match=min_layer_match, sample=sample, seed=seed,
+                                     target_side=side, budget=budget))
+        except LineageError as exc:
+            prepared.append(exc)
+    live = [j for j, p in enumerate(prepared) if not isinstance(p, LineageError)]
+    many = compare_weights_many(target, [
+        CompareRequest(references[j], fraction=prepared[j].sample, seed=seed, layer_map=prepared[j].layer_map,
+                       expert_map=prepared[j].expert_map, row_alignments=prepared[j].rows,
+                       min_rows=prepared[j].min_rows, allow_empty=True) for j in live], workers=workers)
+    comparisons = dict(zip(live, many.comparisons))
+    one_pass = {**many.target_pass.as_dict(), "reference_names": [references[j].name for j in live],
+                "note": "the streamed comparisons of these references ran in one pass over the target: each target "
+                        "byte was read from its file once (target_bytes_read; bytes_read_through: tensors too large "
+                        "to keep, read once per reference), while bytes_read above counts what this pair consumed, "
+                        "as a one-reference run reads it"}
+    out: list = []
+    for j, (reference, budget) in enumerate(zip(references, budgets)):
+        found = prepared[j] if isinstance(prepared[j], LineageError) else comparisons[j]
+        if isinstance(found, LineageError):
+            out.append(found)
+            continue
+        try:
+            out.append(_finish(target, reference, prepared[j], found, seed=seed, budget=budget, one_pass=one_pass))
+        except LineageError as exc:
+            out.append(exc)
+    return out
+
+
+def _params(sample: float | None, budget: BudgetPlan | None) -> tuple:
+    """``(sample, signature rows, signature elements, least sampled rows)`` under ``budget``."""
+    if budget is None:
+        return sample, GRID_MIN_ROWS, SAMPLE_ELEMENTS, MIN_SAMPLED_ROWS
+    return budget.sample, budget.signature_min_rows, budget.signature_elements, budget.sample_min_rows
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What :func:`measure` knows before the streamed comparison (and what it read to know it)."""
+
+    target_side: TargetSide
+    sample: float | None
+    min_rows: int
+    rs: Any
+    layers: LayerCorrespondence
+    layer_map: Mapping[int, int] | None
+    experts: tuple
+    expert_map: Mapping | None
+    rows: Mapping
+    row_info: Mapping
+    bytes_read: int
+
+
+def _prepare(target: Model, reference: Model, *, min_layer_match: float, sample, seed: int,
+             target_side: TargetSide | None, budget: BudgetPlan | None) -> _Prepared:
+    sample, sig_rows, sig_elements, min_rows = _params(sample, budget)
     if target_side is None or (target_side.sample, target_side.signature_min_rows, target_side.signature_elements) \
             != (sample, sig_rows, sig_elements):
         target_side = measure_target(target, sample=sample, signature_min_rows=sig_rows,
                                      signature_elements=sig_elements)
-    before = reference.store.bytes_read, target.store.bytes_read
+    before = reference.store.bytes_read + target.store.bytes_read
     ts = target_side.signatures
     rs = model_signatures(reference, seed=SIGNATURE_SEED, min_rows=sig_rows, elements=sig_elements)
     layers = correspond_layers(ts, rs, min_match=min_layer_match)
@@ -174,8 +274,16 @@ def measure(target: Model, reference: Model, *, min_layer_match: float, sample: 
     experts = match_experts(ts, rs, layer_map)
     expert_map = {(m.layer, t): r for m in experts for t, r in m.assignment} or None
     rows, row_info = row_alignments(target, reference)
-    comparison = compare_weights(target, reference, fraction=sample, seed=seed, layer_map=layer_map,
-                                 expert_map=expert_map, row_alignments=rows, min_rows=min_rows, allow_empty=True)
+    read = reference.store.bytes_read + target.store.bytes_read - before
+    return _Prepared(target_side, sample, min_rows, rs, layers, layer_map, tuple(experts), expert_map, rows, row_info,
+                     int(read))
+
+
+def _finish(target: Model, reference: Model, prepared: _Prepared, comparison: WeightComparison, *, seed: int,
+            budget: BudgetPlan | None, one_pass: Mapping | None = None) -> WeightEvidence:
+    target_side, sample, layer_map = prepared.target_side, prepared.sample, prepared.layer_map
+    ts, rs = target_side.signatures, prepared.rs
+    before = reference.store.bytes_read + target.store.bytes_read
     unequal = ""
     if not comparison.pairs:
         detail = "; ".join(f"{s.key}: {s.reason}" for s in comparison.skipped[:3])
@@ -186,7 +294,10 @@ def measure(target: Model, reference: Model, *, min_layer_match: float, sample: 
     embeddings = {f"target:{k}": v for k, v in target_side.embeddings.items()}
     embeddings.update({f"reference:{k}": v for k, v in
                        _embedding_stats(reference, sample, len(target_side.embeddings)).items()})
-    read = (reference.store.bytes_read - before[0]) + (target.store.bytes_read - before[1]) + target_side.bytes_read
+    slices = match_expert_slices(target, reference, layer_map, seed=seed)
+    after = reference.store.bytes_read + target.store.bytes_read - before
+    # the streamed comparison's bytes are what its pairs consumed (a one-pass run shares the target's)
+    read = prepared.bytes_read + comparison.bytes_read + after + target_side.bytes_read
     present = sum(m.store.info(n).nbytes for m in (target, reference) for n in m.store.names())
     reading = {"bytes_read": int(read), "bytes_present": int(present),
                "share_read": read / present if present else None,
@@ -195,14 +306,16 @@ def measure(target: Model, reference: Model, *, min_layer_match: float, sample: 
     if budget is not None:
         reading["budget"] = budget.as_dict()
         reading["within_budget"] = read <= budget.bytes_allowed
+    if one_pass is not None:
+        reading["one_pass"] = dict(one_pass)
     seeds = {"weights.signatures": SIGNATURE_SEED}
     if sample is not None:
         seeds.update({"weights.sample": seed, "weights.embedding_stats": EMBEDDING_SEED})
-    return WeightEvidence(comparison, layers,
+    return WeightEvidence(comparison, prepared.layers,
                           compare_signatures(ts, rs, target_name=target.name, reference_name=reference.name,
                                              seed=SIGNATURE_SEED),
-                          experts, detect_upcycling(ts, rs, layer_map), project_layers(ts, rs), embeddings,
-                          row_info, seeds, reading, match_expert_slices(target, reference, layer_map, seed=seed), unequal)
+                          prepared.experts, detect_upcycling(ts, rs, layer_map), project_layers(ts, rs), embeddings,
+                          prepared.row_info, seeds, reading, slices, unequal)
 
 
 def measure_aligned(target: Model, reference: Model, test) -> AlignedComparison:

@@ -26,7 +26,7 @@ from modellineage.reading.hashing import TensorDigest
 from modellineage.reading.tensors import FLOAT_DTYPES
 
 __all__ = ["excluded_kind", "ReusedTensor", "LayerReuse", "ExactReuse", "ConstantTensor", "measure_exact_reuse",
-           "constant_replacements"]
+           "constant_replacements", "SAMPLED_ROWS_MEANING"]
 
 
 def _gguf_float(dtype: str) -> bool:
@@ -89,8 +89,12 @@ class ExactReuse:
     excluded: dict  # kind -> count of target tensors left out
     excluded_matches: dict  # kind -> count of left-out target tensors that also match
     by_layer: tuple[LayerReuse, ...] = ()  # counted and reused tensors per layer (None: outside layers)
-    # Target tensors that could not be checked: their bytes were not read (a remote model read in part).
+    # Target tensors that could not be checked: their bytes were not read (a remote model read in part,
+    # or beyond the digests' share of a read budget).
     unchecked: tuple[str, ...] = ()
+    # Under a read budget: what the digests covered per model (rows per tensor, seed, bytes, why some are
+    # unchecked) and what the check can and cannot show. None for whole-tensor digests.
+    coverage: dict | None = None
 
     @property
     def reused_count(self) -> int:
@@ -117,13 +121,14 @@ class ExactReuse:
             "excluded_matches": dict(sorted(self.excluded_matches.items())),
             "by_layer": [r.as_dict() for r in self.by_layer],
             "unchecked": list(self.unchecked),
+            **({"coverage": self.coverage} if self.coverage is not None else {}),
         }
 
 
 def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[TensorDigest], *,
                         buffers: Collection[str] = (),
                         layer_of: Callable[[str], int | None] | None = None,
-                        unchecked: Collection[str] = ()) -> ExactReuse:
+                        unchecked: Collection[str] = (), coverage: dict | None = None) -> ExactReuse:
     """Find target tensors whose bytes (dtype and shape too) occur anywhere in the reference.
 
     Args:
@@ -131,22 +136,28 @@ def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[Tens
         reference: per-tensor digests of the reference model.
         buffers: target tensor names that are config-derived buffers (``NameMap.buffers``).
         layer_of: target tensor name -> layer index (``NameMap.layer_of``), for the per-layer counts.
-        unchecked: target tensors without a digest (not read: a remote model read in part); they are not
-            counted and are listed in the record, so the reader sees what the verdict did not cover.
+        unchecked: target tensors without a digest (not read: a remote model read in part, or beyond the
+            digests' share of a read budget); they are not counted and are listed in the record, so the reader
+            sees what the verdict did not cover.
+        coverage: recorded as given (:data:`SAMPLED_ROWS_MEANING` and per-model facts under a read budget).
+
+    Digests of sampled rows (``TensorDigest.rows``, under a read budget) match only digests of the same
+    rows: a match means those rows are byte-identical (evidence of reuse for those rows, not proof for the
+    whole tensor); no match means the tensors differ (exact, as for whole digests).
 
     Returns:
         An ExactReuse record; any name, any layer, any expert slot counts.
     """
     index: dict[tuple, list[str]] = defaultdict(list)
     for d in reference:
-        index[(d.sha256, d.dtype, tuple(d.shape))].append(d.name)
+        index[(d.sha256, d.dtype, tuple(d.shape), d.rows)].append(d.name)
     reused: list[ReusedTensor] = []
     excluded: dict[str, int] = defaultdict(int)
     excluded_matches: dict[str, int] = defaultdict(int)
     counted = counted_bytes = 0
     per_layer: dict[int | None, list[int]] = defaultdict(lambda: [0, 0])
     for d in sorted(target, key=lambda t: t.name):
-        twins = index.get((d.sha256, d.dtype, tuple(d.shape)), [])
+        twins = index.get((d.sha256, d.dtype, tuple(d.shape), d.rows), [])
         kind = excluded_kind(d, buffers)
         if kind is not None:
             excluded[kind] += 1
@@ -171,7 +182,19 @@ def measure_exact_reuse(target: Sequence[TensorDigest], reference: Sequence[Tens
         by_layer=tuple(LayerReuse(layer, reused, n) for layer, (reused, n)
                        in sorted(per_layer.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0))),
         unchecked=tuple(sorted(unchecked)),
+        coverage=coverage,
     )
+
+
+#: What a reuse check on sampled rows (a read budget) can and cannot show, for the evidence and the report.
+SAMPLED_ROWS_MEANING = {
+    "can_show": "a target tensor whose digested row is byte-identical to the same row of a reference tensor of "
+                "the same shape and dtype (rows chosen by shape alone, so a copy under any name matches); 1-D "
+                "tensors are digested whole; a tensor whose row differs is certainly not an exact copy",
+    "cannot_show": "whether the rows not read are identical too (a tensor copied with other rows changed counts "
+                   "as reused; a byte-identical row of trained weights does not arise by chance); tensors listed "
+                   "as unchecked; 'constant' and NaN/Inf counts describe the digested row only",
+}
 
 
 @dataclass(frozen=True)
@@ -216,6 +239,8 @@ def constant_replacements(target, reference) -> tuple[ConstantTensor, ...]:
             continue
         td, rd = t_dig.get(tref.source), r_dig.get(rref.source)
         if td is None or rd is None or excluded_kind(td, t_buf) != "constant" or excluded_kind(rd, r_buf) is not None:
+            continue
+        if td.rows is not None or rd.rows is not None:  # a row sample (read budget): constant only in that row
             continue
         if not td.nbytes:
             continue
