@@ -6,8 +6,9 @@ side, then runs the whole audit suite on it as a subprocess under ``strace -ff``
 ``pread64``, ``readv``, ``preadv``, ``preadv2`` and ``mmap`` of every thread, with the file each descriptor
 names): whatever reads a model file — the weight and independence measurements, the reuse and finiteness
 digests, the evidence's file hashes, header parsing, a library we forgot — is counted, by the kernel's
-answer, not by the library's own counters. A model file mapped into memory would escape that count, so
-``mmap`` calls on model files are counted too (and must be 0).
+answer, not by the library's own counters. A model file mapped into memory would escape a count of reads, so
+each ``mmap`` of a model file counts at its full length (the streamed comparison maps bounded windows of the
+rows it reads: an upper bound of the pages it can touch).
 
 Modes: ``budget`` (``--budget``, default 1%) and ``full`` (no budget: every byte at least once, for
 scale). Reported per mode: bytes read from weight files (total, by ``read`` — headers and streamed hashes —
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_weights as bw  # noqa: E402
 
+_MMAP_LENGTH = re.compile(r"^mmap\([^,]+, (\d+),")
 _CALL = re.compile(r"^(read|pread64|readv|preadv|preadv2|mmap)\((?:.*?, )?(\d+)<([^>]*)>.*\) = (-?\d+|0x[0-9a-f]+)")
 
 
@@ -54,7 +56,8 @@ def header_bytes(path: Path) -> int:
 def count(trace_dir: Path, models: list[Path]) -> dict:
     """Sum the kernel's answers to reads of files under ``models``, from strace's per-thread files."""
     roots = [str(m.resolve()) + "/" for m in models]
-    out = {"weights_read": 0, "weights_pread": 0, "other_model_files": 0, "mmap_of_model_files": 0, "calls": 0}
+    out = {"weights_read": 0, "weights_pread": 0, "weights_mapped": 0, "other_model_files": 0,
+           "mmap_of_model_files": 0, "calls": 0}
     per_file: dict[str, int] = {}
     for f in sorted(trace_dir.iterdir()):
         for line in f.read_text(errors="replace").splitlines():
@@ -63,18 +66,22 @@ def count(trace_dir: Path, models: list[Path]) -> dict:
                 continue
             call, path, ret = m.group(1), m.group(3), m.group(4)
             if call == "mmap":
+                if ret.startswith("-"):  # a failed mapping touches nothing
+                    continue
                 out["mmap_of_model_files"] += 1
-                continue
-            n = int(ret)
+                n = int(_MMAP_LENGTH.match(line).group(1))
+            else:
+                n = int(ret)
             if n <= 0:
                 continue
             out["calls"] += 1
             per_file[path] = per_file.get(path, 0) + n
             if path.endswith((".safetensors", ".gguf")):
-                out["weights_read" if call in ("read", "readv") else "weights_pread"] += n
+                out["weights_read" if call in ("read", "readv") else
+                    "weights_mapped" if call == "mmap" else "weights_pread"] += n
             else:
                 out["other_model_files"] += n
-    out["weights_total"] = out["weights_read"] + out["weights_pread"]
+    out["weights_total"] = out["weights_read"] + out["weights_pread"] + out["weights_mapped"]
     out["per_file"] = dict(sorted(per_file.items()))
     return out
 
@@ -121,8 +128,9 @@ def run(mode: str, t: Path, r: Path, work: Path, budget: str) -> dict:
     res = {"mode": mode, "budget": budget if mode == "budget" else None, "exit_code": proc.returncode,
            "wall_s": round(wall, 1), "pair_bytes": present, "header_bytes_sum": headers, **counted,
            "share_of_pair": counted["weights_total"] / present,
-           # tensor bytes (pread/preadv); headers, read several times (store, plan, header SHA-256), by read
-           "share_of_pair_tensor_rows": counted["weights_pread"] / present,
+           # tensor bytes (pread/preadv, mapped windows); headers, read several times (store, plan, header
+           # SHA-256), by read
+           "share_of_pair_tensor_rows": (counted["weights_pread"] + counted["weights_mapped"]) / present,
            "pytest_tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout else proc.stderr[-500:]}
     if ev.exists():
         res["reading_layer"] = reading_layer(ev)
