@@ -14,7 +14,7 @@ import html
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="read budget per pair for the weight and independence audits: a share of the pair's "
                          "bytes (0.01, 1%%) or bytes (4GB); they choose what to read and report what it costs "
                          "(sets [options].budget)")
+    group.addoption("--all-experts", action="store_true", default=False,
+                    help="the independence test tests every routed expert of an MoE layer, not a seeded choice of "
+                         "at most 16 per layer (sets [options].all_experts)")
     group.addoption("--allow-untested", action="store_true", default=False,
                     help="accept a claim that no audit could measure and judge (sets [options].allow_untested); "
                          "by default such a claim fails the run")
@@ -189,6 +192,7 @@ class AuditSession:
         self.seeds: dict[str, int] = {}  # every seed a measurement used (sampling), by purpose
         self.sample: float | None = None  # --sample: share of rows the weight audits read
         self.budget = None  # --budget / [options].budget: a modellineage.weights.budget.ReadBudget
+        self.all_experts = False  # --all-experts / [options].all_experts: every routed expert in the independence test
         self.inputs: list[dict] = []  # filled when the evidence is written, shown in the report
         self.versions: dict[str, str | None] = {}
         self.html_path: Path | None = None  # where the report goes (pytest-html writes a temporary file first)
@@ -242,6 +246,8 @@ def pytest_configure(config: pytest.Config) -> None:
                              allow_untested=config.getoption("allow_untested"),
                              behaviour=config.getoption("behaviour"),
                              base_dir=Path(config.invocation_params.dir))
+        if config.getoption("all_experts", False):  # recorded in the evidence's plan like every option
+            plan = replace(plan, options={**plan.options, "all_experts": True})
         thresholds = load_thresholds(Path(config.getoption("thresholds") or root / "thresholds.toml"))
         evidence_path = Path(config.invocation_params.dir) / (config.getoption("evidence")
                                                               or root / "reports" / "evidence.json")
@@ -255,6 +261,10 @@ def pytest_configure(config: pytest.Config) -> None:
         if budget is not None and session.sample is not None:
             raise PlanError("--budget and --sample both choose what the weight audits read: give one")
         session.budget = budget
+        session.all_experts = bool(plan.options.get("all_experts", False))
+        if session.all_experts and budget is not None:
+            raise PlanError("--all-experts and --budget: the budget's plan chooses which experts the independence "
+                            "test reads; give one")
         session.digests.verify = bool(config.getoption("verify_hashes", False))
         # a partial read (a row sample or a read budget) never fetches remote files whole
         session.digests.full_read = session.sample is None and session.budget is None

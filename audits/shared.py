@@ -12,7 +12,12 @@ import contextlib
 
 import pytest
 
-from modellineage.independence.matching import IndependenceTest, depth_layer_map, measure_independence
+from modellineage.independence.matching import (
+    EXPERTS_PER_LAYER,
+    IndependenceTest,
+    depth_layer_map,
+    measure_independence,
+)
 from modellineage.reading import progress
 from modellineage.weights.budget import plan_budget
 
@@ -58,7 +63,8 @@ def independence_test(config: pytest.Config, target, reference, audit_session) -
                 layer_map = depth_layer_map(target, reference.model, seed=INDEPENDENCE_SEED,
                                             min_match=audit_session.thresholds["weights", "derived_min_centred"].value)
                 test = measure_independence(target, reference.model, seed=INDEPENDENCE_SEED, progress=bar,
-                                            layer_map=layer_map)
+                                            layer_map=layer_map,
+                                            experts_per_layer=None if audit_session.all_experts else EXPERTS_PER_LAYER)
             else:
                 plan.check_independence()
                 test = measure_independence(target, reference.model, seed=INDEPENDENCE_SEED, progress=bar,

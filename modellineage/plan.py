@@ -94,6 +94,9 @@ OPTIONS = {
                       "by default such a claim fails the run (also --allow-untested)",
     "budget": "a read budget for the weight and independence audits of each pair: a share of the pair's bytes "
               "(0.01, \"1%\") or bytes (\"4GB\"); the verdicts then carry what it costs (also --budget)",
+    "all_experts": "true: the independence test tests every routed expert of an MoE layer instead of a seeded "
+                   "choice of at most 16 per layer (minutes become tens of minutes on a 100B-class MoE; also "
+                   "--all-experts; not with a budget, whose plan chooses the experts)",
 }
 # Every claim an audit checks, with what it means. A claim no audit checks would pass unverified, so an
 # unknown key (often a typo: `gpu_hour`) is an error rather than silently ignored.

@@ -106,3 +106,20 @@ def test_a_nan_read_on_the_float32_path_is_named(tmp_path):
     bad = wb.write_model(tmp_path / "bad", tensors, wb.config(DEMO / "finetune"))
     with pytest.raises(NonFiniteWeights, match=r"bad/model\.safetensors: tensor 'model\.layers\.1\.mlp\.up_proj\.weight'"):
         measure_independence(open_model(bad), open_model(DEMO / "base"), heads=False)
+
+
+def test_the_audit_tests_every_routed_expert_only_when_asked(moe_pair, tmp_path):
+    """--all-experts lifts the default cap in the audit (evidence coverage says so); with --budget it is refused."""
+    from .test_audit_runs import record, run_audit
+
+    target, reference, experts = moe_pair
+    args = ("--target", str(target.source.root), "--reference", f"base={reference.source.root}", "--expect", "derived",
+            "-k",
+            "test_independence_pvalue")
+    proc, evidence = run_audit(tmp_path, *args, "--all-experts", name="all")
+    assert evidence is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+    cov = record(evidence, "test_independence_pvalue[base]")["measurements"]["independence"]["coverage"]
+    assert cov["units_tested"] == cov["units_available"] and cov["why"] == "every MLP unit both models have"
+    assert evidence["plan"]["options"]["all_experts"] is True
+    proc, _ = run_audit(tmp_path, *args, "--all-experts", "--budget", "1%", name="refused")
+    assert proc.returncode != 0 and "--all-experts and --budget" in proc.stdout + proc.stderr

@@ -914,7 +914,7 @@ def measure_independence(target, reference, *, token_pairs: TokenPairs | Sequenc
         opts["subset_reason"] = "a read budget"
     elif experts_per_layer == EXPERTS_PER_LAYER:
         opts["subset_reason"] = (f"the full read's default: at most {EXPERTS_PER_LAYER} routed experts per layer "
-                                 "keep a 100B-class MoE within minutes; experts_per_layer=None tests all")
+                                 "keep a 100B-class MoE within minutes; experts_per_layer=None (the audits: --all-experts) tests all")
     else:
         opts["subset_reason"] = f"experts_per_layer={experts_per_layer} asked"
     notes = []
