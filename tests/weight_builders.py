@@ -150,6 +150,23 @@ def narrow(path: Path, *, hidden: int = 48, seed: int = 0) -> Path:
     return write_model(path, tensors, cfg)
 
 
+def _train(model, data, *, steps: int, seq: int, lr: float, weight_decay: float, seed: int) -> None:
+    """``steps`` AdamW updates of ``model`` on batches of 8 random windows of ``seq`` tokens of ``data`` (windows
+    drawn by a generator seeded ``seed + 1000``)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, data.numel() - seq - 1, (8,), generator=gen)
+        batch = torch.stack([data[s:s + seq] for s in starts])
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def train_tiny(path: Path, *, seed: int, steps: int = 60) -> Path:
     """Train a tiny byte-level Llama (hidden 32, 2 layers) on the bundled Shakespeare text, on CPU, in seconds."""
     import torch
@@ -162,16 +179,7 @@ def train_tiny(path: Path, *, seed: int, steps: int = 60) -> Path:
                                    bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False)
     model = transformers.LlamaForCausalLM(cfg)
     data = torch.tensor(list((ROOT / "fixtures" / "texts" / "shakespeare_the_tempest.txt").read_bytes()[:60000]))
-    gen = torch.Generator().manual_seed(seed + 1000)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, data.numel() - 33, (8,), generator=gen)
-        batch = torch.stack([data[s:s + 32] for s in starts])
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _train(model, data, steps=steps, seq=32, lr=3e-3, weight_decay=0.1, seed=seed)
     model.save_pretrained(str(path), safe_serialization=True)
     return path
 
@@ -191,16 +199,7 @@ def heal(path: Path, *, steps: int = 15, lr: float = 3e-4, seed: int = 0,
     text = (ROOT / "fixtures" / "texts" / text).read_text()[:40000]
     data = torch.tensor(tok.encode(text).ids)
     model = transformers.LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed + 1000)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, data.numel() - 65, (8,), generator=gen)
-        batch = torch.stack([data[s:s + 64] for s in starts])
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _train(model, data, steps=steps, seq=64, lr=lr, weight_decay=0.0, seed=seed)
     tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     return write_model(path, tensors, config(path), tokenizer_from=DEMO / "base")
 
