@@ -51,7 +51,7 @@ import numpy as np
 from modellineage.errors import CorruptCheckpoint, SourceNotFound, UnsupportedFormat
 from modellineage.reading import confine
 from modellineage.reading.boundary import quote
-from modellineage.reading.tensors import MAX_TENSORS, TensorInfo, TensorStore, decode_exact
+from modellineage.reading.tensors import MAX_TENSORS, TensorInfo, TensorStore, decode_exact, row_runs
 
 __all__ = [
     "GGUFHeader",
@@ -542,8 +542,7 @@ class GGUFStore(TensorStore):
             order = np.argsort(stored, kind="stable")
             uniq = stored[order]
             tmp = np.empty(length, dtype=np.uint8)
-            starts = np.r_[0, np.flatnonzero(np.diff(uniq) != 1) + 1]
-            runs = np.diff(np.r_[starts, n])
+            starts, runs = row_runs(uniq)
             self._pread_runs(info, (info.begin + uniq[starts] * rb).tolist(), (starts * rb).tolist(),
                              (runs * rb).tolist(), tmp)
             buf.reshape(n, rb)[order] = tmp.reshape(n, rb)
@@ -590,8 +589,8 @@ class GGUFStore(TensorStore):
         if not idx.size or idx[0] < 0 or idx[-1] >= info.rows:
             return
         rb = info.row_bytes
-        starts = np.r_[0, np.flatnonzero(np.diff(idx) != 1) + 1]
-        self._advise(info, (info.begin + idx[starts] * rb).tolist(), (np.diff(np.r_[starts, idx.size]) * rb).tolist())
+        starts, counts = row_runs(idx)
+        self._advise(info, (info.begin + idx[starts] * rb).tolist(), (counts * rb).tolist())
 
     def scale_for(self, name: str) -> str | None:
         self.info(name)

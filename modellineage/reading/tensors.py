@@ -53,6 +53,7 @@ from modellineage.reading import confine, remote
 from modellineage.reading.boundary import loads_json, quote
 
 __all__ = [
+    "row_runs",
     "DTYPE_ITEMSIZE",
     "EXACT_DTYPES",
     "decode_exact",
@@ -130,6 +131,15 @@ def _minifloat_table(exp_bits: int, man_bits: int, *, ieee: bool) -> np.ndarray:
 #: Lookup tables code -> float64 for the two float8 formats.
 F8_E4M3_TABLE: np.ndarray = _minifloat_table(4, 3, ieee=False)
 F8_E5M2_TABLE: np.ndarray = _minifloat_table(5, 2, ieee=True)
+
+
+def row_runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of consecutive values in sorted unique ``rows``: where each run starts (an index into ``rows``) and
+    how many rows it holds. Every reader that coalesces rows into one read per run uses it."""
+    if not rows.size:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(rows) != 1) + 1]
+    return starts, np.diff(np.r_[starts, rows.size])
 
 
 @dataclass(frozen=True)
@@ -801,9 +811,9 @@ class TensorStore:
         """Runs of consecutive rows among sorted unique ``uniq``: absolute file offsets, byte positions in a
         buffer of those rows, byte lengths."""
         row_bytes = info.cols * info.itemsize
-        starts = np.r_[0, np.flatnonzero(np.diff(uniq) != 1) + 1]
+        starts, counts = row_runs(uniq)
         return ((info.begin + uniq[starts] * row_bytes).tolist(), (starts * row_bytes).tolist(),
-                (np.diff(np.r_[starts, uniq.size]) * row_bytes).tolist())
+                (counts * row_bytes).tolist())
 
     def _advise(self, info: TensorInfo, offsets: list[int], lengths: list[int]) -> None:
         far = remote.lookup(info.file)

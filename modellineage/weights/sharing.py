@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from modellineage.reading.tensors import TensorInfo, TensorStore
+from modellineage.reading.tensors import TensorInfo, TensorStore, row_runs
 from modellineage.weights.metrics import scratch
 
 __all__ = ["SharedReads", "can_share"]
@@ -38,12 +38,8 @@ def can_share(store) -> bool:
 
 def _runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique rows -> (first row, row count) of each run of consecutive rows."""
-    if not rows.size:
-        return rows, rows
-    cut = np.flatnonzero(np.diff(rows) != 1) + 1
-    firsts = rows[np.r_[0, cut]]
-    counts = np.diff(np.r_[0, cut, rows.size])
-    return firsts, counts
+    starts, counts = row_runs(rows)
+    return rows[starts], counts
 
 
 def _expand(firsts: np.ndarray, counts: np.ndarray) -> np.ndarray:
